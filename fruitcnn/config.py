@@ -1,0 +1,487 @@
+"""The one place that declares a run: data, architecture and training settings.
+
+A run is described by a :class:`RunConfig` (three dataclasses: :class:`DataConfig`,
+:class:`ArchConfig`, :class:`TrainConfig`, plus the head choice). It is saved as
+``config.json`` in every run folder and is all that later commands need to rebuild,
+reload or resume the run.
+
+The feature extractor is a list of :class:`LayerSpec`. It can be written compactly,
+which is how presets are declared and how users pass their own on the command line::
+
+    conv(32, 7, padding=valid) relu bn maxpool(2) flatten fc(1024) relu
+
+Layer kinds and their arguments (positional in this order, or ``name=value``):
+
+========  =========================================================================
+conv      filters, kernel=3, stride=1, padding=same (``same``, ``valid`` or a number
+          of zero pixels on every side), bias=auto (off when bn follows directly)
+bn        momentum (default: the architecture's ``bn_momentum``), epsilon=1e-3
+relu ...  an activation: relu, elu, gelu, tanh, sigmoid, leaky_relu, swish
+          (or ``act(name)``)
+maxpool   size=2, stride (default: size), padding=valid
+avgpool   size=2, stride (default: size), padding=valid
+dropout   rate
+flatten   (no arguments)
+gap       global average pooling (no arguments)
+gmp       global max pooling (no arguments)
+fc        units (a fully connected layer; ``dense`` is the same)
+========  =========================================================================
+
+Separate layers by spaces, commas or semicolons. A ``.json`` file holding
+``{"layers": [{"kind": "conv", "filters": 32}, ...]}`` or a list of such dicts works
+too (see :func:`resolve_arch`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+CONFIG_VERSION = 1
+
+_REQUIRED = object()
+# Parameters of each layer kind, in positional order, with their defaults.
+LAYER_KINDS: dict[str, dict[str, Any]] = {
+    "conv": {"filters": _REQUIRED, "kernel": 3, "stride": 1, "padding": "same", "bias": "auto"},
+    "bn": {"momentum": None, "epsilon": 1e-3},
+    "act": {"fn": _REQUIRED},
+    "maxpool": {"size": 2, "stride": None, "padding": "valid"},
+    "avgpool": {"size": 2, "stride": None, "padding": "valid"},
+    "dropout": {"rate": _REQUIRED},
+    "flatten": {},
+    "gap": {},
+    "gmp": {},
+    "fc": {"units": _REQUIRED},
+}
+ACTIVATIONS = ("relu", "elu", "gelu", "tanh", "sigmoid", "leaky_relu", "swish")
+_ALIASES = {"dense": "fc", "batchnorm": "bn", "conv2d": "conv"}
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+SCHEDULES = ("constant", "step", "cosine", "plateau")
+HEADS = ("single", "multi")
+BN_LAYERS = ("fruitcnn", "keras")
+
+
+@dataclass
+class LayerSpec:
+    """One layer of the feature extractor: its kind and its arguments."""
+
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        kind = _ALIASES.get(self.kind, self.kind)
+        params = dict(self.params)
+        if kind in ACTIVATIONS:
+            kind, params = "act", {"fn": kind, **params}
+        if kind not in LAYER_KINDS:
+            known = ", ".join(sorted(set(LAYER_KINDS) | set(ACTIVATIONS)))
+            raise ValueError(f"unknown layer kind {self.kind!r}; known kinds: {known}.")
+        allowed = LAYER_KINDS[kind]
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"layer {kind!r} has no argument {', '.join(unknown)}; its arguments are "
+                f"{', '.join(allowed) or '(none)'}."
+            )
+        for name, default in allowed.items():
+            if name not in params:
+                if default is _REQUIRED:
+                    raise ValueError(f"layer {kind!r} needs its argument {name!r}, e.g. {_example(kind)}.")
+                params[name] = default
+        self.kind, self.params = kind, params
+        _check_values(kind, params)
+
+    def to_text(self) -> str:
+        """The compact form of this layer, e.g. ``conv(32,7,padding=valid)``."""
+        if self.kind == "act":
+            return str(self.params["fn"])
+        defaults = LAYER_KINDS[self.kind]
+        parts = [
+            f"{name}={value}"
+            for name, value in self.params.items()
+            if defaults[name] is _REQUIRED or value != defaults[name]
+        ]
+        return f"{self.kind}({','.join(parts)})" if parts else self.kind
+
+
+def _example(kind: str) -> str:
+    return {
+        "conv": "conv(32) or conv(32, 3, stride=1)",
+        "act": "act(relu)",
+        "dropout": "dropout(0.5)",
+        "fc": "fc(128)",
+    }.get(kind, kind)
+
+
+def _check_values(kind: str, params: dict[str, Any]) -> None:
+    def positive_int(name):
+        value = params[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{kind} {name} must be a positive integer, got {value!r}.")
+
+    if kind == "conv":
+        positive_int("filters")
+        positive_int("kernel")
+        positive_int("stride")
+        padding = params["padding"]
+        if not (padding in ("same", "valid") or (isinstance(padding, int) and padding >= 0)):
+            raise ValueError(
+                f"conv padding must be 'same', 'valid' or a number of pixels >= 0, got {padding!r}."
+            )
+        if params["bias"] not in ("auto", True, False):
+            raise ValueError(f"conv bias must be auto, true or false, got {params['bias']!r}.")
+    elif kind in ("maxpool", "avgpool"):
+        positive_int("size")
+        if params["stride"] is not None:
+            positive_int("stride")
+        if params["padding"] not in ("same", "valid"):
+            raise ValueError(f"{kind} padding must be 'same' or 'valid', got {params['padding']!r}.")
+    elif kind == "fc":
+        positive_int("units")
+    elif kind == "dropout":
+        if not isinstance(params["rate"], (int, float)) or not 0.0 <= params["rate"] < 1.0:
+            raise ValueError(f"dropout rate must be in [0, 1), got {params['rate']!r}.")
+    elif kind == "act":
+        if params["fn"] not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {params['fn']!r}; known: {', '.join(ACTIVATIONS)}.")
+    elif kind == "bn":
+        momentum = params["momentum"]
+        if momentum is not None and not 0.0 <= float(momentum) < 1.0:
+            raise ValueError(f"bn momentum must be in [0, 1), got {momentum!r}.")
+        if not float(params["epsilon"]) > 0:
+            raise ValueError(f"bn epsilon must be > 0, got {params['epsilon']!r}.")
+
+
+_TOKEN = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(([^()]*)\))?\s*[,;]?")
+
+
+def parse_layers(text: str) -> list[LayerSpec]:
+    """Parse the compact layer syntax (see the module docstring) into specs.
+
+    Raises:
+        ValueError: naming the part that could not be read.
+    """
+    specs, position = [], 0
+    text = text.strip()
+    while position < len(text):
+        match = _TOKEN.match(text, position)
+        if not match or match.end() == position:
+            raise ValueError(
+                f"cannot read the layer list at {text[position : position + 20]!r} "
+                f"(character {position}); expected e.g. 'conv(32,3) relu maxpool(2)'."
+            )
+        kind, args = match.group(1), match.group(2)
+        specs.append(LayerSpec(_canonical_kind(kind), _parse_args(kind, args or "")))
+        position = match.end()
+    if not specs:
+        raise ValueError("the layer list is empty; give at least one layer, e.g. 'conv(32) gap'.")
+    return specs
+
+
+def _canonical_kind(kind: str) -> str:
+    kind = _ALIASES.get(kind.lower(), kind.lower())
+    if kind not in LAYER_KINDS and kind not in ACTIVATIONS:
+        known = ", ".join(sorted(set(LAYER_KINDS) | set(ACTIVATIONS)))
+        raise ValueError(f"unknown layer kind {kind!r}; known kinds: {known}.")
+    return kind
+
+
+def _parse_args(kind: str, text: str) -> dict[str, Any]:
+    kind = _canonical_kind(kind)
+    names = list(LAYER_KINDS.get(kind, {}))
+    params: dict[str, Any] = {}
+    positional = 0
+    for raw in [part.strip() for part in text.split(",") if part.strip()]:
+        if "=" in raw:
+            name, value = (piece.strip() for piece in raw.split("=", 1))
+        else:
+            if positional >= len(names):
+                raise ValueError(
+                    f"layer {kind!r} takes at most {len(names)} positional arguments "
+                    f"({', '.join(names) or 'none'}), got {text!r}."
+                )
+            name, value = names[positional], raw
+            positional += 1
+        params[name] = _parse_value(value)
+    return params
+
+
+def _parse_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def layers_to_text(layers: list[LayerSpec]) -> str:
+    """The compact text of a layer list (inverse of :func:`parse_layers`)."""
+    return " ".join(spec.to_text() for spec in layers)
+
+
+@dataclass
+class ArchConfig:
+    """The network: feature extractor layers plus settings shared by its layers.
+
+    Attributes:
+        name: preset name, or ``custom``.
+        layers: the feature extractor, input to feature vector (the heads follow).
+        l2: L2 weight-decay factor on every conv and dense kernel (0 = off).
+        dropout: rate of a dropout layer inserted before the heads (0 = none).
+        bn_momentum: momentum of bn layers that do not set their own. 0.9 follows the
+            last ~10 batches, right for runs of a few hundred steps; Keras's 0.99
+            lags behind for ~100 steps and leaves inference accuracy far below
+            training accuracy in short runs.
+        bn_batch_stats_at_inference: bn uses the evaluated batch's statistics also
+            at inference ("train mode for the test check"); off by default.
+        bn_layer: ``fruitcnn`` (the reduce_mean layer) or ``keras``
+            (keras.layers.BatchNormalization, for comparisons).
+    """
+
+    name: str = "custom"
+    layers: list[LayerSpec] = field(default_factory=list)
+    l2: float = 0.0
+    dropout: float = 0.0
+    bn_momentum: float = 0.9
+    bn_batch_stats_at_inference: bool = False
+    bn_layer: str = "fruitcnn"
+
+    def __post_init__(self):
+        self.layers = [
+            spec if isinstance(spec, LayerSpec) else LayerSpec(**_layer_dict(spec)) for spec in self.layers
+        ]
+        if not self.layers:
+            raise ValueError("an architecture needs at least one layer.")
+        if self.l2 < 0:
+            raise ValueError(f"l2 must be >= 0, got {self.l2!r}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}.")
+        if not 0.0 <= self.bn_momentum < 1.0:
+            raise ValueError(f"bn_momentum must be in [0, 1), got {self.bn_momentum!r}.")
+        if self.bn_layer not in BN_LAYERS:
+            raise ValueError(f"bn_layer must be one of {BN_LAYERS}, got {self.bn_layer!r}.")
+
+
+def _layer_dict(spec: Any) -> dict[str, Any]:
+    if isinstance(spec, str):
+        (parsed,) = parse_layers(spec)
+        return {"kind": parsed.kind, "params": parsed.params}
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise ValueError(
+            f"a layer must be a dict with a 'kind' (e.g. {{'kind': 'conv', 'filters': 32}}), got {spec!r}."
+        )
+    params = dict(spec.get("params", {}))
+    params.update({key: value for key, value in spec.items() if key not in ("kind", "params")})
+    return {"kind": spec["kind"], "params": params}
+
+
+# Presets: name -> (description, layer text, settings). Numbers live here and only here.
+PRESETS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "line": (
+        "fast default for the 28x28 line dataset: a 4x4 stride-2 stem keeps every "
+        "pixel (the kernel overlaps) at a quarter of the cost of a full-resolution conv",
+        "conv(16,4,stride=2) bn relu conv(32,3) bn relu maxpool(2) conv(64,3) bn relu gmp",
+        {},
+    ),
+    "cs671-part1": (
+        "CS671 Part 1: 7x7 conv, 32 filters, stride 1 -> ReLU -> BN -> 2x2 max-pool "
+        "stride 2 -> FC 1024 -> ReLU -> output (valid padding, as tf.layers defaults)",
+        "conv(32,7,padding=valid) relu bn maxpool(2,stride=2) flatten fc(1024) relu",
+        {},
+    ),
+}
+
+# The preset a dataset trains with when --arch is not given.
+DEFAULT_PRESETS = {"line": "line"}
+
+
+def preset(name: str) -> ArchConfig:
+    """The :class:`ArchConfig` of a named preset (see ``PRESETS``)."""
+    if name not in PRESETS:
+        raise ValueError(
+            f"unknown architecture preset {name!r}; presets: {', '.join(PRESETS)}. "
+            "Or pass a layer list such as 'conv(32) relu maxpool(2) gap'."
+        )
+    _, text, settings = PRESETS[name]
+    return ArchConfig(name=name, layers=parse_layers(text), **settings)
+
+
+def resolve_arch(value: str) -> ArchConfig:
+    """Turn a ``--arch`` value into an :class:`ArchConfig`.
+
+    Args:
+        value: a preset name, a path to a ``.json`` file (an ArchConfig dict or a
+            list of layer dicts), or a compact layer list.
+    """
+    if value in PRESETS:
+        return preset(value)
+    if value.endswith(".json"):
+        if not os.path.isfile(value):
+            raise ValueError(f"architecture file {value!r} does not exist.")
+        with open(value, encoding="utf-8") as handle:
+            loaded = json.load(handle)
+        if isinstance(loaded, list):
+            loaded = {"layers": loaded}
+        return arch_from_dict(loaded)
+    if "(" not in value and " " not in value and value.lower() not in LAYER_KINDS:
+        # A single bare word that is no preset is most likely a mistyped preset name.
+        return preset(value)
+    return ArchConfig(name="custom", layers=parse_layers(value))
+
+
+def arch_from_dict(data: dict[str, Any]) -> ArchConfig:
+    """An :class:`ArchConfig` from its JSON form (layers as dicts or compact text)."""
+    data = dict(data)
+    layers = data.pop("layers", [])
+    if isinstance(layers, str):
+        layers = parse_layers(layers)
+    return ArchConfig(layers=layers, **_known_fields(ArchConfig, data, "architecture"))
+
+
+@dataclass
+class DataConfig:
+    """Which data and how it is split.
+
+    Attributes:
+        dataset: dataset name; ``line`` is the generated line dataset.
+        image_size: side of the (square) images in pixels.
+        images_per_class: images generated per class (line dataset).
+        split: ``train/test`` or ``train/val/test``, as percentages summing to 100
+            (``60/40``) or as image counts (``8000/2000/3000``).
+        val_fraction: share of the training part kept for validation when the split
+            has two parts.
+        seed: seed of data generation and splitting.
+    """
+
+    dataset: str = "line"
+    image_size: int = 28
+    images_per_class: int = 1000
+    split: str = "60/40"
+    val_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(
+                f"val_fraction must be in (0, 1), got {self.val_fraction!r}: the best "
+                "model is chosen on validation data, so some is needed (e.g. 0.1)."
+            )
+
+
+@dataclass
+class TrainConfig:
+    """How the network is trained.
+
+    Attributes:
+        epochs: passes over the training split.
+        batch_size: images per optimisation step.
+        optimizer: ``sgd`` (with momentum), ``adam`` or ``rmsprop``.
+        learning_rate: peak learning rate per step.
+        momentum: momentum of sgd and rmsprop.
+        schedule: ``constant``, ``step`` (times step_factor every step_epochs),
+            ``cosine`` (to zero over the run) or ``plateau`` (times plateau_factor when
+            the validation loss has not improved for plateau_patience epochs).
+        warmup_epochs: linear warm-up from 0 before a cosine schedule, in epochs.
+        step_epochs: epochs between decays of the step schedule.
+        step_factor: multiplier of each step decay.
+        plateau_patience: epochs without improvement before a plateau decay.
+        plateau_factor: multiplier of each plateau decay.
+        seed: seed of weight initialisation, dropout and batch order.
+        test_each_epoch: also evaluate the test split after every epoch (for the
+            learning curves); the model is still chosen on validation only.
+    """
+
+    epochs: int = 3
+    batch_size: int = 128
+    optimizer: str = "adam"
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.3
+    step_epochs: int = 10
+    step_factor: float = 0.1
+    plateau_patience: int = 2
+    plateau_factor: float = 0.5
+    seed: int = 0
+    test_each_epoch: bool = True
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs!r}.")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}.")
+        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs!r}."
+            )
+        if self.step_epochs < 1 or self.plateau_patience < 1:
+            raise ValueError("step_epochs and plateau_patience must be >= 1.")
+        for name in ("step_factor", "plateau_factor"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)!r}.")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; saved as ``config.json``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    arch: ArchConfig = field(default_factory=lambda: preset("line"))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    head: str = "single"
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict, with the layers also given in compact text."""
+        data = asdict(self)
+        data["arch"]["layers"] = [{"kind": spec.kind, **spec.params} for spec in self.arch.layers]
+        data["arch"]["layers_text"] = layers_to_text(self.arch.layers)
+        data["version"] = CONFIG_VERSION
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        data = dict(data)
+        version = data.pop("version", CONFIG_VERSION)
+        if version != CONFIG_VERSION:
+            raise ValueError(
+                f"config version {version} is not supported by this fruitcnn (expects {CONFIG_VERSION})."
+            )
+        arch = dict(data.pop("arch", {}))
+        arch.pop("layers_text", None)
+        return cls(
+            data=DataConfig(**_known_fields(DataConfig, data.pop("data", {}), "data")),
+            arch=arch_from_dict(arch) if arch else preset("line"),
+            train=TrainConfig(**_known_fields(TrainConfig, data.pop("train", {}), "train")),
+            **_known_fields(cls, data, "run"),
+        )
+
+
+def _known_fields(cls, data: dict[str, Any], section: str) -> dict[str, Any]:
+    names = {item.name for item in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(
+            f"unknown {section} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}."
+        )
+    return data

@@ -1,0 +1,91 @@
+"""Seeded, stratified train/validation/test splits."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def parse_split(text: str) -> tuple[str, tuple[float, ...]]:
+    """Read a split such as ``60/40`` or ``8000/2000/3000``.
+
+    Returns:
+        ``("fractions", (...))`` when the parts are percentages summing to 100, or
+        ``("counts", (...))`` for image counts.
+
+    Raises:
+        ValueError: for anything else, with examples of what works.
+    """
+    parts = [part.strip() for part in str(text).split("/")]
+    try:
+        values = tuple(float(part) for part in parts)
+    except ValueError:
+        values = ()
+    if len(values) not in (2, 3) or any(value <= 0 for value in values):
+        raise ValueError(
+            f"cannot read split {text!r}; expected train/test or train/val/test, as "
+            "percentages summing to 100 (e.g. 60/40 or 70/10/20) or as image counts "
+            "(e.g. 8000/2000/3000)."
+        )
+    if abs(sum(values) - 100.0) < 1e-6:
+        return "fractions", tuple(value / 100.0 for value in values)
+    if all(value.is_integer() for value in values):
+        return "counts", values
+    raise ValueError(
+        f"split {text!r} is neither percentages summing to 100 (they sum to "
+        f"{sum(values):g}) nor whole image counts."
+    )
+
+
+def stratified_split(
+    labels: np.ndarray, split: str, *, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split indices into train, validation and test, class by class.
+
+    Every class is divided in the same proportions (to within one image), so small
+    splits keep all classes. Validation is carved from the training part when the
+    split has two parts, never from the test part.
+
+    Args:
+        labels: integer class label of every image.
+        split: see :func:`parse_split`.
+        val_fraction: share of the training part that becomes validation when the
+            split names only train and test.
+        seed: seed of the shuffling.
+
+    Returns:
+        Three sorted int64 index arrays (train, val, test).
+    """
+    labels = np.asarray(labels)
+    mode, values = parse_split(split)
+    total = labels.size
+    if mode == "counts":
+        if sum(values) > total:
+            raise ValueError(
+                f"split {split!r} asks for {int(sum(values))} images but the dataset has "
+                f"{total}; lower the counts or use percentages such as 60/40."
+            )
+        fractions = tuple(value / total for value in values)
+    else:
+        fractions = values
+    if len(fractions) == 2:
+        train, test = fractions
+        fractions = (train * (1.0 - val_fraction), train * val_fraction, test)
+    rng = np.random.default_rng(seed)
+    chosen: list[list[np.ndarray]] = [[], [], []]
+    classes = np.unique(labels)
+    for label in classes:
+        members = rng.permutation(np.flatnonzero(labels == label))
+        # Cumulative rounding keeps each class's parts summing to its share.
+        bounds = np.round(np.cumsum(fractions) * members.size).astype(int)
+        starts = np.concatenate([[0], bounds[:-1]])
+        for part, (start, stop) in enumerate(zip(starts, bounds)):
+            chosen[part].append(members[start:stop])
+    result = tuple(np.sort(np.concatenate(part)).astype(np.int64) for part in chosen)
+    names = ("training", "validation", "test")
+    for name, indices in zip(names, result):
+        if indices.size == 0:
+            raise ValueError(
+                f"split {split!r} (validation fraction {val_fraction}) leaves the {name} "
+                f"part empty for {total} images; give it a larger share."
+            )
+    return result

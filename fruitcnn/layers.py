@@ -1,0 +1,111 @@
+"""Custom Keras layers of fruitcnn.
+
+:class:`BatchNorm` is batch normalisation written out from ``tf.reduce_mean`` and
+arithmetic only, so that students can read (and examiners can check) every step:
+
+* training: per-channel mean and (biased) variance of the batch over all axes but the
+  last, ``y = gamma * (x - mean) / sqrt(variance + epsilon) + beta``, and the moving
+  statistics move towards the batch ones:
+  ``moving = momentum * moving + (1 - momentum) * batch``;
+* inference: the same formula with the moving statistics (or, with
+  ``batch_stats_at_inference=True``, the statistics of the batch being evaluated, as
+  some courses allow for the test check).
+
+It matches ``keras.layers.BatchNormalization`` (outputs, input gradients and moving
+statistics) to float32 rounding; the tests hold it to that.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="fruitcnn")
+class BatchNorm(keras.layers.Layer):
+    """Batch normalisation over the last axis, built from ``tf.reduce_mean``.
+
+    Args:
+        momentum: weight of the old moving statistics in each update, in [0, 1).
+            The statistics forget with a time constant of ``1 / (1 - momentum)``
+            steps: 0.9 follows the last ~10 batches, Keras's 0.99 the last ~100
+            (too slow for runs of a few hundred steps).
+        epsilon: added to the variance before the square root, > 0.
+        batch_stats_at_inference: use the statistics of the evaluated batch also
+            when ``training`` is false (the moving statistics are then still
+            tracked during training but not used).
+        **kwargs: passed to ``keras.layers.Layer`` (``name``, ``dtype`` ...).
+    """
+
+    def __init__(
+        self,
+        momentum: float = 0.9,
+        epsilon: float = 1e-3,
+        batch_stats_at_inference: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not 0.0 <= float(momentum) < 1.0:
+            raise ValueError(
+                f"BatchNorm momentum must be in [0, 1), got {momentum!r}; "
+                "0.9 updates the moving statistics over about the last 10 batches."
+            )
+        if not float(epsilon) > 0.0:
+            raise ValueError(f"BatchNorm epsilon must be > 0, got {epsilon!r}; e.g. 1e-3.")
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        self.batch_stats_at_inference = bool(batch_stats_at_inference)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(
+                f"BatchNorm {self.name!r} needs a known channel count (last axis), got "
+                f"input shape {tuple(input_shape)}."
+            )
+        shape = (int(channels),)
+        self.gamma = self.add_weight(shape=shape, initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=shape, initializer="zeros", name="beta")
+        self.moving_mean = self.add_weight(
+            shape=shape, initializer="zeros", name="moving_mean", trainable=False
+        )
+        self.moving_variance = self.add_weight(
+            shape=shape, initializer="ones", name="moving_variance", trainable=False
+        )
+
+    def call(self, inputs, training=None):
+        x = tf.cast(inputs, self.moving_mean.dtype)
+        # A frozen layer (trainable=False) behaves as in inference, as Keras's does.
+        use_batch = (bool(training) and self.trainable) or self.batch_stats_at_inference
+        if use_batch:
+            axes = list(range(len(x.shape) - 1))
+            mean = tf.reduce_mean(x, axis=axes)
+            centred = x - mean
+            variance = tf.reduce_mean(centred * centred, axis=axes)
+            if training and self.trainable:
+                self._update_moving(mean, variance)
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        # y = (x - mean) * gamma / sqrt(var + eps) + beta, folded into one multiply-add
+        # per element.
+        scale = self.gamma / tf.sqrt(variance + self.epsilon)
+        offset = self.beta - mean * scale
+        return tf.cast(x * scale + offset, inputs.dtype)
+
+    def _update_moving(self, mean, variance):
+        keep = self.momentum
+        self.moving_mean.assign(self.moving_mean * keep + mean * (1.0 - keep))
+        self.moving_variance.assign(self.moving_variance * keep + variance * (1.0 - keep))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            momentum=self.momentum,
+            epsilon=self.epsilon,
+            batch_stats_at_inference=self.batch_stats_at_inference,
+        )
+        return config

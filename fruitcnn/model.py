@@ -1,0 +1,264 @@
+"""Turn an :class:`ArchConfig` into a Keras functional model: the only place that does.
+
+The model takes raw images (float32, pixel values 0..255, shape (H, W, C)), normalises
+them per channel with statistics of the training split (stored inside the model, so
+any image file can be fed to a saved model), runs the feature extractor and ends in
+the heads (see ``heads``). Layer names are stable and human: ``normalize``,
+``conv1``, ``bn1``, ``relu1``, ``pool1``, ``dropout1``, ``fc1``, ``flatten``, ``gap``,
+``gmp`` and the head names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from fruitcnn.config import ArchConfig, LayerSpec
+from fruitcnn.layers import BatchNorm
+from heads import HeadSpec, build_heads
+
+INPUT_NAME = "image"
+# Largest image side searched when looking for the smallest input that fits.
+_MAX_SEARCH_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class PlannedLayer:
+    """A layer of the feature extractor with its name and output shape (H, W, C) or (D,)."""
+
+    name: str
+    spec: LayerSpec
+    output_shape: tuple[int, ...]
+
+
+def layer_names(arch: ArchConfig) -> list[str]:
+    """The Keras layer name of each spec in ``arch.layers``, in order."""
+    counters: dict[str, int] = {}
+    names = []
+    for spec in arch.layers:
+        if spec.kind in ("flatten", "gap", "gmp"):
+            counters[spec.kind] = counters.get(spec.kind, 0) + 1
+            count = counters[spec.kind]
+            names.append(spec.kind if count == 1 else f"{spec.kind}{count}")
+            continue
+        if spec.kind == "act":
+            prefix = str(spec.params["fn"])
+        else:
+            prefix = {"maxpool": "pool", "avgpool": "pool"}.get(spec.kind, spec.kind)
+        counters[prefix] = counters.get(prefix, 0) + 1
+        names.append(f"{prefix}{counters[prefix]}")
+    return names
+
+
+def _conv_out(size: int, kernel: int, stride: int, padding) -> int | None:
+    """Output side of a conv or pool along one axis; None when it does not fit."""
+    if padding == "same":
+        return math.ceil(size / stride)
+    if isinstance(padding, int):
+        size += 2 * padding
+    if size < kernel:
+        return None
+    return (size - kernel) // stride + 1
+
+
+def _plan(arch: ArchConfig, input_shape: Sequence[int]):
+    """Shapes through the extractor.
+
+    Returns:
+        (planned layers, error message or None, whether a larger input could fix it).
+    """
+    shape = tuple(int(size) for size in input_shape)
+    planned: list[PlannedLayer] = []
+    previous = "the input"
+    for name, spec in zip(layer_names(arch), arch.layers):
+        params, kind = spec.params, spec.kind
+        if kind in ("conv", "maxpool", "avgpool", "flatten", "gap", "gmp") and len(shape) != 3:
+            return (
+                planned,
+                (
+                    f"layer {name} ({spec.to_text()}) needs an image-shaped (H, W, C) input but "
+                    f"{previous} gives a vector of {shape[0]}; put image layers before "
+                    "flatten/gap/gmp"
+                ),
+                False,
+            )
+        if kind in ("conv", "maxpool", "avgpool"):
+            kernel = params["kernel"] if kind == "conv" else params["size"]
+            stride = params["stride"] or kernel
+            height = _conv_out(shape[0], kernel, stride, params["padding"])
+            width = _conv_out(shape[1], kernel, stride, params["padding"])
+            if height is None or width is None:
+                return (
+                    planned,
+                    (
+                        f"layer {name} ({spec.to_text()}, window {kernel}x{kernel}) receives a "
+                        f"{shape[0]}x{shape[1]} map from {previous} but needs at least "
+                        f"{kernel}x{kernel}"
+                    ),
+                    True,
+                )
+            channels = params["filters"] if kind == "conv" else shape[2]
+            shape = (height, width, channels)
+        elif kind == "flatten":
+            shape = (int(np.prod(shape)),)
+        elif kind in ("gap", "gmp"):
+            shape = (shape[2],)
+        elif kind == "fc":
+            if len(shape) != 1:
+                return (
+                    planned,
+                    (
+                        f"layer {name} (fc) receives a {'x'.join(map(str, shape))} map from "
+                        f"{previous}; put flatten, gap or gmp before the first fc layer"
+                    ),
+                    False,
+                )
+            shape = (params["units"],)
+        planned.append(PlannedLayer(name, spec, shape))
+        previous = name
+    return planned, None, False
+
+
+def plan_layers(arch: ArchConfig, input_shape: Sequence[int]) -> list[PlannedLayer]:
+    """Check that ``arch`` fits ``input_shape`` and return every layer's output shape.
+
+    Raises:
+        ValueError: naming the layer that does not fit, the shapes, and the smallest
+            square input that works (or why none does).
+    """
+    planned, error, fixable = _plan(arch, input_shape)
+    if error is None:
+        if len(planned[-1].output_shape) != 1:
+            shape = "x".join(map(str, planned[-1].output_shape))
+            raise ValueError(
+                f"the feature extractor ends with a {shape} map ({planned[-1].name}); end it "
+                "with flatten, gap or gmp (and optionally fc layers) before the heads."
+            )
+        return planned
+    if not fixable:
+        raise ValueError(error + ".")
+    channels = int(input_shape[-1])
+    smallest = next(
+        (size for size in range(1, _MAX_SEARCH_SIZE + 1) if _plan(arch, (size, size, channels))[1] is None),
+        None,
+    )
+    given = f"{int(input_shape[0])}x{int(input_shape[1])}"
+    if smallest is None:
+        raise ValueError(f"{error}; no input up to {_MAX_SEARCH_SIZE} pixels fits this architecture.")
+    raise ValueError(
+        f"{error}. The smallest input this architecture accepts is {smallest}x{smallest} "
+        f"(got {given}): pass --image-size {smallest} or larger, or remove or shrink "
+        "that layer."
+    )
+
+
+def build_model(
+    arch: ArchConfig,
+    *,
+    input_shape: Sequence[int],
+    heads: Sequence[HeadSpec],
+    channel_mean: Sequence[float] | None = None,
+    channel_variance: Sequence[float] | None = None,
+    seed: int | None = None,
+) -> keras.Model:
+    """Build the functional model that ``arch`` declares, with ``heads`` on top.
+
+    Args:
+        arch: the architecture.
+        input_shape: (H, W, C) of the images.
+        heads: the output heads (see ``heads``).
+        channel_mean, channel_variance: per-channel statistics of the training
+            images in pixel units (0..255); default: mean 0, variance 1 after scaling
+            to 0..1.
+        seed: seed of the weight initialisers and dropout masks.
+
+    Returns:
+        A Keras model mapping ``image`` to ``{head name: probabilities}``.
+    """
+    plan_layers(arch, input_shape)  # clear errors before Keras sees anything
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    channels = int(input_shape[-1])
+    if channel_mean is None:
+        channel_mean = [127.5] * channels
+        channel_variance = [127.5**2] * channels
+    inputs = keras.Input(shape=tuple(int(size) for size in input_shape), name=INPUT_NAME)
+    x = keras.layers.Normalization(
+        axis=-1, mean=list(channel_mean), variance=list(channel_variance), name="normalize"
+    )(inputs)
+    regularizer = keras.regularizers.L2(arch.l2) if arch.l2 > 0 else None
+    specs = arch.layers
+    for index, (name, spec) in enumerate(zip(layer_names(arch), specs)):
+        following = specs[index + 1].kind if index + 1 < len(specs) else None
+        x = _make_layer(spec, name, arch, regularizer, following, seed)(x)
+    outputs = build_heads(x, heads, l2=arch.l2, dropout=arch.dropout, seed=seed)
+    return keras.Model(inputs, outputs, name=arch.name.replace(" ", "_"))
+
+
+def _make_layer(spec: LayerSpec, name: str, arch: ArchConfig, regularizer, following, seed):
+    params, kind = spec.params, spec.kind
+    if kind == "conv":
+        padding = params["padding"]
+        use_bias = params["bias"] if params["bias"] != "auto" else following != "bn"
+        conv = keras.layers.Conv2D(
+            params["filters"],
+            params["kernel"],
+            strides=params["stride"],
+            padding=padding if isinstance(padding, str) else "valid",
+            use_bias=use_bias,
+            kernel_regularizer=regularizer,
+            name=name,
+        )
+        if isinstance(padding, int) and padding > 0:
+            pad = keras.layers.ZeroPadding2D(padding, name=f"{name}_pad")
+            return lambda tensor: conv(pad(tensor))
+        return conv
+    if kind == "bn":
+        momentum = params["momentum"] if params["momentum"] is not None else arch.bn_momentum
+        if arch.bn_layer == "keras":
+            return keras.layers.BatchNormalization(momentum=momentum, epsilon=params["epsilon"], name=name)
+        return BatchNorm(
+            momentum=momentum,
+            epsilon=params["epsilon"],
+            batch_stats_at_inference=arch.bn_batch_stats_at_inference,
+            name=name,
+        )
+    if kind == "act":
+        return keras.layers.Activation(params["fn"], name=name)
+    if kind in ("maxpool", "avgpool"):
+        layer = keras.layers.MaxPooling2D if kind == "maxpool" else keras.layers.AveragePooling2D
+        return layer(params["size"], strides=params["stride"], padding=params["padding"], name=name)
+    if kind == "dropout":
+        return keras.layers.Dropout(params["rate"], seed=seed, name=name)
+    if kind == "flatten":
+        return keras.layers.Flatten(name=name)
+    if kind == "gap":
+        return keras.layers.GlobalAveragePooling2D(name=name)
+    if kind == "gmp":
+        return keras.layers.GlobalMaxPooling2D(name=name)
+    return keras.layers.Dense(params["units"], kernel_regularizer=regularizer, name=name)
+
+
+def flops_per_image(model: keras.Model) -> int:
+    """Floating-point operations of one forward pass (2 per multiply-add).
+
+    Counts conv and dense layers, which are all but a few per cent of the work.
+    """
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, height, width, filters = layer.output.shape
+            kernel_height, kernel_width, channels, _ = layer.kernel.shape
+            total += 2 * height * width * filters * kernel_height * kernel_width * channels
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * int(np.prod(layer.kernel.shape))
+    return int(total)
+
+
+def conv_layer_names(model: keras.Model) -> list[str]:
+    """Names of the model's conv layers, in order (for messages and explanations)."""
+    return [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]

@@ -1,0 +1,449 @@
+"""The one training path for every dataset and both head types.
+
+:func:`train` builds (or resumes) the model a :class:`RunConfig` declares, trains it
+with ``model.fit``, evaluates validation (and by default test) data after every epoch,
+keeps the model of the best validation epoch, and writes the run folder described in
+``fruitcnn.runs``.
+
+``history.csv`` has one row per finished epoch with the columns ``epoch``,
+``timestamp`` (ISO-8601 wall clock at the end of the epoch), ``elapsed_s`` (training
+seconds since the run started, summed over resumed sessions), ``lr`` (learning rate
+of the epoch's first step), then ``{train,val,test}_loss`` and
+``{train,val,test}_accuracy``. For the four-head model ``accuracy`` is the aggregate
+(all four heads right) and ``{split}_{head}_loss`` / ``{split}_{head}_accuracy``
+follow for every head. Train figures are Keras's running means over the epoch
+(training mode: dropout on, batch statistics); val and test are evaluated at the end
+of the epoch in inference mode. Losses include the L2 penalty when ``l2 > 0``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from fruitcnn import runs
+from fruitcnn.config import RunConfig, TrainConfig
+from fruitcnn.data import Dataset, Split, load_dataset
+from fruitcnn.model import build_model
+from heads import (
+    AGGREGATE,
+    SINGLE_HEAD,
+    HeadSpec,
+    compile_arguments,
+    head_targets,
+    line_attribute_specs,
+    single_head_specs,
+)
+
+# Batches prepared ahead of the training step, so the input never waits.
+_PREFETCH_BATCHES = 4
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        run_dir: the run folder.
+        model: the model of the best validation epoch (uncompiled).
+        history: the rows of history.csv.
+        metrics: the content of metrics.json.
+    """
+
+    run_dir: Path
+    model: keras.Model
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+
+
+def head_specs(config: RunConfig, dataset: Dataset) -> list[HeadSpec]:
+    """The heads that ``config.head`` asks for on ``dataset``."""
+    if config.head == "multi":
+        return line_attribute_specs(dataset.attribute_names, dataset.attribute_values)
+    return single_head_specs(dataset.class_names)
+
+
+def training_model(model: keras.Model, specs: Sequence[HeadSpec]) -> keras.Model:
+    """The model that is compiled and fitted: the heads, plus for several heads an
+    ``aggregate`` output (their concatenated probabilities, no loss) that carries the
+    all-heads-right accuracy. It shares every layer with ``model``."""
+    outputs = {spec.name: model.get_layer(spec.name).output for spec in specs}
+    if len(specs) > 1:
+        outputs[AGGREGATE] = keras.layers.Concatenate(name=AGGREGATE)([outputs[spec.name] for spec in specs])
+    return keras.Model(model.inputs, outputs, name=model.name)
+
+
+def heads_model(trainer: keras.Model, specs: Sequence[HeadSpec]) -> keras.Model:
+    """The plain (saved) model inside a training model: image -> head probabilities."""
+    outputs = {spec.name: trainer.get_layer(spec.name).output for spec in specs}
+    return keras.Model(trainer.inputs, outputs, name=trainer.name)
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Optimizer with the learning-rate schedule of ``config`` (per-step schedules)."""
+    total_steps = config.epochs * steps_per_epoch
+    rate: Any = config.learning_rate
+    if config.schedule == "cosine":
+        warmup = int(round(config.warmup_epochs * steps_per_epoch))
+        rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else config.learning_rate,
+            decay_steps=max(1, total_steps - warmup),
+            warmup_target=config.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    elif config.schedule == "step":
+        rate = keras.optimizers.schedules.ExponentialDecay(
+            config.learning_rate,
+            decay_steps=config.step_epochs * steps_per_epoch,
+            decay_rate=config.step_factor,
+            staircase=True,
+        )
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=True)
+    if config.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(rate, momentum=config.momentum)
+    return keras.optimizers.Adam(rate)
+
+
+def batches(
+    split: Split,
+    specs: Sequence[HeadSpec],
+    batch_size: int,
+    *,
+    shuffle_seed: int | None = None,
+    epoch_box: dict[str, int] | None = None,
+) -> tf.data.Dataset:
+    """A tf.data pipeline of (float32 images, targets) batches from uint8 arrays.
+
+    With ``shuffle_seed`` the order is a fresh permutation every epoch, seeded by
+    (seed, epoch) with the epoch read from ``epoch_box`` when the epoch starts, so a
+    resumed run sees the same batches as an uninterrupted one; incomplete last
+    batches are dropped in training (a 3-image batch makes noisy batch statistics).
+    """
+    images = split.images
+    targets = head_targets(specs, split.labels, split.attributes)
+    count = len(split)
+    shuffle = shuffle_seed is not None
+    steps = count // batch_size if shuffle else math.ceil(count / batch_size)
+
+    def generate():
+        if shuffle:
+            epoch = (epoch_box or {}).get("epoch", 0)
+            order = np.random.default_rng([shuffle_seed, epoch]).permutation(count)
+        else:
+            order = np.arange(count)
+        for step in range(steps):
+            index = order[step * batch_size : (step + 1) * batch_size]
+            if not shuffle:
+                index = slice(step * batch_size, (step + 1) * batch_size)
+            yield images[index], {name: values[index] for name, values in targets.items()}
+
+    signature = (
+        tf.TensorSpec((None, *images.shape[1:]), tf.uint8),
+        {
+            name: tf.TensorSpec((None, *values.shape[1:]), tf.as_dtype(values.dtype))
+            for name, values in targets.items()
+        },
+    )
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps))
+    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y))
+    return dataset.prefetch(_PREFETCH_BATCHES)
+
+
+def standard_metrics(logs: dict[str, float], specs: Sequence[HeadSpec], prefix: str = "") -> dict:
+    """Keras's log names turned into ``loss``, ``accuracy`` (aggregate for several
+    heads) and ``<head>_loss``, ``<head>_accuracy``."""
+    multi = len(specs) > 1
+    result = {"loss": float(logs[f"{prefix}loss"])}
+    if multi:
+        result["accuracy"] = float(logs[f"{prefix}{AGGREGATE}_accuracy"])
+        for spec in specs:
+            result[f"{spec.name}_loss"] = float(logs[f"{prefix}{spec.name}_loss"])
+            result[f"{spec.name}_accuracy"] = float(logs[f"{prefix}{spec.name}_accuracy"])
+    else:
+        key = f"{prefix}{SINGLE_HEAD}_accuracy"
+        result["accuracy"] = float(logs[key] if key in logs else logs[f"{prefix}accuracy"])
+    return result
+
+
+def channel_statistics(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and variance of uint8 images, in pixel units."""
+    flat = images.reshape(-1, images.shape[-1])
+    # Chunked float64 sums: exact enough and no float copy of the whole set.
+    total = np.zeros(flat.shape[1])
+    squares = np.zeros(flat.shape[1])
+    for start in range(0, flat.shape[0], 1 << 22):
+        chunk = flat[start : start + (1 << 22)].astype(np.float64)
+        total += chunk.sum(axis=0)
+        squares += (chunk * chunk).sum(axis=0)
+    mean = total / flat.shape[0]
+    variance = np.maximum(squares / flat.shape[0] - mean * mean, 1e-6)
+    return mean.tolist(), variance.tolist()
+
+
+class _Plateau(keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau whose counters survive a resume."""
+
+    def __init__(self, state: dict[str, Any] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self._initial = state or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        for name in ("wait", "best", "cooldown_counter"):
+            if name in self._initial:
+                setattr(self, name, self._initial[name])
+
+    def state(self) -> dict[str, Any]:
+        best = None if self.best is None else float(self.best)
+        return {"wait": self.wait, "best": best, "cooldown_counter": self.cooldown_counter}
+
+
+class _EpochRecorder(keras.callbacks.Callback):
+    """Evaluates test data, writes history/checkpoints/best model after every epoch."""
+
+    def __init__(self, run, trainer, model, specs, test_data, state, history, plateau, epoch_box):
+        super().__init__()
+        self.run, self.trainer, self.plain, self.specs = run, trainer, model, specs
+        self.test_data, self.history, self.plateau = test_data, history, plateau
+        self.state, self.epoch_box = state, epoch_box
+        self.best_weights = None
+        self.best_parts: dict[str, dict[str, float]] | None = None  # val/test at the best epoch
+        self.session_start = time.monotonic()
+        self.prior_elapsed = float(state["elapsed_s"])  # from earlier sessions of a resumed run
+        self.test_writer = tf.summary.create_file_writer(str(run / runs.TENSORBOARD_DIR / "test"))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_box["epoch"] = epoch
+        # The rate of the epoch's first step (step decay and plateau change it only
+        # between epochs, so for them it is the epoch's rate).
+        self.epoch_rate = float(keras.ops.convert_to_numpy(self.trainer.optimizer.learning_rate))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "timestamp": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "elapsed_s": round(self.prior_elapsed + time.monotonic() - self.session_start, 3),
+            "lr": self.epoch_rate,
+        }
+        parts = {
+            "train": standard_metrics(logs, self.specs),
+            "val": standard_metrics(logs, self.specs, "val_"),
+        }
+        if self.test_data is not None:
+            test_logs = self.trainer.evaluate(self.test_data, verbose=0, return_dict=True)
+            parts["test"] = standard_metrics(test_logs, self.specs)
+            with self.test_writer.as_default(step=epoch):
+                for name, value in parts["test"].items():
+                    tf.summary.scalar(f"epoch_{name}", value)
+            self.test_writer.flush()
+        for split in ("train", "val", "test"):
+            for name in ("loss", "accuracy"):
+                row[f"{split}_{name}"] = parts.get(split, {}).get(name, "")
+        for split in ("train", "val", "test"):
+            for name, value in parts.get(split, {}).items():
+                if name not in ("loss", "accuracy"):
+                    row[f"{split}_{name}"] = value
+        self._save(epoch, row, parts)
+
+    def _save(self, epoch, row, parts):
+        val = parts["val"]
+        improved = (val["accuracy"], -val["loss"]) > (
+            self.state["best_val_accuracy"],
+            -self.state["best_val_loss"],
+        )
+        if improved:
+            runs.atomic_write(self.run / runs.MODEL_FILE, self.plain.save)
+            self.best_weights = self.plain.get_weights()
+            self.best_parts = parts if "test" in parts else None
+            self.state.update(
+                best_epoch=epoch + 1, best_val_accuracy=val["accuracy"], best_val_loss=val["loss"]
+            )
+        runs.atomic_write(self.run / runs.CHECKPOINT_DIR / runs.CHECKPOINT_MODEL, self.trainer.save)
+        self.history.append(row)
+        runs.write_csv(self.run / runs.HISTORY_FILE, self.history)
+        self.state.update(epoch=epoch + 1, elapsed_s=row["elapsed_s"])
+        if self.plateau is not None:
+            self.state["plateau"] = self.plateau.state()
+        # state.json is written last: it is what a resume trusts.
+        runs.write_json(self.run / runs.CHECKPOINT_DIR / runs.STATE_FILE, self.state)
+
+
+def _fresh_state() -> dict[str, Any]:
+    return {
+        "epoch": 0,
+        "elapsed_s": 0.0,
+        "best_epoch": 0,
+        "best_val_accuracy": -1.0,
+        "best_val_loss": float("inf"),
+        "finished": False,
+    }
+
+
+def _check_sizes(config: RunConfig, dataset: Dataset) -> None:
+    if len(dataset.train) < config.train.batch_size:
+        raise ValueError(
+            f"the training split has {len(dataset.train)} images, fewer than the batch "
+            f"size {config.train.batch_size}; lower --batch-size or use more data."
+        )
+
+
+def train(
+    config: RunConfig,
+    *,
+    dataset: Dataset | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int | str = "auto",
+) -> TrainResult:
+    """Train (or resume) the run that ``config`` declares.
+
+    Args:
+        config: the run configuration (for a resume: the one saved in the run).
+        dataset: already loaded data; default: ``load_dataset(config.data)``.
+        run_dir: run folder; default ``saved_models/<dataset>-<head>-<time>``.
+        resume: continue the run in ``run_dir`` from its last finished epoch.
+        callbacks: extra Keras callbacks (run after fruitcnn's own).
+        verbose: Keras ``fit`` verbosity (1 progress bars, 2 one line per epoch).
+
+    Returns:
+        A :class:`TrainResult`; the model has the best validation epoch's weights.
+
+    Raises:
+        ValueError: on an unusable configuration or dataset, before training starts.
+    """
+    if resume and run_dir is None:
+        raise ValueError("resume=True needs the run folder (run_dir) to continue.")
+    dataset = dataset if dataset is not None else load_dataset(config.data)
+    specs = head_specs(config, dataset)
+    _check_sizes(config, dataset)
+    run = (
+        Path(run_dir)
+        if run_dir is not None
+        else runs.DEFAULT_ROOT / runs.new_run_name(config.data.dataset, config.head)
+    )
+    steps_per_epoch = len(dataset.train) // config.train.batch_size
+    keras.utils.set_random_seed(config.train.seed)
+    if resume:
+        state = runs.read_json(run / runs.CHECKPOINT_DIR / runs.STATE_FILE)
+        trainer = keras.models.load_model(run / runs.CHECKPOINT_DIR / runs.CHECKPOINT_MODEL)
+        history = [row for row in runs.read_csv(run / runs.HISTORY_FILE) if row["epoch"] <= state["epoch"]]
+    else:
+        if (run / runs.CONFIG_FILE).exists():
+            raise ValueError(
+                f"{run} already holds a run; resume it with --resume {run}, or choose another --out/--run."
+            )
+        state, history = _fresh_state(), []
+        mean, variance = channel_statistics(dataset.train.images)
+        model = build_model(
+            config.arch,
+            input_shape=dataset.image_shape,
+            heads=specs,
+            channel_mean=mean,
+            channel_variance=variance,
+            seed=config.train.seed,
+        )
+        trainer = training_model(model, specs)
+        trainer.compile(make_optimizer(config.train, steps_per_epoch), **compile_arguments(specs))
+        runs.write_json(run / runs.CONFIG_FILE, config.to_dict())
+        runs.write_json(run / runs.CLASSES_FILE, {spec.name: list(spec.class_names) for spec in specs})
+    model = heads_model(trainer, specs)
+    return _fit(config, dataset, specs, run, trainer, model, state, history, callbacks, verbose)
+
+
+def _fit(config, dataset, specs, run, trainer, model, state, history, callbacks, verbose) -> TrainResult:
+    settings = config.train
+    epoch_box = {"epoch": state["epoch"]}
+    train_data = batches(
+        dataset.train, specs, settings.batch_size, shuffle_seed=settings.seed, epoch_box=epoch_box
+    )
+    eval_size = max(settings.batch_size, 256)  # bigger batches are faster and change nothing
+    val_data = batches(dataset.val, specs, eval_size)
+    test_data = batches(dataset.test, specs, eval_size)
+    plateau = None
+    if settings.schedule == "plateau":
+        plateau = _Plateau(
+            state.get("plateau"),
+            monitor="val_loss",
+            factor=settings.plateau_factor,
+            patience=settings.plateau_patience,
+            verbose=1,
+        )
+    recorder = _EpochRecorder(
+        run,
+        trainer,
+        model,
+        specs,
+        test_data if settings.test_each_epoch else None,
+        state,
+        history,
+        plateau,
+        epoch_box,
+    )
+    tensorboard = keras.callbacks.TensorBoard(
+        log_dir=str(run / runs.TENSORBOARD_DIR), write_graph=False, profile_batch=0
+    )
+    # The plateau callback runs first so the recorder saves its counters of this epoch.
+    all_callbacks = ([plateau] if plateau else []) + [recorder, tensorboard] + list(callbacks)
+    if state["epoch"] < settings.epochs:
+        try:
+            trainer.fit(
+                train_data,
+                validation_data=val_data,
+                epochs=settings.epochs,
+                initial_epoch=state["epoch"],
+                callbacks=all_callbacks,
+                shuffle=False,  # batches() shuffles, seeded per epoch
+                verbose=verbose,
+            )
+        except KeyboardInterrupt:
+            print(
+                f"\ninterrupted after epoch {state['epoch']}; continue with: python train.py --resume {run}",
+                file=sys.stderr,
+            )
+            raise
+    if recorder.best_weights is not None:
+        model.set_weights(recorder.best_weights)
+    elif (run / runs.MODEL_FILE).exists():
+        model.set_weights(keras.models.load_model(run / runs.MODEL_FILE, compile=False).get_weights())
+    metrics = _final_metrics(trainer, dataset, specs, settings, state, model, recorder.best_parts)
+    runs.write_json(run / runs.METRICS_FILE, metrics)
+    state["finished"] = True
+    runs.write_json(run / runs.CHECKPOINT_DIR / runs.STATE_FILE, state)
+    return TrainResult(run, model, history, metrics)
+
+
+def _final_metrics(trainer, dataset, specs, settings, state, model, known) -> dict[str, Any]:
+    """Validation and test metrics of the best model (``known``: already measured)."""
+    eval_size = max(settings.batch_size, 256)
+    metrics: dict[str, Any] = {
+        "best_epoch": state["best_epoch"],
+        "epochs": state["epoch"],
+        "train_seconds": state["elapsed_s"],
+        "parameters": int(model.count_params()),
+    }
+    for name in ("val", "test"):
+        split = dataset.splits[name]
+        if known is not None:
+            values = known[name]
+        else:
+            logs = trainer.evaluate(batches(split, specs, eval_size), verbose=0, return_dict=True)
+            values = standard_metrics(logs, specs)
+        for key, value in values.items():
+            metrics[f"{name}_{key}"] = value
+        metrics[f"{name}_images"] = len(split)
+    metrics["train_images"] = len(dataset.train)
+    return metrics

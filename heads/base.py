@@ -1,0 +1,143 @@
+"""Head specification, layers, losses, metrics and targets shared by all heads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+from keras import ops
+
+# Name of the extra output that a multi-head *training* model carries so Keras can
+# report the aggregate accuracy (an image is right only if every head is right).
+AGGREGATE = "aggregate"
+KINDS = ("softmax", "sigmoid")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One output of a model.
+
+    Attributes:
+        name: output and layer name (``class``, ``length``, ``angle`` ...).
+        kind: ``softmax`` (one unit per class, categorical cross-entropy) or
+            ``sigmoid`` (one unit for two classes, binary cross-entropy).
+        class_names: names of the classes, indexed by target value.
+        target_column: which column of the dataset's attribute matrix holds this
+            head's targets; None means the dataset's class labels.
+    """
+
+    name: str
+    kind: str
+    class_names: tuple[str, ...]
+    target_column: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"head kind must be one of {KINDS}, got {self.kind!r}.")
+        if self.kind == "sigmoid" and len(self.class_names) != 2:
+            raise ValueError(
+                f"sigmoid head {self.name!r} needs exactly 2 classes, got {len(self.class_names)}."
+            )
+        if len(self.class_names) < 2:
+            raise ValueError(f"head {self.name!r} needs at least 2 classes, got {list(self.class_names)}.")
+
+    @property
+    def units(self) -> int:
+        """Width of the logits layer."""
+        return 1 if self.kind == "sigmoid" else len(self.class_names)
+
+
+def build_heads(
+    features, specs: Sequence[HeadSpec], *, l2: float = 0.0, dropout: float = 0.0, seed=None
+) -> dict:
+    """Put the heads on a feature vector; returns ``{head name: probability tensor}``."""
+    if dropout > 0:
+        features = keras.layers.Dropout(dropout, seed=seed, name="dropout_head")(features)
+    regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
+    outputs = {}
+    for spec in specs:
+        logits = keras.layers.Dense(spec.units, kernel_regularizer=regularizer, name=f"{spec.name}_logits")(
+            features
+        )
+        outputs[spec.name] = keras.layers.Activation(spec.kind, name=spec.name)(logits)
+    return outputs
+
+
+@keras.saving.register_keras_serializable(package="fruitcnn")
+class AggregateAccuracy(keras.metrics.Mean):
+    """Share of images for which every head is right.
+
+    ``y_pred`` is the concatenation of the heads' probabilities (sigmoid heads one
+    column, softmax heads one column per class) and ``y_true`` the matrix of the
+    heads' integer targets, one column per head.
+
+    Args:
+        head_sizes: the number of probability columns of each head, in order.
+    """
+
+    def __init__(self, head_sizes: Sequence[int], name: str = "accuracy", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self.head_sizes = [int(size) for size in head_sizes]
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.cast(y_true, "int32")
+        all_right = None
+        start = 0
+        for column, size in enumerate(self.head_sizes):
+            block = y_pred[:, start : start + size]
+            if size == 1:
+                predicted = ops.cast(block[:, 0] > 0.5, "int32")
+            else:
+                predicted = ops.cast(ops.argmax(block, axis=-1), "int32")
+            right = ops.equal(predicted, y_true[:, column])
+            all_right = right if all_right is None else ops.logical_and(all_right, right)
+            start += size
+        return super().update_state(ops.cast(all_right, self.dtype), sample_weight)
+
+    def get_config(self):
+        return {"head_sizes": self.head_sizes, "name": self.name, "dtype": self.dtype}
+
+
+def compile_arguments(specs: Sequence[HeadSpec]) -> dict:
+    """Losses and metrics for ``model.compile`` of a training model (see training)."""
+    losses, metrics = {}, {}
+    for spec in specs:
+        if spec.kind == "sigmoid":
+            losses[spec.name] = keras.losses.BinaryCrossentropy()
+            metrics[spec.name] = [keras.metrics.BinaryAccuracy(name="accuracy")]
+        else:
+            losses[spec.name] = keras.losses.SparseCategoricalCrossentropy()
+            metrics[spec.name] = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    if len(specs) > 1:
+        losses[AGGREGATE] = None
+        metrics[AGGREGATE] = [AggregateAccuracy([spec.units for spec in specs])]
+    return {"loss": losses, "metrics": metrics}
+
+
+def head_targets(
+    specs: Sequence[HeadSpec], labels: np.ndarray, attributes: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """The target arrays of the heads (plus the aggregate matrix for several heads)."""
+    targets = {}
+    for spec in specs:
+        if spec.target_column is None:
+            values = labels
+        else:
+            if attributes is None:
+                raise ValueError(
+                    f"head {spec.name!r} needs attribute labels, but this dataset has only "
+                    "class labels; train it with the single softmax head (no --multihead)."
+                )
+            values = attributes[:, spec.target_column]
+        values = np.asarray(values)
+        if spec.kind == "sigmoid":
+            targets[spec.name] = values.astype(np.float32).reshape(-1, 1)
+        else:
+            targets[spec.name] = values.astype(np.int32)
+    if len(specs) > 1:
+        targets[AGGREGATE] = np.stack(
+            [np.asarray(targets[spec.name]).reshape(-1) for spec in specs], axis=1
+        ).astype(np.int32)
+    return targets

@@ -1,0 +1,175 @@
+"""The one training path: learning, the run folder, best-on-validation, resume."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from fruitcnn import runs
+from fruitcnn.config import DataConfig, RunConfig, TrainConfig
+from fruitcnn.training import train
+
+FAST = TrainConfig(epochs=3, batch_size=32, learning_rate=0.01, warmup_epochs=0.0)
+
+
+class _StopAfter(keras.callbacks.Callback):
+    """Simulates Ctrl-C at the end of an epoch (after fruitcnn saved it)."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epochs:
+            raise KeyboardInterrupt
+
+
+def _config(head="single", **train_changes):
+    fields = {**FAST.__dict__, **train_changes}
+    return RunConfig(data=DataConfig(images_per_class=24, seed=3), train=TrainConfig(**fields), head=head)
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory, small_line):
+    return train(_config(), dataset=small_line, run_dir=tmp_path_factory.mktemp("runs") / "single", verbose=0)
+
+
+def test_accuracy_clearly_rises(single_run):
+    history = single_run.history
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    chance = 1 / 96
+    assert history[-1]["val_accuracy"] > history[0]["val_accuracy"] + 0.1
+    assert single_run.metrics["test_accuracy"] > 10 * chance
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_run_folder_contract(single_run):
+    run = single_run.run_dir
+    for name in (
+        "model.keras",
+        "config.json",
+        "classes.json",
+        "history.csv",
+        "metrics.json",
+        "checkpoint/last.keras",
+        "checkpoint/state.json",
+    ):
+        assert (run / name).is_file(), name
+    assert any((run / "tb").rglob("events.out.tfevents.*"))
+    assert any((run / "tb" / "test").glob("events.out.tfevents.*"))
+    classes = json.loads((run / "classes.json").read_text())
+    assert list(classes) == ["class"] and classes["class"][5] == "len7_w1_ang030_blue"
+    config = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
+    assert config == _config()
+    header = (run / "history.csv").read_text().splitlines()[0].split(",")
+    assert header == [
+        "epoch",
+        "timestamp",
+        "elapsed_s",
+        "lr",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "test_loss",
+        "test_accuracy",
+    ]
+    rows = runs.read_csv(run / "history.csv")
+    assert rows[0]["timestamp"][:2] == "20" and "T" in rows[0]["timestamp"]
+    assert 0 < rows[0]["elapsed_s"] < rows[1]["elapsed_s"] < rows[2]["elapsed_s"]
+    # cosine schedule without warm-up: starts at the peak and falls every epoch
+    assert rows[0]["lr"] == pytest.approx(0.01)
+    assert rows[0]["lr"] > rows[1]["lr"] > rows[2]["lr"] > 0
+    assert not list(run.rglob(".*.tmp*")), "temporary files left behind"
+
+
+def test_best_model_is_chosen_on_validation(single_run, small_line):
+    metrics = single_run.metrics
+    history = single_run.history
+    best = max(history, key=lambda row: (row["val_accuracy"], -row["val_loss"]))
+    assert metrics["best_epoch"] == best["epoch"]
+    assert metrics["val_accuracy"] == pytest.approx(best["val_accuracy"])
+    loaded = keras.models.load_model(single_run.run_dir / "model.keras")
+    predicted = loaded.predict(small_line.val.images.astype("float32"), verbose=0)["class"].argmax(axis=1)
+    assert np.mean(predicted == small_line.val.labels) == pytest.approx(metrics["val_accuracy"], abs=1e-6)
+    test_predicted = loaded.predict(small_line.test.images.astype("float32"), verbose=0)["class"].argmax(
+        axis=1
+    )
+    assert np.mean(test_predicted == small_line.test.labels) == pytest.approx(
+        metrics["test_accuracy"], abs=1e-6
+    )
+
+
+def test_four_heads_report_each_head_and_the_aggregate(tmp_path, small_line):
+    result = train(_config("multi"), dataset=small_line, run_dir=tmp_path / "multi", verbose=0)
+    row = result.history[-1]
+    heads = ("length", "width", "colour", "angle")
+    for split in ("train", "val", "test"):
+        for head in heads:
+            assert 0.0 <= row[f"{split}_{head}_accuracy"] <= 1.0
+            assert row[f"{split}_{head}_loss"] > 0
+    # an image is right only when all four heads are right
+    assert row["test_accuracy"] <= min(row[f"test_{head}_accuracy"] for head in heads) + 1e-9
+    assert row["val_colour_accuracy"] > 0.9  # colour is one pixel value away
+    model = keras.models.load_model(result.run_dir / "model.keras")
+    assert sorted(model.output.keys()) == sorted(heads)  # the saved model has no aggregate output
+    outputs = model.predict(small_line.test.images.astype("float32"), verbose=0)
+    length_ok = (outputs["length"][:, 0] > 0.5) == small_line.test.attributes[:, 0]
+    width_ok = (outputs["width"][:, 0] > 0.5) == small_line.test.attributes[:, 1]
+    colour_ok = (outputs["colour"][:, 0] > 0.5) == small_line.test.attributes[:, 3]
+    angle_ok = outputs["angle"].argmax(axis=1) == small_line.test.attributes[:, 2]
+    aggregate = np.mean(length_ok & width_ok & colour_ok & angle_ok)
+    assert result.metrics["test_accuracy"] == pytest.approx(aggregate, abs=1e-6)
+    assert result.metrics["test_angle_accuracy"] == pytest.approx(np.mean(angle_ok), abs=1e-6)
+
+
+def test_interrupted_run_resumes_where_it_stopped(tmp_path, small_line, single_run):
+    config = _config()
+    with pytest.raises(KeyboardInterrupt):
+        train(config, dataset=small_line, run_dir=tmp_path / "r", callbacks=[_StopAfter(1)], verbose=0)
+    state = json.loads((tmp_path / "r" / "checkpoint" / "state.json").read_text())
+    assert state["epoch"] == 1 and not state["finished"]
+    assert not (tmp_path / "r" / "metrics.json").exists()
+    resumed = train(config, dataset=small_line, run_dir=tmp_path / "r", resume=True, verbose=0)
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
+    # Same weights, optimiser state and batch order: the resumed run retraces the
+    # uninterrupted one (up to float summation order).
+    for got, want in zip(resumed.history, single_run.history):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-3)
+        assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-3)
+    assert resumed.metrics["test_accuracy"] == pytest.approx(single_run.metrics["test_accuracy"], abs=3e-3)
+
+
+def test_existing_run_is_not_overwritten(single_run, small_line):
+    with pytest.raises(ValueError, match="already holds a run; resume it with --resume"):
+        train(_config(), dataset=small_line, run_dir=single_run.run_dir, verbose=0)
+
+
+def test_batch_larger_than_training_split_is_explained(tmp_path, small_line):
+    with pytest.raises(ValueError, match="fewer than the batch size 4096; lower --batch-size"):
+        train(_config(batch_size=4096), dataset=small_line, run_dir=tmp_path / "x", verbose=0)
+
+
+@pytest.mark.parametrize(
+    "optimizer,schedule", [("sgd", "step"), ("rmsprop", "plateau"), ("adam", "constant")]
+)
+def test_optimisers_and_schedules_train(tmp_path, small_line, optimizer, schedule):
+    config = _config(
+        epochs=2,
+        optimizer=optimizer,
+        schedule=schedule,
+        learning_rate=0.005,
+        step_epochs=1,
+        step_factor=0.5,
+        test_each_epoch=False,
+    )
+    result = train(config, dataset=small_line, run_dir=tmp_path / "o", verbose=0)
+    rows = result.history
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert rows[0]["test_loss"] == ""  # test only at the end when test_each_epoch is off
+    assert "test_accuracy" in result.metrics
+    if schedule == "step":
+        assert rows[1]["lr"] == pytest.approx(0.0025)
+    if schedule == "constant":
+        assert rows[0]["lr"] == rows[1]["lr"] == pytest.approx(0.005)

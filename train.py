@@ -1,0 +1,339 @@
+"""Train a fruitcnn model: ``python train.py --dataset line [--multihead]``.
+
+Every flag sets one field of the run configuration (``fruitcnn.config``); flags left
+out keep the defaults shown by ``--help``. The run folder (``saved_models/<run>/`` or
+``--out``) receives model.keras (best validation epoch), config.json, classes.json,
+history.csv, metrics.json, TensorBoard logs in tb/ and a checkpoint/ for --resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
+
+from fruitcnn.config import (  # noqa: E402
+    BN_LAYERS,
+    DEFAULT_PRESETS,
+    OPTIMIZERS,
+    PRESETS,
+    SCHEDULES,
+    ArchConfig,
+    DataConfig,
+    RunConfig,
+    TrainConfig,
+    resolve_arch,
+)
+
+EXAMPLES = """examples:
+  python train.py                                  # line dataset, 96-class softmax
+  python train.py --dataset line --multihead       # four heads: length, width, colour, angle
+  python train.py --arch cs671-part1 --epochs 5 --optimizer sgd --lr 0.05
+  python train.py --arch "conv(32,3) bn relu maxpool(2) conv(64,3) bn relu gap fc(128) relu"
+  python train.py --arch cs671-part1 --image-size 28 --num-classes 96 --summary
+  python train.py --resume                         # continue the last interrupted run
+  tensorboard --logdir saved_models                # learning curves
+"""
+
+# flag -> (config section, field); the section's dataclass default is the flag's default.
+_FIELDS = {
+    "dataset": ("data", "dataset"),
+    "image_size": ("data", "image_size"),
+    "images_per_class": ("data", "images_per_class"),
+    "split": ("data", "split"),
+    "val_fraction": ("data", "val_fraction"),
+    "data_seed": ("data", "seed"),
+    "l2": ("arch", "l2"),
+    "dropout": ("arch", "dropout"),
+    "bn_momentum": ("arch", "bn_momentum"),
+    "bn_test_batch_stats": ("arch", "bn_batch_stats_at_inference"),
+    "bn_layer": ("arch", "bn_layer"),
+    "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"),
+    "optimizer": ("train", "optimizer"),
+    "lr": ("train", "learning_rate"),
+    "momentum": ("train", "momentum"),
+    "schedule": ("train", "schedule"),
+    "warmup_epochs": ("train", "warmup_epochs"),
+    "step_epochs": ("train", "step_epochs"),
+    "step_factor": ("train", "step_factor"),
+    "plateau_patience": ("train", "plateau_patience"),
+    "plateau_factor": ("train", "plateau_factor"),
+    "seed": ("train", "seed"),
+    "test_each_epoch": ("train", "test_each_epoch"),
+}
+_DEFAULTS = {"data": DataConfig(), "arch": ArchConfig(layers=["gap"]), "train": TrainConfig()}
+
+
+def _default(flag: str):
+    section, name = _FIELDS[flag]
+    return getattr(_DEFAULTS[section], name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser (defaults come from the config dataclasses)."""
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    data = parser.add_argument_group("data")
+    add = _adder(data)
+    add("--dataset", "dataset name; 'line' is generated, no download", metavar="NAME")
+    add("--image-size", "image side in pixels", type=int, metavar="N")
+    add("--images-per-class", "line dataset: images per class", type=int, metavar="N")
+    add("--split", "train/test or train/val/test, percent or counts", metavar="A/B[/C]")
+    add("--val-fraction", "validation share of the training part", type=float, metavar="F")
+    add("--data-seed", "seed of data generation and splitting", type=int, metavar="N")
+    model = parser.add_argument_group("model")
+    add = _adder(model)
+    model.add_argument(
+        "--arch",
+        default=None,
+        metavar="ARCH",
+        help=f"preset ({', '.join(PRESETS)}), a layer list in quotes, or a .json file "
+        "(default: the dataset's preset, 'line' for the line dataset)",
+    )
+    model.add_argument(
+        "--multihead",
+        action="store_true",
+        default=None,
+        help="four heads (length, width, colour, angle) instead of one softmax",
+    )
+    add("--l2", "L2 weight decay on conv and dense kernels", type=float, metavar="F")
+    add("--dropout", "dropout rate before the heads", type=float, metavar="F")
+    add("--bn-momentum", "momentum of the batch-norm moving statistics", type=float, metavar="F")
+    add("--bn-test-batch-stats", "batch norm uses batch statistics at test time too", action="store_true")
+    add("--bn-layer", "batch-norm implementation", choices=BN_LAYERS)
+    training = parser.add_argument_group("training")
+    add = _adder(training)
+    add("--epochs", "epochs", type=int, metavar="N")
+    add("--batch-size", "images per step", type=int, metavar="N")
+    add("--optimizer", "optimizer", choices=OPTIMIZERS)
+    add("--lr", "peak learning rate", type=float, metavar="F")
+    add("--momentum", "momentum of sgd and rmsprop", type=float, metavar="F")
+    add("--schedule", "learning-rate schedule", choices=SCHEDULES)
+    add("--warmup-epochs", "cosine: linear warm-up length in epochs", type=float, metavar="F")
+    add("--step-epochs", "step: epochs between decays", type=int, metavar="N")
+    add("--step-factor", "step: decay factor", type=float, metavar="F")
+    add("--plateau-patience", "plateau: epochs without val-loss improvement", type=int, metavar="N")
+    add("--plateau-factor", "plateau: decay factor", type=float, metavar="F")
+    add("--seed", "seed of initialisation, dropout and batch order", type=int, metavar="N")
+    training.add_argument(
+        "--no-test-each-epoch",
+        dest="test_each_epoch",
+        action="store_false",
+        default=None,
+        help="evaluate the test split only at the end (default: after every epoch)",
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="run folder (default: saved_models/<dataset>-<head>-<date>-<time>)",
+    )
+    run.add_argument("--run", default=None, metavar="NAME", help="run name under saved_models/")
+    run.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="start from a saved config.json; flags override its fields",
+    )
+    run.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="continue an interrupted run from its last finished epoch (DIR, "
+        "--out/--run, or else the latest unfinished run)",
+    )
+    run.add_argument(
+        "--summary",
+        action="store_true",
+        help="print the model's layers, output shapes and parameters, then exit",
+    )
+    run.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        metavar="K",
+        help="with --summary: class count, so no dataset is loaded",
+    )
+    run.add_argument(
+        "--verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=None,
+        help="0 silent, 1 progress bars, 2 one line per epoch (default: 1 on a terminal, else 2)",
+    )
+    return parser
+
+
+def _adder(group):
+    def add(flag, help_text, **kwargs):
+        key = flag.lstrip("-").replace("-", "_")
+        help_text += f" (default: {_default(key)})"
+        group.add_argument(flag, default=None, help=help_text, **kwargs)
+
+    return add
+
+
+def make_config(args: argparse.Namespace) -> RunConfig:
+    """The run configuration: ``--config`` (or defaults) with the given flags applied."""
+    if args.config:
+        from fruitcnn import runs
+
+        base = RunConfig.from_dict(runs.read_json(Path(args.config)))
+        sections = {"data": base.data, "arch": base.arch, "train": base.train}
+        head = base.head
+    else:
+        sections = {"data": DataConfig(), "arch": None, "train": TrainConfig()}
+        head = "single"
+    data_changes = {
+        name: getattr(args, flag)
+        for flag, (section, name) in _FIELDS.items()
+        if section == "data" and getattr(args, flag) is not None
+    }
+    data = dataclasses.replace(sections["data"], **data_changes)
+    arch = (
+        resolve_arch(args.arch) if args.arch else sections["arch"] or resolve_arch(default_arch(data.dataset))
+    )
+    changes = {"arch": {}, "train": {}}
+    for flag, (section, name) in _FIELDS.items():
+        if section != "data" and getattr(args, flag) is not None:
+            changes[section][name] = getattr(args, flag)
+    arch = dataclasses.replace(arch, **changes["arch"])
+    train = dataclasses.replace(sections["train"], **changes["train"])
+    if args.multihead:
+        head = "multi"
+    return RunConfig(data=data, arch=arch, train=train, head=head)
+
+
+def default_arch(dataset: str) -> str:
+    """The preset used when --arch is not given."""
+    return DEFAULT_PRESETS.get(dataset, "line")
+
+
+def _summary(config: RunConfig, num_classes: int | None) -> None:
+    from fruitcnn.data import line
+    from fruitcnn.model import build_model, flops_per_image, plan_layers
+    from heads import line_attribute_specs, single_head_specs
+
+    if config.head == "multi":
+        specs = line_attribute_specs(
+            line.ATTRIBUTES,
+            {
+                "length": ["len7", "len15"],
+                "width": ["w1", "w3"],
+                "colour": list(line.COLOURS),
+                "angle": [str(angle) for angle in line.ANGLES],
+            },
+        )
+    elif num_classes is not None:
+        specs = single_head_specs([f"class{index}" for index in range(num_classes)])
+    elif config.data.dataset == "line":
+        specs = single_head_specs(line.CLASS_NAMES)
+    else:
+        raise ValueError("--summary needs --num-classes K for datasets other than 'line'.")
+    shape = (config.data.image_size, config.data.image_size, 3)
+    plan_layers(config.arch, shape)
+    model = build_model(config.arch, input_shape=shape, heads=specs)
+    model.summary(line_length=100)
+    flops = flops_per_image(model)
+    print(
+        f"architecture {config.arch.name}: input {shape[0]}x{shape[1]}x{shape[2]}, "
+        f"{model.count_params():,} parameters, {flops / 1e6:.2f} MFLOP per image (forward)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, train (or resume, or summarise), print where the run went."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from fruitcnn import runs
+
+    try:
+        if args.resume is not None:
+            return _resume(args, parser)
+        config = make_config(args)
+        if args.summary:
+            _summary(config, args.num_classes)
+            return 0
+        from fruitcnn.training import train
+
+        run_dir = _run_dir(args)
+        result = train(config, run_dir=run_dir, verbose=_verbosity(args))
+    except ValueError as error:
+        parser.exit(2, f"train.py: error: {error}\n")
+    except KeyboardInterrupt:
+        return 130
+    _print_result(result, runs)
+    return 0
+
+
+def _run_dir(args) -> Path | None:
+    from fruitcnn import runs
+
+    if args.out and args.run:
+        raise ValueError("give either --out DIR or --run NAME, not both.")
+    if args.out:
+        return Path(args.out)
+    if args.run:
+        return runs.DEFAULT_ROOT / args.run
+    return None
+
+
+def _verbosity(args) -> int:
+    if args.verbose is not None:
+        return args.verbose
+    return 1 if sys.stdout.isatty() else 2
+
+
+def _resume(args, parser) -> int:
+    from fruitcnn import runs
+    from fruitcnn.training import train
+
+    given = [flag for flag in _FIELDS if getattr(args, flag) is not None]
+    if given or args.arch or args.multihead or args.config:
+        names = ", ".join("--" + flag.replace("_", "-") for flag in given) or "--arch/--config"
+        raise ValueError(
+            f"--resume continues a run with its saved config.json; drop {names} (or start "
+            "a new run without --resume)."
+        )
+    run_dir = Path(args.resume) if args.resume else _run_dir(args) or runs.latest_resumable_run()
+    if not (run_dir / runs.CHECKPOINT_DIR / runs.STATE_FILE).is_file():
+        raise ValueError(
+            f"{run_dir} has no checkpoint to resume (expected "
+            f"{run_dir / runs.CHECKPOINT_DIR / runs.STATE_FILE}); it never finished an epoch."
+        )
+    config = RunConfig.from_dict(runs.read_json(run_dir / runs.CONFIG_FILE))
+    print(f"resuming {run_dir}")
+    result = train(config, run_dir=run_dir, resume=True, verbose=_verbosity(args))
+    _print_result(result, runs)
+    return 0
+
+
+def _print_result(result, runs) -> None:
+    metrics = result.metrics
+    multi = any(key.startswith("test_angle") for key in metrics)
+    kind = "aggregate (all four heads right)" if multi else "accuracy"
+    print(
+        f"test {kind}: {100 * metrics['test_accuracy']:.2f}% on {metrics['test_images']} images "
+        f"| best epoch {metrics['best_epoch']} of {metrics['epochs']} "
+        f"| {metrics['train_seconds']:.0f} s training"
+    )
+    print(
+        f"run saved in {result.run_dir}/ ({runs.MODEL_FILE}, {runs.HISTORY_FILE}, "
+        f"{runs.METRICS_FILE}; tensorboard --logdir {result.run_dir / runs.TENSORBOARD_DIR})"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
