@@ -401,7 +401,7 @@ class TrainConfig:
             learning curves); the model is still chosen on validation only.
     """
 
-    epochs: int = 3
+    epochs: int = 2
     batch_size: int = 128
     optimizer: str = "adam"
     learning_rate: float = 0.01

@@ -141,17 +141,6 @@ def find_runs(root: Path = DEFAULT_ROOT) -> list[Path]:
     return sorted(runs, key=lambda path: (path / CONFIG_FILE).stat().st_mtime)
 
 
-def latest_finished_run(root: Path = DEFAULT_ROOT) -> Path:
-    """The most recently finished run (one with metrics.json) under ``root``."""
-    finished = [run for run in find_runs(root) if (run / METRICS_FILE).is_file()]
-    if not finished:
-        raise ValueError(
-            f"no finished run under {root}/; train one first (python train.py) or pass "
-            "--model saved_models/<run>."
-        )
-    return max(finished, key=lambda run: (run / METRICS_FILE).stat().st_mtime)
-
-
 def latest_resumable_run(root: Path = DEFAULT_ROOT) -> Path:
     """The most recent run under ``root`` that has a checkpoint and no final metrics."""
     candidates = [

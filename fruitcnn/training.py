@@ -7,7 +7,8 @@ keeps the model of the best validation epoch, and writes the run folder describe
 
 ``history.csv`` has one row per finished epoch with the columns ``epoch``,
 ``timestamp`` (ISO-8601 wall clock at the end of the epoch), ``elapsed_s`` (training
-seconds since the run started, summed over resumed sessions), ``lr`` (learning rate
+seconds since the run started, summed over resumed sessions), ``train_s`` (seconds
+of this epoch's optimisation steps, without evaluation), ``lr`` (learning rate
 of the epoch's first step), then ``{train,val,test}_loss`` and
 ``{train,val,test}_accuracy``. For the four-head model ``accuracy`` is the aggregate
 (all four heads right) and ``{split}_{head}_loss`` / ``{split}_{head}_accuracy``
@@ -137,15 +138,13 @@ def batches(
     steps = count // batch_size if shuffle else math.ceil(count / batch_size)
 
     def generate():
+        order = None
         if shuffle:
             epoch = (epoch_box or {}).get("epoch", 0)
             order = np.random.default_rng([shuffle_seed, epoch]).permutation(count)
-        else:
-            order = np.arange(count)
         for step in range(steps):
-            index = order[step * batch_size : (step + 1) * batch_size]
-            if not shuffle:
-                index = slice(step * batch_size, (step + 1) * batch_size)
+            window = slice(step * batch_size, (step + 1) * batch_size)
+            index = window if order is None else order[window]
             yield images[index], {name: values[index] for name, values in targets.items()}
 
     signature = (
@@ -229,6 +228,10 @@ class _EpochRecorder(keras.callbacks.Callback):
         # The rate of the epoch's first step (step decay and plateau change it only
         # between epochs, so for them it is the epoch's rate).
         self.epoch_rate = float(keras.ops.convert_to_numpy(self.trainer.optimizer.learning_rate))
+        self.epoch_start = self.last_step_end = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.last_step_end = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
@@ -236,6 +239,7 @@ class _EpochRecorder(keras.callbacks.Callback):
             "epoch": epoch + 1,
             "timestamp": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "elapsed_s": round(self.prior_elapsed + time.monotonic() - self.session_start, 3),
+            "train_s": round(self.last_step_end - self.epoch_start, 3),
             "lr": self.epoch_rate,
         }
         parts = {

@@ -39,7 +39,10 @@ class Split:
 
     def take(self, indices: np.ndarray) -> Split:
         """The images at ``indices`` with all their labels."""
-        pick = lambda array: None if array is None else array[indices]  # noqa: E731
+
+        def pick(array):
+            return None if array is None else array[indices]
+
         return Split(self.images[indices], self.labels[indices], pick(self.attributes), pick(self.masks))
 
 
@@ -97,12 +100,6 @@ def line_dataset(config: DataConfig) -> Dataset:
     train, val, test = stratified_split(
         data.labels, config.split, val_fraction=config.val_fraction, seed=config.seed
     )
-    values = {
-        "length": tuple(f"len{value}" for value in line.LENGTHS),
-        "width": tuple(f"w{value}" for value in line.WIDTHS),
-        "angle": tuple(f"ang{value:03d}" for value in line.ANGLES),
-        "colour": tuple(line.COLOURS),
-    }
     return Dataset(
         name="line",
         train=whole.take(train),
@@ -110,5 +107,5 @@ def line_dataset(config: DataConfig) -> Dataset:
         test=whole.take(test),
         class_names=data.class_names,
         attribute_names=line.ATTRIBUTES,
-        attribute_values=values,
+        attribute_values=line.attribute_values(),
     )

@@ -85,6 +85,16 @@ def class_attributes(class_ids) -> np.ndarray:
     return np.stack([length, width, angle, colour], axis=-1).astype(np.int32)
 
 
+def attribute_values() -> dict[str, tuple[str, ...]]:
+    """Readable names of every attribute's values, e.g. ``{"length": ("len7", "len15"), ...}``."""
+    return {
+        "length": tuple(f"len{value}" for value in LENGTHS),
+        "width": tuple(f"w{value}" for value in WIDTHS),
+        "angle": tuple(f"ang{value:03d}" for value in ANGLES),
+        "colour": tuple(COLOURS),
+    }
+
+
 CLASS_NAMES = tuple(class_name(*attrs) for attrs in class_attributes(np.arange(NUM_CLASSES)).tolist())
 
 

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+import fruitcnn
 from fruitcnn import runs
 from fruitcnn.config import DataConfig, RunConfig, TrainConfig
 from fruitcnn.training import train
@@ -78,6 +79,7 @@ def test_run_folder_contract(single_run):
     rows = runs.read_csv(run / "history.csv")
     assert rows[0]["timestamp"][:2] == "20" and "T" in rows[0]["timestamp"]
     assert 0 < rows[0]["elapsed_s"] < rows[1]["elapsed_s"] < rows[2]["elapsed_s"]
+    assert 0 < rows[1]["train_s"] < rows[1]["elapsed_s"] - rows[0]["elapsed_s"]
     # cosine schedule without warm-up: starts at the peak and falls every epoch
     assert rows[0]["lr"] == pytest.approx(0.01)
     assert rows[0]["lr"] > rows[1]["lr"] > rows[2]["lr"] > 0
@@ -90,7 +92,7 @@ def test_best_model_is_chosen_on_validation(single_run, small_line):
     best = max(history, key=lambda row: (row["val_accuracy"], -row["val_loss"]))
     assert metrics["best_epoch"] == best["epoch"]
     assert metrics["val_accuracy"] == pytest.approx(best["val_accuracy"])
-    loaded = keras.models.load_model(single_run.run_dir / "model.keras")
+    loaded = fruitcnn.load_model(single_run.run_dir)  # a run folder is enough
     predicted = loaded.predict(small_line.val.images.astype("float32"), verbose=0)["class"].argmax(axis=1)
     assert np.mean(predicted == small_line.val.labels) == pytest.approx(metrics["val_accuracy"], abs=1e-6)
     test_predicted = loaded.predict(small_line.test.images.astype("float32"), verbose=0)["class"].argmax(
@@ -141,6 +143,11 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, small_line, single_r
     assert resumed.metrics["test_accuracy"] == pytest.approx(single_run.metrics["test_accuracy"], abs=3e-3)
 
 
+def test_load_model_explains_a_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="no model file at .*expected a .keras file or a run folder"):
+        fruitcnn.load_model(tmp_path)
+
+
 def test_existing_run_is_not_overwritten(single_run, small_line):
     with pytest.raises(ValueError, match="already holds a run; resume it with --resume"):
         train(_config(), dataset=small_line, run_dir=single_run.run_dir, verbose=0)
@@ -173,3 +180,12 @@ def test_optimisers_and_schedules_train(tmp_path, small_line, optimizer, schedul
         assert rows[1]["lr"] == pytest.approx(0.0025)
     if schedule == "constant":
         assert rows[0]["lr"] == rows[1]["lr"] == pytest.approx(0.005)
+
+
+def test_allocator_tuning_is_in_effect_on_linux():
+    import sys
+
+    from fruitcnn.allocator import tune_allocator
+
+    if sys.platform.startswith("linux"):
+        assert tune_allocator() is True

@@ -1,0 +1,136 @@
+"""train.py as users type it: flags, --summary, errors, a tiny end-to-end run, resume."""
+
+import json
+
+import pytest
+
+import train as cli
+
+
+def _run(argv, capsys):
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _fails(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    assert stop.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_summary_of_cs671_needs_no_dataset(capsys):
+    code, out, _ = _run(
+        ["--arch", "cs671-part1", "--image-size", "28", "--num-classes", "96", "--summary"], capsys
+    )
+    assert code == 0
+    for name in ("conv1", "relu1", "bn1", "pool1", "flatten", "fc1", "class_logits"):
+        assert name in out
+    assert "4,069,216 parameters" in out
+    assert "(None, 22, 22, 32)" in out
+
+
+def test_summary_of_the_multihead_model(capsys):
+    code, out, _ = _run(["--multihead", "--summary"], capsys)
+    assert code == 0
+    for head in ("length", "width", "colour", "angle"):
+        assert f"{head}_logits" in out
+
+
+def test_too_small_image_is_refused_with_the_way_out(capsys):
+    err = _fails(["--arch", "cs671-part1", "--image-size", "6", "--num-classes", "10", "--summary"], capsys)
+    assert "layer conv1" in err and "needs at least 7x7" in err and "--image-size 7" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--arch", "resnet50", "--summary"], "unknown architecture preset 'resnet50'"),
+        (["--dataset", "cifar100", "--epochs", "1"], "unknown dataset 'cifar100'"),
+        (["--split", "60:40"], "cannot read split '60:40'"),
+        (["--out", "a", "--run", "b"], "either --out DIR or --run NAME"),
+        (["--resume", "--epochs", "5"], "--resume continues a run with its saved config.json; drop --epochs"),
+    ],
+)
+def test_bad_flags_are_explained(argv, message, capsys):
+    assert message in _fails(argv, capsys)
+
+
+def test_help_shows_defaults_and_examples(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "(default: 0.9)" in out  # bn momentum, from the config dataclass
+    assert "python train.py --dataset line --multihead" in out
+
+
+def test_flags_map_to_config_fields():
+    args = cli.build_parser().parse_args(
+        [
+            "--multihead",
+            "--epochs",
+            "7",
+            "--lr",
+            "0.2",
+            "--optimizer",
+            "sgd",
+            "--l2",
+            "0.001",
+            "--split",
+            "70/30",
+            "--bn-test-batch-stats",
+            "--arch",
+            "conv(8) gap",
+        ]
+    )
+    config = cli.make_config(args)
+    assert config.head == "multi"
+    assert (config.train.epochs, config.train.learning_rate, config.train.optimizer) == (7, 0.2, "sgd")
+    assert config.arch.l2 == 0.001 and config.arch.bn_batch_stats_at_inference
+    assert config.data.split == "70/30" and config.arch.name == "custom"
+    assert cli.make_config(cli.build_parser().parse_args([])).arch.name == "line"
+
+
+def test_end_to_end_run_and_resume_of_a_finished_run(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    argv = [
+        "--images-per-class",
+        "6",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--out",
+        str(out_dir),
+        "--verbose",
+        "0",
+    ]
+    code, out, _ = _run(argv, capsys)
+    assert code == 0
+    assert "test accuracy:" in out and f"run saved in {out_dir}/" in out
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and metrics["test_images"] == 96 * 2
+    # --config reuses a saved configuration; flags override single fields
+    args = cli.build_parser().parse_args(["--config", str(out_dir / "config.json"), "--epochs", "4"])
+    config = cli.make_config(args)
+    assert config.data.images_per_class == 6 and config.train.epochs == 4
+    # an existing run is never overwritten
+    assert "already holds a run" in _fails(argv, capsys)
+    code, out, _ = _run(["--resume", str(out_dir), "--verbose", "0"], capsys)
+    assert code == 0 and f"resuming {out_dir}" in out
+
+
+def test_resume_without_checkpoint_is_explained(tmp_path, capsys):
+    assert "has no checkpoint to resume" in _fails(["--resume", str(tmp_path)], capsys)
+
+
+def test_explain_says_it_is_not_implemented_yet(capsys):
+    import explain
+
+    assert explain.main(["--layer", "conv2", "--image", "x.png"]) == 2
+    assert "not implemented yet" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        explain.main(["--help"])
+    assert "NOT IMPLEMENTED YET" in capsys.readouterr().out
