@@ -68,6 +68,7 @@ def test_run_folder_contract(single_run):
         "epoch",
         "timestamp",
         "elapsed_s",
+        "train_s",
         "lr",
         "train_loss",
         "train_accuracy",
