@@ -16,9 +16,10 @@ $(BIN)/.installed: requirements.txt
 demo: $(BIN)/.installed
 	$(BIN)/python train.py --dataset line
 
-# Lint, then the test suite (a few minutes on 2 CPU cores).
+# Lint and format check, then the test suite (a few minutes on 2 CPU cores).
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed

@@ -223,7 +223,7 @@ def default_arch(dataset: str) -> str:
 
 def _summary(config: RunConfig, num_classes: int | None) -> None:
     from fruitcnn.data import line
-    from fruitcnn.model import build_model, flops_per_image, plan_layers
+    from fruitcnn.model import build_model, flops_per_image
     from heads import line_attribute_specs, single_head_specs
 
     if config.head == "multi":
@@ -243,7 +243,6 @@ def _summary(config: RunConfig, num_classes: int | None) -> None:
     else:
         raise ValueError("--summary needs --num-classes K for datasets other than 'line'.")
     shape = (config.data.image_size, config.data.image_size, 3)
-    plan_layers(config.arch, shape)
     model = build_model(config.arch, input_shape=shape, heads=specs)
     model.summary(line_length=100)
     flops = flops_per_image(model)
@@ -263,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume is not None:
             return _resume(args, parser)
         config = make_config(args)
+        if args.num_classes is not None and not args.summary:
+            raise ValueError("--num-classes only applies to --summary (the dataset decides the classes).")
         if args.summary:
             _summary(config, args.num_classes)
             return 0
@@ -300,19 +301,18 @@ def _resume(args, parser) -> int:
     from fruitcnn import runs
     from fruitcnn.training import train
 
-    given = [flag for flag in _FIELDS if getattr(args, flag) is not None]
-    if given or args.arch or args.multihead or args.config:
-        names = ", ".join("--" + flag.replace("_", "-") for flag in given) or "--arch/--config"
+    settings = [*_FIELDS, "arch", "multihead", "config", "summary", "num_classes"]
+    given = [flag for flag in settings if getattr(args, flag) not in (None, False)]
+    if given:
+        names = ", ".join("--" + flag.replace("_", "-") for flag in given)
         raise ValueError(
             f"--resume continues a run with its saved config.json; drop {names} (or start "
             "a new run without --resume)."
         )
+    if args.resume and (args.out or args.run):
+        raise ValueError("give the run to resume once: --resume DIR, or --resume with --out/--run.")
     run_dir = Path(args.resume) if args.resume else _run_dir(args) or runs.latest_resumable_run()
-    if not (run_dir / runs.CHECKPOINT_DIR / runs.STATE_FILE).is_file():
-        raise ValueError(
-            f"{run_dir} has no checkpoint to resume (expected "
-            f"{run_dir / runs.CHECKPOINT_DIR / runs.STATE_FILE}); it never finished an epoch."
-        )
+    runs.read_state(run_dir)  # a clear error before the data is loaded
     config = RunConfig.from_dict(runs.read_json(run_dir / runs.CONFIG_FILE))
     print(f"resuming {run_dir}")
     result = train(config, run_dir=run_dir, resume=True, verbose=_verbosity(args))

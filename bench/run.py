@@ -69,7 +69,8 @@ def bn_step_times(config, dataset) -> dict[str, float]:
         arch = dataclasses.replace(config.arch, bn_layer=name)
         model = build_model(arch, input_shape=dataset.image_shape, heads=specs, seed=0)
         trainer = training_model(model, specs)
-        trainer.compile(make_optimizer(config.train, 100), **compile_arguments(specs))
+        steps_per_epoch = len(dataset.train) // config.train.batch_size
+        trainer.compile(make_optimizer(config.train, steps_per_epoch), **compile_arguments(specs))
         trainers[name] = trainer
     stream = iter(batches(dataset.train, specs, config.train.batch_size, shuffle_seed=0, epoch_box={}))
     fixed = [next(stream) for _ in range(_BN_STEPS)]
@@ -96,7 +97,8 @@ def run_line(task: str, keep: bool) -> dict:
     from fruitcnn.training import train
 
     config = RunConfig(data=DataConfig(dataset="line"), arch=preset("line"), head=TASKS[task])
-    folder = Path("saved_models") if keep else Path(tempfile.mkdtemp(prefix="fruitcnn-bench-"))
+    scratch = None if keep else tempfile.TemporaryDirectory(prefix="fruitcnn-bench-")
+    folder = Path("saved_models") if keep else Path(scratch.name)
     run_dir = folder / f"bench-{task}-{time.strftime('%Y%m%d-%H%M%S')}"
     start = time.perf_counter()
     dataset = load_dataset(config.data)
@@ -106,7 +108,9 @@ def run_line(task: str, keep: bool) -> dict:
     metrics = result.metrics
     flops = flops_per_image(result.model)
     step_seconds = sum(row["train_s"] for row in result.history)
-    images_per_s = len(dataset.train) * len(result.history) / step_seconds
+    # images actually stepped on: incomplete last batches are dropped in training
+    stepped = (len(dataset.train) // config.train.batch_size) * config.train.batch_size
+    images_per_s = stepped * len(result.history) / step_seconds
     report = {
         "task": task,
         "test_accuracy": metrics["test_accuracy"],
@@ -134,6 +138,8 @@ def run_line(task: str, keep: bool) -> dict:
     report["peak_fraction"] = round(report["train_gflops"] / report["matmul_peak_gflops"], 3)
     report.update({key: round(value, 3) for key, value in bn_step_times(config, dataset).items()})
     report["run_dir"] = str(run_dir) if keep else None
+    if scratch is not None:
+        scratch.cleanup()
     return report
 
 

@@ -143,17 +143,41 @@ def _check_values(kind: str, params: dict[str, Any]) -> None:
     elif kind == "fc":
         positive_int("units")
     elif kind == "dropout":
-        if not isinstance(params["rate"], (int, float)) or not 0.0 <= params["rate"] < 1.0:
+        if not _is_number(params["rate"]) or not 0.0 <= params["rate"] < 1.0:
             raise ValueError(f"dropout rate must be in [0, 1), got {params['rate']!r}.")
     elif kind == "act":
         if params["fn"] not in ACTIVATIONS:
             raise ValueError(f"unknown activation {params['fn']!r}; known: {', '.join(ACTIVATIONS)}.")
     elif kind == "bn":
-        momentum = params["momentum"]
-        if momentum is not None and not 0.0 <= float(momentum) < 1.0:
-            raise ValueError(f"bn momentum must be in [0, 1), got {momentum!r}.")
-        if not float(params["epsilon"]) > 0:
-            raise ValueError(f"bn epsilon must be > 0, got {params['epsilon']!r}.")
+        momentum, epsilon = params["momentum"], params["epsilon"]
+        if momentum is not None and not (_is_number(momentum) and 0.0 <= momentum < 1.0):
+            raise ValueError(f"bn momentum must be a number in [0, 1), got {momentum!r}.")
+        if not (_is_number(epsilon) and epsilon > 0):
+            raise ValueError(f"bn epsilon must be a number > 0, got {epsilon!r}.")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_field_types(instance: Any) -> None:
+    """Reject values of the wrong type (e.g. from a hand-edited JSON file) by name."""
+    for item in dataclasses.fields(instance):
+        value = getattr(instance, item.name)
+        expected = item.type
+        if expected == "float" and _is_number(value):
+            setattr(instance, item.name, float(value))
+            continue
+        ok = {
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "bool": isinstance(value, bool),
+            "str": isinstance(value, str),
+        }.get(expected, True)
+        if not ok:
+            raise ValueError(
+                f"{type(instance).__name__}.{item.name} must be a {expected}, got {value!r} "
+                f"({type(value).__name__})."
+            )
 
 
 _TOKEN = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(([^()]*)\))?\s*[,;]?")
@@ -262,6 +286,7 @@ class ArchConfig:
         ]
         if not self.layers:
             raise ValueError("an architecture needs at least one layer.")
+        _check_field_types(self)
         if self.l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {self.l2!r}.")
         if not 0.0 <= self.dropout < 1.0:
@@ -270,6 +295,11 @@ class ArchConfig:
             raise ValueError(f"bn_momentum must be in [0, 1), got {self.bn_momentum!r}.")
         if self.bn_layer not in BN_LAYERS:
             raise ValueError(f"bn_layer must be one of {BN_LAYERS}, got {self.bn_layer!r}.")
+        if self.bn_batch_stats_at_inference and self.bn_layer != "fruitcnn":
+            raise ValueError(
+                "batch statistics at inference (--bn-test-batch-stats) need fruitcnn's bn layer; "
+                f"got bn_layer={self.bn_layer!r}: drop --bn-layer keras or the flag."
+            )
 
 
 def _layer_dict(spec: Any) -> dict[str, Any]:
@@ -329,11 +359,15 @@ def resolve_arch(value: str) -> ArchConfig:
         if not os.path.isfile(value):
             raise ValueError(f"architecture file {value!r} does not exist.")
         with open(value, encoding="utf-8") as handle:
-            loaded = json.load(handle)
+            try:
+                loaded = json.load(handle)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"architecture file {value!r} is not valid JSON: {error}.") from error
         if isinstance(loaded, list):
             loaded = {"layers": loaded}
         return arch_from_dict(loaded)
-    if "(" not in value and " " not in value and value.lower() not in LAYER_KINDS:
+    single_layer = set(LAYER_KINDS) | set(ACTIVATIONS) | set(_ALIASES)
+    if "(" not in value and " " not in value and value.lower() not in single_layer:
         # A single bare word that is no preset is most likely a mistyped preset name.
         return preset(value)
     return ArchConfig(name="custom", layers=parse_layers(value))
@@ -371,6 +405,12 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self):
+        _check_field_types(self)
+        if self.image_size < 1 or self.images_per_class < 1:
+            raise ValueError(
+                f"image_size and images_per_class must be >= 1, got {self.image_size} and "
+                f"{self.images_per_class}."
+            )
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(
                 f"val_fraction must be in (0, 1), got {self.val_fraction!r}: the best "
@@ -416,6 +456,7 @@ class TrainConfig:
     test_each_epoch: bool = True
 
     def __post_init__(self):
+        _check_field_types(self)
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs!r}.")
         if self.batch_size < 1:
@@ -426,6 +467,8 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}.")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}; e.g. 0.9.")
         if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
             raise ValueError(
                 f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs!r}."
@@ -447,6 +490,7 @@ class RunConfig:
     head: str = "single"
 
     def __post_init__(self):
+        _check_field_types(self)
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}.")
 

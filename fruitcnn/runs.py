@@ -9,12 +9,17 @@ A run folder (``saved_models/<run>/`` or ``--out DIR``) holds:
 ``history.csv``      one row per finished epoch (see ``fruitcnn.training``)
 ``metrics.json``     final metrics of ``model.keras`` on every split
 ``tb/``              TensorBoard logs (train, validation and test scalars)
-``checkpoint/``      ``last.keras`` (model + optimiser of the last finished epoch)
-                     and ``state.json``: what ``--resume`` continues from
+``checkpoint/``      ``state.json`` (what ``--resume`` continues from), the
+                     training model with optimiser state of the last finished
+                     epoch (``epoch-NNNN.keras``) and the best model
+                     (``best-NNNN.keras``), both named in state.json
 ===================  ===========================================================
 
-Every file is written to a temporary name in the same folder and then renamed, so an
-interrupted run never leaves a half-written file behind.
+Every file is written to a temporary name in the same folder, flushed to disk and then
+renamed, so an interrupted run never leaves a half-written file behind. The files of an
+epoch are written first and ``state.json``, which names them, last: it is the commit
+point. Only then is the best model copied to ``model.keras`` and older checkpoint files
+removed, so a kill at any moment leaves a state that resumes exactly.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -37,14 +43,19 @@ HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 TENSORBOARD_DIR = "tb"
 CHECKPOINT_DIR = "checkpoint"
-CHECKPOINT_MODEL = "last.keras"
 STATE_FILE = "state.json"
 
 
 def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    """Mode of a new file under the process umask (read without changing it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o644
 
 
 _FILE_MODE = _file_mode()
@@ -71,10 +82,27 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     try:
         write(temporary)
         os.chmod(temporary, _FILE_MODE)  # mkstemp makes files private (0600)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())  # on disk before the rename makes it visible
         os.replace(temporary, path)
+        _sync_folder(path.parent)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (the rename) to disk, where the OS allows it."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -130,6 +158,43 @@ def _number(text: str) -> Any:
         except (TypeError, ValueError):
             pass
     return text
+
+
+def checkpoint_name(kind: str, epoch: int) -> str:
+    """File name of a checkpoint: ``epoch-0003.keras`` or ``best-0003.keras``."""
+    return f"{kind}-{epoch:04d}.keras"
+
+
+def read_state(run: Path) -> dict[str, Any]:
+    """The checkpoint state of a run, with a clear error when there is none."""
+    path = Path(run) / CHECKPOINT_DIR / STATE_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"{run} has no checkpoint to resume (expected {path}); its run never finished an "
+            "epoch, so start it again without --resume."
+        )
+    return read_json(path)
+
+
+def publish_best(run: Path, state: dict[str, Any]) -> None:
+    """Copy the best checkpoint that ``state`` names to ``model.keras``."""
+    best = state.get("best_checkpoint")
+    if best:
+        source = Path(run) / CHECKPOINT_DIR / best
+        atomic_write(Path(run) / MODEL_FILE, lambda temporary: shutil.copyfile(source, temporary))
+
+
+def commit_checkpoint(run: Path, state: dict[str, Any]) -> None:
+    """Write ``state.json`` (the commit point), publish the best model, drop stale files."""
+    folder = Path(run) / CHECKPOINT_DIR
+    previous = read_json(folder / STATE_FILE) if (folder / STATE_FILE).is_file() else {}
+    write_json(folder / STATE_FILE, state)
+    if state.get("best_checkpoint") != previous.get("best_checkpoint"):
+        publish_best(run, state)
+    keep = {state.get("last_checkpoint"), state.get("best_checkpoint")}
+    for path in folder.glob("*.keras"):
+        if path.name not in keep:
+            path.unlink()
 
 
 def find_runs(root: Path = DEFAULT_ROOT) -> list[Path]:

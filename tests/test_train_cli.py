@@ -53,6 +53,11 @@ def test_too_small_image_is_refused_with_the_way_out(capsys):
         (["--split", "60:40"], "cannot read split '60:40'"),
         (["--out", "a", "--run", "b"], "either --out DIR or --run NAME"),
         (["--resume", "--epochs", "5"], "--resume continues a run with its saved config.json; drop --epochs"),
+        (["--resume", "--multihead"], "drop --multihead"),
+        (["--num-classes", "10"], "--num-classes only applies to --summary"),
+        (["--momentum", "2"], "momentum must be in [0, 1)"),
+        (["--arch", "bn(epsilon=none) gap", "--summary"], "bn epsilon must be a number > 0"),
+        (["--bn-layer", "keras", "--bn-test-batch-stats", "--summary"], "need fruitcnn's bn layer"),
     ],
 )
 def test_bad_flags_are_explained(argv, message, capsys):
@@ -63,8 +68,11 @@ def test_help_shows_defaults_and_examples(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     out = capsys.readouterr().out
-    assert "(default: 0.9)" in out  # bn momentum, from the config dataclass
     assert "python train.py --dataset line --multihead" in out
+    helps = {action.dest: action.help for action in cli.build_parser()._actions}
+    # defaults come from the config dataclasses
+    assert helps["bn_momentum"].endswith("(default: 0.9)")
+    assert helps["epochs"].endswith("(default: 2)") and helps["split"].endswith("(default: 60/40)")
 
 
 def test_flags_map_to_config_fields():
@@ -112,15 +120,14 @@ def test_end_to_end_run_and_resume_of_a_finished_run(tmp_path, capsys):
     assert code == 0
     assert "test accuracy:" in out and f"run saved in {out_dir}/" in out
     metrics = json.loads((out_dir / "metrics.json").read_text())
-    assert metrics["epochs"] == 1 and metrics["test_images"] == 96 * 2
+    assert metrics["epochs"] == 1 and metrics["test_images"] == round(0.4 * 96 * 6)
     # --config reuses a saved configuration; flags override single fields
     args = cli.build_parser().parse_args(["--config", str(out_dir / "config.json"), "--epochs", "4"])
     config = cli.make_config(args)
     assert config.data.images_per_class == 6 and config.train.epochs == 4
     # an existing run is never overwritten
     assert "already holds a run" in _fails(argv, capsys)
-    code, out, _ = _run(["--resume", str(out_dir), "--verbose", "0"], capsys)
-    assert code == 0 and f"resuming {out_dir}" in out
+    assert "already finished its 1 epochs; nothing to resume" in _fails(["--resume", str(out_dir)], capsys)
 
 
 def test_resume_without_checkpoint_is_explained(tmp_path, capsys):

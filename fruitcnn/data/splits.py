@@ -39,11 +39,14 @@ def parse_split(text: str) -> tuple[str, tuple[float, ...]]:
 def stratified_split(
     labels: np.ndarray, split: str, *, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split indices into train, validation and test, class by class.
+    """Split indices into train, validation and test, stratified by class.
 
-    Every class is divided in the same proportions (to within one image), so small
-    splits keep all classes. Validation is carved from the training part when the
-    split has two parts, never from the test part.
+    Part sizes are exact: the given counts, or ``round(share * total)`` for
+    percentages. Every class is spread over the parts in proportion to within one
+    image: each class's images get evenly spaced keys in [0, 1) (in a seeded random
+    order, with a random offset per class), all images are sorted by key, and the
+    sorted list is cut at the part sizes. Validation is carved from the training part
+    when the split has two parts, never from the test part.
 
     Args:
         labels: integer class label of every image.
@@ -58,34 +61,36 @@ def stratified_split(
     labels = np.asarray(labels)
     mode, values = parse_split(split)
     total = labels.size
-    if mode == "counts":
-        if sum(values) > total:
-            raise ValueError(
-                f"split {split!r} asks for {int(sum(values))} images but the dataset has "
-                f"{total}; lower the counts or use percentages such as 60/40."
-            )
-        fractions = tuple(value / total for value in values)
-    else:
-        fractions = values
-    if len(fractions) == 2:
-        train, test = fractions
-        fractions = (train * (1.0 - val_fraction), train * val_fraction, test)
+    if mode == "counts" and sum(values) > total:
+        raise ValueError(
+            f"split {split!r} asks for {int(sum(values))} images but the dataset has "
+            f"{total}; lower the counts or use percentages such as 60/40."
+        )
+    sizes = [int(value) for value in values] if mode == "counts" else _sizes(values, total)
+    if len(sizes) == 2:
+        train, test = sizes
+        val = int(round(train * val_fraction))
+        sizes = [train - val, val, test]
     rng = np.random.default_rng(seed)
-    chosen: list[list[np.ndarray]] = [[], [], []]
-    classes = np.unique(labels)
-    for label in classes:
+    keys = np.empty(total)
+    for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
-        # Cumulative rounding keeps each class's parts summing to its share.
-        bounds = np.round(np.cumsum(fractions) * members.size).astype(int)
-        starts = np.concatenate([[0], bounds[:-1]])
-        for part, (start, stop) in enumerate(zip(starts, bounds)):
-            chosen[part].append(members[start:stop])
-    result = tuple(np.sort(np.concatenate(part)).astype(np.int64) for part in chosen)
+        keys[members] = (np.arange(members.size) + rng.random()) / members.size
+    order = np.argsort(keys, kind="stable")
+    bounds = np.cumsum(sizes)
+    parts = (order[: bounds[0]], order[bounds[0] : bounds[1]], order[bounds[1] : bounds[2]])
     names = ("training", "validation", "test")
-    for name, indices in zip(names, result):
+    for name, indices in zip(names, parts):
         if indices.size == 0:
             raise ValueError(
                 f"split {split!r} (validation fraction {val_fraction}) leaves the {name} "
                 f"part empty for {total} images; give it a larger share."
             )
-    return result
+    return tuple(np.sort(part).astype(np.int64) for part in parts)
+
+
+def _sizes(fractions: tuple[float, ...], total: int) -> list[int]:
+    """Part sizes of percentages: rounded cumulative bounds, so they sum to ``total``."""
+    bounds = np.round(np.cumsum(fractions) * total).astype(int)
+    bounds[-1] = total
+    return np.diff(np.concatenate([[0], bounds])).tolist()

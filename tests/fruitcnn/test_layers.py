@@ -103,6 +103,7 @@ def test_inference_uses_moving_statistics_and_leaves_them_alone():
     expected = gamma * (x.numpy() - mean) / np.sqrt(variance + 1e-3) + beta
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(ours.moving_mean.numpy(), mean)
+    np.testing.assert_array_equal(ours.moving_variance.numpy(), variance)
 
 
 def test_batch_stats_at_inference_flag():

@@ -148,3 +148,24 @@ def test_keras_bn_option_and_seeded_weights():
     np.testing.assert_array_equal(
         model.get_layer("conv1").kernel.numpy(), again.get_layer("conv1").kernel.numpy()
     )
+
+
+def test_arch_settings_reach_the_layers():
+    arch = _arch(
+        "conv(4) bn bn(momentum=0.5) relu gap",
+        l2=0.01,
+        dropout=0.25,
+        bn_momentum=0.8,
+        bn_batch_stats_at_inference=True,
+    )
+    model = build_model(arch, input_shape=(8, 8, 3), heads=SPECS_96)
+    assert model.get_layer("bn1").momentum == 0.8 and model.get_layer("bn2").momentum == 0.5
+    assert model.get_layer("bn1").batch_stats_at_inference
+    assert model.get_layer("dropout_head").rate == 0.25
+    # one L2 penalty per kernel: conv1 and the head's logits layer
+    model(np.ones((1, 8, 8, 3), "float32"))
+    assert len(model.losses) == 2
+    kernel = model.get_layer("conv1").kernel.numpy()
+    head = model.get_layer("class_logits").kernel.numpy()
+    expected = 0.01 * (np.sum(kernel**2) + np.sum(head**2))
+    assert float(sum(model.losses)) == pytest.approx(expected, rel=1e-5)

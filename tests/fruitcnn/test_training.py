@@ -26,6 +26,24 @@ class _StopAfter(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+def _tags(folder):
+    """Scalar tags in a folder's TensorBoard event files."""
+    import tensorflow as tf
+
+    tags = set()
+    for path in folder.glob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+class _StopInFirstEpoch(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 2:
+            raise KeyboardInterrupt
+
+
 def _config(head="single", **train_changes):
     fields = {**FAST.__dict__, **train_changes}
     return RunConfig(data=DataConfig(images_per_class=24, seed=3), train=TrainConfig(**fields), head=head)
@@ -53,12 +71,20 @@ def test_run_folder_contract(single_run):
         "classes.json",
         "history.csv",
         "metrics.json",
-        "checkpoint/last.keras",
         "checkpoint/state.json",
     ):
         assert (run / name).is_file(), name
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["finished"] and state["epoch"] == 3
+    assert state["last_checkpoint"] == "epoch-0003.keras"
+    assert state["best_checkpoint"] == f"best-{single_run.metrics['best_epoch']:04d}.keras"
+    kept = sorted(path.name for path in (run / "checkpoint").glob("*.keras"))
+    assert kept == sorted({state["last_checkpoint"], state["best_checkpoint"]})
+    best_bytes = (run / "checkpoint" / state["best_checkpoint"]).read_bytes()
+    assert (run / "model.keras").read_bytes() == best_bytes
     assert any((run / "tb").rglob("events.out.tfevents.*"))
-    assert any((run / "tb" / "test").glob("events.out.tfevents.*"))
+    # test scalars carry Keras's tag names, so they overlay the train/validation curves
+    assert _tags(run / "tb" / "test") and _tags(run / "tb" / "test") <= _tags(run / "tb" / "train")
     classes = json.loads((run / "classes.json").read_text())
     assert list(classes) == ["class"] and classes["class"][5] == "len7_w1_ang030_blue"
     config = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
@@ -133,6 +159,7 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, small_line, single_r
         train(config, dataset=small_line, run_dir=tmp_path / "r", callbacks=[_StopAfter(1)], verbose=0)
     state = json.loads((tmp_path / "r" / "checkpoint" / "state.json").read_text())
     assert state["epoch"] == 1 and not state["finished"]
+    assert (tmp_path / "r" / "model.keras").is_file()  # the best so far is published
     assert not (tmp_path / "r" / "metrics.json").exists()
     resumed = train(config, dataset=small_line, run_dir=tmp_path / "r", resume=True, verbose=0)
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
@@ -142,6 +169,43 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, small_line, single_r
         assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-3)
         assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-3)
     assert resumed.metrics["test_accuracy"] == pytest.approx(single_run.metrics["test_accuracy"], abs=3e-3)
+
+
+def test_run_interrupted_in_its_first_epoch_starts_again(tmp_path, small_line, capsys):
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            _config(epochs=1),
+            dataset=small_line,
+            run_dir=tmp_path / "r",
+            callbacks=[_StopInFirstEpoch()],
+            verbose=0,
+        )
+    assert "nothing to resume; run the same command again" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="never finished an epoch"):
+        train(_config(epochs=1), dataset=small_line, run_dir=tmp_path / "r", resume=True, verbose=0)
+    result = train(_config(epochs=1), dataset=small_line, run_dir=tmp_path / "r", verbose=0)
+    assert result.metrics["epochs"] == 1
+
+
+def test_finished_run_is_not_resumed(single_run, small_line):
+    with pytest.raises(ValueError, match="already finished its 3 epochs; nothing to resume"):
+        train(_config(), dataset=small_line, run_dir=single_run.run_dir, resume=True, verbose=0)
+
+
+def test_optimisers_are_built_as_configured():
+    from fruitcnn.training import make_optimizer
+
+    sgd = make_optimizer(
+        TrainConfig(optimizer="sgd", momentum=0.8, schedule="constant", learning_rate=0.1), 10
+    )
+    assert isinstance(sgd, keras.optimizers.SGD) and sgd.nesterov and sgd.momentum == pytest.approx(0.8)
+    rms = make_optimizer(TrainConfig(optimizer="rmsprop", momentum=0.5), 10)
+    assert isinstance(rms, keras.optimizers.RMSprop) and rms.momentum == pytest.approx(0.5)
+    cosine = make_optimizer(TrainConfig(epochs=4, learning_rate=0.2, warmup_epochs=1.0), 10)
+    schedule = cosine.learning_rate if callable(cosine.learning_rate) else cosine._learning_rate
+    assert float(schedule(0)) == pytest.approx(0.0)
+    assert float(schedule(10)) == pytest.approx(0.2)  # peak at the end of the warm-up
+    assert float(schedule(40)) == pytest.approx(0.0, abs=1e-7)
 
 
 def test_load_model_explains_a_missing_file(tmp_path):
@@ -190,3 +254,31 @@ def test_allocator_tuning_is_in_effect_on_linux():
 
     if sys.platform.startswith("linux"):
         assert tune_allocator() is True
+
+
+def test_channel_statistics_are_exact():
+    from fruitcnn.training import channel_statistics
+
+    images = np.random.default_rng(0).integers(0, 256, (7, 5, 4, 3), dtype=np.uint8)
+    images[..., 2] = 9  # a constant channel: variance floored, not zero
+    mean, variance = channel_statistics(images)
+    as_float = images.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(mean, as_float.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(variance[:2], as_float.var(axis=0)[:2], rtol=1e-12)
+    assert variance[2] == 1e-6
+
+
+def test_batch_statistics_at_inference_evaluate_with_training_batches(tmp_path, small_line):
+    from fruitcnn.config import ArchConfig
+
+    base = _config(epochs=1)
+    arch = ArchConfig(**{**base.arch.__dict__, "bn_batch_stats_at_inference": True})
+    config = RunConfig(data=base.data, arch=arch, train=base.train)
+    result = train(config, dataset=small_line, run_dir=tmp_path / "b", verbose=0)
+    model = fruitcnn.load_model(result.run_dir)
+    images = small_line.val.images.astype("float32")
+    # batch statistics: the answer depends on the batch, and matches the training batch size
+    predicted = model.predict(images, batch_size=32, verbose=0)["class"].argmax(axis=1)
+    assert np.mean(predicted == small_line.val.labels) == pytest.approx(
+        result.metrics["val_accuracy"], abs=1e-6
+    )
