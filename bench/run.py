@@ -38,7 +38,7 @@ TASKS = {"line": "single", "line-multihead": "multi"}
 # Matmul size and repeats for the peak measurement (2 * 2048^3 = 17 GFLOP each).
 _PEAK_SIZE, _PEAK_REPEATS = 2048, 8
 # Interleaved rounds and steps per round of the batch-norm comparison.
-_BN_ROUNDS, _BN_STEPS = 5, 15
+_BN_ROUNDS, _BN_STEPS = 10, 15
 
 
 def matmul_peak_gflops() -> float:

@@ -1,7 +1,8 @@
 """Custom Keras layers of fruitcnn.
 
 :class:`BatchNorm` is batch normalisation written out from ``tf.reduce_mean`` and
-arithmetic only, so that students can read (and examiners can check) every step:
+arithmetic only (``squared_difference``, ``sqrt``, multiply, add), so that students
+can read (and examiners can check) every step:
 
 * training: per-channel mean and (biased) variance of the batch over all axes but the
   last, ``y = gamma * (x - mean) / sqrt(variance + epsilon) + beta``, and the moving
@@ -81,8 +82,8 @@ class BatchNorm(keras.layers.Layer):
         if use_batch:
             axes = list(range(len(x.shape) - 1))
             mean = tf.reduce_mean(x, axis=axes)
-            centred = x - mean
-            variance = tf.reduce_mean(centred * centred, axis=axes)
+            # (x - mean)^2 in one elementwise pass (and one saved tensor for backprop).
+            variance = tf.reduce_mean(tf.math.squared_difference(x, mean), axis=axes)
             if training and self.trainable:
                 self._update_moving(mean, variance)
         else:
