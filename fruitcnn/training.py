@@ -6,8 +6,9 @@ keeps the model of the best validation epoch, and writes the run folder describe
 ``fruitcnn.runs``.
 
 ``history.csv`` has one row per finished epoch with the columns ``epoch``,
-``timestamp`` (ISO-8601 wall clock at the end of the epoch), ``elapsed_s`` (training
-seconds since the run started, summed over resumed sessions), ``train_s`` (seconds
+``timestamp`` (ISO-8601 wall clock at the end of the epoch's evaluations),
+``elapsed_s`` (seconds of training and evaluation since the run started, summed over
+resumed sessions), ``train_s`` (seconds
 of this epoch's optimisation steps, without evaluation), ``lr`` (learning rate
 of the epoch's first step), then ``{train,val,test}_loss`` and
 ``{train,val,test}_accuracy``. For the four-head model ``accuracy`` is the aggregate
@@ -239,9 +240,7 @@ class _EpochRecorder(keras.callbacks.Callback):
         self.best_parts: dict[str, dict[str, float]] | None = None  # val/test at the best epoch
         self.session_start = time.monotonic()
         self.prior_elapsed = float(state["elapsed_s"])  # from earlier sessions of a resumed run
-        self.test_writer = None
-        if test_data is not None:
-            self.test_writer = tf.summary.create_file_writer(str(run / runs.TENSORBOARD_DIR / "test"))
+        self.writers = {}  # TensorBoard writers per split, made when first used
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_box["epoch"] = epoch
@@ -266,15 +265,18 @@ class _EpochRecorder(keras.callbacks.Callback):
             "train": standard_metrics(logs, self.specs),
             "val": standard_metrics(logs, self.specs, "val_"),
         }
+        train_logs = {key: value for key, value in logs.items() if not key.startswith("val_")}
+        self._summarise("train", epoch, {**train_logs, "learning_rate": self.epoch_rate})
+        self._summarise(
+            "validation", epoch, {key[4:]: value for key, value in logs.items() if key.startswith("val_")}
+        )
         if self.test_data is not None:
             test_logs = self.trainer.evaluate(self.test_data, verbose=0, return_dict=True)
             parts["test"] = standard_metrics(test_logs, self.specs)
-            # Keras's own names (epoch_loss, epoch_aggregate_accuracy ...), so the test
-            # curves overlay the train and validation ones in TensorBoard.
-            with self.test_writer.as_default(step=epoch):
-                for name, value in test_logs.items():
-                    tf.summary.scalar(f"epoch_{name}", value)
-            self.test_writer.flush()
+            self._summarise("test", epoch, test_logs)
+        # Timestamps once the epoch's evaluations are done.
+        row["timestamp"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        row["elapsed_s"] = round(self.prior_elapsed + time.monotonic() - self.session_start, 3)
         for split in ("train", "val", "test"):
             for name in ("loss", "accuracy"):
                 row[f"{split}_{name}"] = parts.get(split, {}).get(name, "")
@@ -283,6 +285,20 @@ class _EpochRecorder(keras.callbacks.Callback):
                 if name not in ("loss", "accuracy"):
                     row[f"{split}_{name}"] = value
         self._save(epoch, row, parts)
+
+    def _summarise(self, split: str, epoch: int, values: dict[str, Any]) -> None:
+        """Epoch scalars for TensorBoard under Keras's tag names (``epoch_loss``,
+        ``epoch_aggregate_accuracy`` ...), one folder per split so the curves overlay.
+
+        Written here rather than by keras.callbacks.TensorBoard, which records every
+        batch's logs (about 1.4 ms per step) even when asked for epoch summaries only.
+        """
+        if split not in self.writers:
+            self.writers[split] = tf.summary.create_file_writer(str(self.run / runs.TENSORBOARD_DIR / split))
+        with self.writers[split].as_default(step=epoch):
+            for name, value in values.items():
+                tf.summary.scalar(f"epoch_{name}", float(value))
+        self.writers[split].flush()
 
     def _save(self, epoch, row, parts):
         number = epoch + 1
@@ -455,11 +471,7 @@ def _fit(config, dataset, specs, run, trainer, model, state, history, callbacks,
         plateau,
         epoch_box,
     )
-    tensorboard = keras.callbacks.TensorBoard(
-        log_dir=str(run / runs.TENSORBOARD_DIR), write_graph=False, profile_batch=0
-    )
-    # The plateau callback runs first so the recorder saves its counters of this epoch.
-    all_callbacks = ([plateau] if plateau else []) + [recorder, tensorboard] + list(callbacks)
+    all_callbacks = ([plateau] if plateau else []) + [recorder] + list(callbacks)
     if state["epoch"] < settings.epochs:
         try:
             trainer.fit(

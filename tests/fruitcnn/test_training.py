@@ -85,6 +85,8 @@ def test_run_folder_contract(single_run):
     assert any((run / "tb").rglob("events.out.tfevents.*"))
     # test scalars carry Keras's tag names, so they overlay the train/validation curves
     assert _tags(run / "tb" / "test") and _tags(run / "tb" / "test") <= _tags(run / "tb" / "train")
+    assert _tags(run / "tb" / "validation") == _tags(run / "tb" / "test")
+    assert "epoch_learning_rate" in _tags(run / "tb" / "train")
     classes = json.loads((run / "classes.json").read_text())
     assert list(classes) == ["class"] and classes["class"][5] == "len7_w1_ang030_blue"
     config = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
