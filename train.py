@@ -1,4 +1,4 @@
-"""Train a fruitcnn model: ``python train.py --dataset line [--multihead]``.
+"""Train a fruitcnn model: python train.py --dataset line [--multihead].
 
 Every flag sets one field of the run configuration (``fruitcnn.config``); flags left
 out keep the defaults shown by ``--help``. The run folder (``saved_models/<run>/`` or
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data = parser.add_argument_group("data")
     add = _adder(data)
-    add("--dataset", "dataset name; 'line' is generated, no download", metavar="NAME")
+    add("--dataset", "dataset name; this version has 'line' (generated, no download)", metavar="NAME")
     add("--image-size", "image side in pixels", type=int, metavar="N")
     add("--images-per-class", "line dataset: images per class", type=int, metavar="N")
     add("--split", "train/test or train/val/test, percent or counts", metavar="A/B[/C]")
