@@ -72,7 +72,7 @@ def bn_step_times(config, dataset) -> dict[str, float]:
         steps_per_epoch = len(dataset.train) // config.train.batch_size
         trainer.compile(make_optimizer(config.train, steps_per_epoch), **compile_arguments(specs))
         trainers[name] = trainer
-    stream = iter(batches(dataset.train, specs, config.train.batch_size, shuffle_seed=0, epoch_box={}))
+    stream = iter(batches(dataset.train, specs, config.train.batch_size, shuffle_seed=0)[0])
     fixed = [next(stream) for _ in range(_BN_STEPS)]
     times: dict[str, list[float]] = {name: [] for name in trainers}
     for trainer in trainers.values():  # trace and warm up

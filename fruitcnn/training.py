@@ -49,6 +49,8 @@ from heads import (
 
 # Batches prepared ahead of the training step, so the input never waits.
 _PREFETCH_BATCHES = 4
+# End of the endless training stream (far beyond any run's epochs).
+_EPOCH_LIMIT = 1 << 40
 # Smallest batch for evaluation: inference needs no gradients, so bigger batches are
 # faster and give the same numbers (batch norm uses its moving statistics).
 _EVAL_BATCH = 512
@@ -134,42 +136,44 @@ def batches(
     batch_size: int,
     *,
     shuffle_seed: int | None = None,
-    epoch_box: dict[str, int] | None = None,
-) -> tf.data.Dataset:
-    """A tf.data pipeline of (float32 images, targets) batches from uint8 arrays.
+    first_epoch: int = 0,
+) -> tuple[tf.data.Dataset, int]:
+    """A tf.data pipeline of (float32 images, targets) batches, and its steps per epoch.
 
-    With ``shuffle_seed`` the order is a fresh permutation every epoch, seeded by
-    (seed, epoch) with the epoch read from ``epoch_box`` when the epoch starts, so a
-    resumed run sees the same batches as an uninterrupted one; incomplete last
-    batches are dropped in training (a 3-image batch makes noisy batch statistics).
+    The uint8 images and the targets are held as tensors and batches are gathered in
+    the graph (a Python generator here cost seconds at every ``fit`` teardown). With
+    ``shuffle_seed`` the dataset is endless (use ``steps_per_epoch``): epoch ``e``
+    (counted from ``first_epoch``) is the permutation ``stateless_shuffle(seed=(seed,
+    e))``, so a resumed run sees the same batches as an uninterrupted one, and the
+    incomplete last batch is dropped (a 3-image batch makes noisy batch statistics).
+    Without it, one pass in order, the last batch possibly smaller.
     """
-    images = split.images
-    targets = head_targets(specs, split.labels, split.attributes)
+    images = tf.constant(split.images)
+    targets = {
+        name: tf.constant(values)
+        for name, values in head_targets(specs, split.labels, split.attributes).items()
+    }
     count = len(split)
-    shuffle = shuffle_seed is not None
-    steps = count // batch_size if shuffle else math.ceil(count / batch_size)
 
-    def generate():
-        order = None
-        if shuffle:
-            epoch = (epoch_box or {}).get("epoch", 0)
-            order = np.random.default_rng([shuffle_seed, epoch]).permutation(count)
-        for step in range(steps):
-            window = slice(step * batch_size, (step + 1) * batch_size)
-            index = window if order is None else order[window]
-            yield images[index], {name: values[index] for name, values in targets.items()}
+    def gather(index):
+        return tf.cast(tf.gather(images, index), tf.float32), {
+            name: tf.gather(values, index) for name, values in targets.items()
+        }
 
-    signature = (
-        tf.TensorSpec((None, *images.shape[1:]), tf.uint8),
-        {
-            name: tf.TensorSpec((None, *values.shape[1:]), tf.as_dtype(values.dtype))
-            for name, values in targets.items()
-        },
-    )
-    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps))
-    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y))
-    return dataset.prefetch(_PREFETCH_BATCHES)
+    if shuffle_seed is None:
+        steps = math.ceil(count / batch_size)
+        dataset = tf.data.Dataset.range(count).batch(batch_size)
+    else:
+        steps = count // batch_size
+        used = steps * batch_size
+
+        def epoch_order(epoch):
+            seed = tf.stack([tf.constant(shuffle_seed, tf.int64), epoch])
+            order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=seed)
+            return tf.data.Dataset.from_tensor_slices(order[:used]).batch(batch_size)
+
+        dataset = tf.data.Dataset.range(first_epoch, _EPOCH_LIMIT).flat_map(epoch_order)
+    return dataset.map(gather).prefetch(_PREFETCH_BATCHES), steps
 
 
 def standard_metrics(logs: dict[str, float], specs: Sequence[HeadSpec], prefix: str = "") -> dict:
@@ -231,11 +235,11 @@ class _Plateau(keras.callbacks.ReduceLROnPlateau):
 class _EpochRecorder(keras.callbacks.Callback):
     """Evaluates test data, writes history/checkpoints/best model after every epoch."""
 
-    def __init__(self, run, trainer, model, specs, test_data, state, history, plateau, epoch_box):
+    def __init__(self, run, trainer, model, specs, test_data, state, history, plateau):
         super().__init__()
         self.run, self.trainer, self.plain, self.specs = run, trainer, model, specs
         self.test_data, self.history, self.plateau = test_data, history, plateau
-        self.state, self.epoch_box = state, epoch_box
+        self.state = state
         self.best_weights = None
         self.best_parts: dict[str, dict[str, float]] | None = None  # val/test at the best epoch
         self.session_start = time.monotonic()
@@ -243,7 +247,6 @@ class _EpochRecorder(keras.callbacks.Callback):
         self.writers = {}  # TensorBoard writers per split, made when first used
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_box["epoch"] = epoch
         # The rate of the epoch's first step (step decay and plateau change it only
         # between epochs, so for them it is the epoch's rate).
         self.epoch_rate = float(keras.ops.convert_to_numpy(self.trainer.optimizer.learning_rate))
@@ -444,13 +447,12 @@ def _restore(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[Hea
 
 def _fit(config, dataset, specs, run, trainer, model, state, history, callbacks, verbose) -> TrainResult:
     settings = config.train
-    epoch_box = {"epoch": state["epoch"]}
-    train_data = batches(
-        dataset.train, specs, settings.batch_size, shuffle_seed=settings.seed, epoch_box=epoch_box
+    train_data, steps_per_epoch = batches(
+        dataset.train, specs, settings.batch_size, shuffle_seed=settings.seed, first_epoch=state["epoch"]
     )
     eval_size = eval_batch_size(config)
-    val_data = batches(dataset.val, specs, eval_size)
-    test_data = batches(dataset.test, specs, eval_size)
+    val_data, _ = batches(dataset.val, specs, eval_size)
+    test_data, _ = batches(dataset.test, specs, eval_size)
     plateau = None
     if settings.schedule == "plateau":
         plateau = _Plateau(
@@ -469,7 +471,6 @@ def _fit(config, dataset, specs, run, trainer, model, state, history, callbacks,
         state,
         history,
         plateau,
-        epoch_box,
     )
     all_callbacks = ([plateau] if plateau else []) + [recorder] + list(callbacks)
     if state["epoch"] < settings.epochs:
@@ -479,6 +480,7 @@ def _fit(config, dataset, specs, run, trainer, model, state, history, callbacks,
                 validation_data=val_data,
                 epochs=settings.epochs,
                 initial_epoch=state["epoch"],
+                steps_per_epoch=steps_per_epoch,
                 callbacks=all_callbacks,
                 shuffle=False,  # batches() shuffles, seeded per epoch
                 verbose=verbose,
@@ -517,7 +519,7 @@ def _final_metrics(trainer, dataset, specs, eval_size, state, model, known) -> d
         if known is not None:
             values = known[name]
         else:
-            logs = trainer.evaluate(batches(split, specs, eval_size), verbose=0, return_dict=True)
+            logs = trainer.evaluate(batches(split, specs, eval_size)[0], verbose=0, return_dict=True)
             values = standard_metrics(logs, specs)
         for key, value in values.items():
             metrics[f"{name}_{key}"] = value
