@@ -259,8 +259,8 @@ class _EpochRecorder(keras.callbacks.Callback):
         logs = dict(logs or {})
         row: dict[str, Any] = {
             "epoch": epoch + 1,
-            "timestamp": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "elapsed_s": round(self.prior_elapsed + time.monotonic() - self.session_start, 3),
+            "timestamp": None,  # both set once the evaluations are done; listed here
+            "elapsed_s": None,  # to keep the column order of history.csv
             "train_s": round(self.last_step_end - self.epoch_start, 3),
             "lr": self.epoch_rate,
         }
