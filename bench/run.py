@@ -60,17 +60,17 @@ def matmul_peak_gflops() -> float:
 def bn_step_times(config, dataset) -> dict[str, float]:
     """Median ms per training step: fruitcnn BatchNorm vs keras BatchNormalization."""
     from fruitcnn.model import build_model
-    from fruitcnn.training import batches, head_specs, make_optimizer, training_model
+    from fruitcnn.training import batches, head_specs, make_optimizer, steps_per_epoch, training_model
     from heads import compile_arguments
 
     specs = head_specs(config, dataset)
+    steps = steps_per_epoch(len(dataset.train), config.train.batch_size)
     trainers = {}
     for name in ("fruitcnn", "keras"):
         arch = dataclasses.replace(config.arch, bn_layer=name)
         model = build_model(arch, input_shape=dataset.image_shape, heads=specs, seed=0)
         trainer = training_model(model, specs)
-        steps_per_epoch = len(dataset.train) // config.train.batch_size
-        trainer.compile(make_optimizer(config.train, steps_per_epoch), **compile_arguments(specs))
+        trainer.compile(make_optimizer(config.train, steps), **compile_arguments(specs))
         trainers[name] = trainer
     stream = iter(batches(dataset.train, specs, config.train.batch_size, shuffle_seed=0)[0])
     fixed = [next(stream) for _ in range(_BN_STEPS)]
@@ -94,7 +94,7 @@ def run_line(task: str, keep: bool) -> dict:
     from fruitcnn.config import DataConfig, RunConfig, preset
     from fruitcnn.data import load_dataset
     from fruitcnn.model import flops_per_image
-    from fruitcnn.training import train
+    from fruitcnn.training import steps_per_epoch, train
 
     config = RunConfig(data=DataConfig(dataset="line"), arch=preset("line"), head=TASKS[task])
     scratch = None if keep else tempfile.TemporaryDirectory(prefix="fruitcnn-bench-")
@@ -109,7 +109,7 @@ def run_line(task: str, keep: bool) -> dict:
     flops = flops_per_image(result.model)
     step_seconds = sum(row["train_s"] for row in result.history)
     # images actually stepped on: incomplete last batches are dropped in training
-    stepped = (len(dataset.train) // config.train.batch_size) * config.train.batch_size
+    stepped = steps_per_epoch(len(dataset.train), config.train.batch_size) * config.train.batch_size
     images_per_s = stepped * len(result.history) / step_seconds
     report = {
         "task": task,

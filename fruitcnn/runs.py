@@ -184,12 +184,12 @@ def publish_best(run: Path, state: dict[str, Any]) -> None:
         atomic_write(Path(run) / MODEL_FILE, lambda temporary: shutil.copyfile(source, temporary))
 
 
-def commit_checkpoint(run: Path, state: dict[str, Any]) -> None:
-    """Write ``state.json`` (the commit point), publish the best model, drop stale files."""
+def commit_checkpoint(run: Path, state: dict[str, Any], *, best_changed: bool) -> None:
+    """Write ``state.json`` (the commit point), publish the best model when this epoch
+    made a new one (``best_changed``), and drop checkpoint files the state no longer names."""
     folder = Path(run) / CHECKPOINT_DIR
-    previous = read_json(folder / STATE_FILE) if (folder / STATE_FILE).is_file() else {}
     write_json(folder / STATE_FILE, state)
-    if state.get("best_checkpoint") != previous.get("best_checkpoint"):
+    if best_changed:
         publish_best(run, state)
     keep = {state.get("last_checkpoint"), state.get("best_checkpoint")}
     for path in folder.glob("*.keras"):

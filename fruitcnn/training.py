@@ -130,6 +130,11 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
     return keras.optimizers.Adam(rate)
 
 
+def steps_per_epoch(train_images: int, batch_size: int) -> int:
+    """Optimisation steps per epoch: full batches only (the last partial one is dropped)."""
+    return train_images // batch_size
+
+
 def batches(
     split: Split,
     specs: Sequence[HeadSpec],
@@ -164,7 +169,7 @@ def batches(
         steps = math.ceil(count / batch_size)
         dataset = tf.data.Dataset.range(count).batch(batch_size)
     else:
-        steps = count // batch_size
+        steps = steps_per_epoch(count, batch_size)
         used = steps * batch_size
 
         def epoch_order(epoch):
@@ -329,7 +334,7 @@ class _EpochRecorder(keras.callbacks.Callback):
         self.state.update(epoch=number, elapsed_s=row["elapsed_s"], last_checkpoint=last)
         if self.plateau is not None:
             self.state["plateau"] = self.plateau.state()
-        runs.commit_checkpoint(self.run, self.state)
+        runs.commit_checkpoint(self.run, self.state, best_changed=improved)
 
 
 def _fresh_state() -> dict[str, Any]:
@@ -414,8 +419,8 @@ def _start(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[HeadS
         seed=config.train.seed,
     )
     trainer = training_model(model, specs)
-    steps_per_epoch = len(dataset.train) // config.train.batch_size
-    trainer.compile(make_optimizer(config.train, steps_per_epoch), **compile_arguments(specs))
+    steps = steps_per_epoch(len(dataset.train), config.train.batch_size)
+    trainer.compile(make_optimizer(config.train, steps), **compile_arguments(specs))
     runs.write_json(run / runs.CONFIG_FILE, config.to_dict())
     runs.write_json(run / runs.CLASSES_FILE, {spec.name: list(spec.class_names) for spec in specs})
     return trainer, _fresh_state(), []
@@ -434,7 +439,7 @@ def _restore(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[Hea
         raise ValueError(f"{checkpoint} is missing; the run folder {run} is damaged and cannot be resumed.")
     trainer = keras.models.load_model(checkpoint)
     steps = int(keras.ops.convert_to_numpy(trainer.optimizer.iterations))
-    expected = state["epoch"] * (len(dataset.train) // config.train.batch_size)
+    expected = state["epoch"] * steps_per_epoch(len(dataset.train), config.train.batch_size)
     if steps != expected:
         raise ValueError(
             f"{checkpoint} holds {steps} optimiser steps but epoch {state['epoch']} should end at "
@@ -447,7 +452,7 @@ def _restore(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[Hea
 
 def _fit(config, dataset, specs, run, trainer, model, state, history, callbacks, verbose) -> TrainResult:
     settings = config.train
-    train_data, steps_per_epoch = batches(
+    train_data, steps = batches(
         dataset.train, specs, settings.batch_size, shuffle_seed=settings.seed, first_epoch=state["epoch"]
     )
     eval_size = eval_batch_size(config)
@@ -480,7 +485,7 @@ def _fit(config, dataset, specs, run, trainer, model, state, history, callbacks,
                 validation_data=val_data,
                 epochs=settings.epochs,
                 initial_epoch=state["epoch"],
-                steps_per_epoch=steps_per_epoch,
+                steps_per_epoch=steps,
                 callbacks=all_callbacks,
                 shuffle=False,  # batches() shuffles, seeded per epoch
                 verbose=verbose,
@@ -502,7 +507,7 @@ def _fit(config, dataset, specs, run, trainer, model, state, history, callbacks,
     )
     runs.write_json(run / runs.METRICS_FILE, metrics)
     state["finished"] = True
-    runs.commit_checkpoint(run, state)
+    runs.commit_checkpoint(run, state, best_changed=False)
     return TrainResult(run, model, history, metrics)
 
 

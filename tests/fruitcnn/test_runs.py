@@ -53,7 +53,7 @@ def test_commit_publishes_the_best_and_drops_stale_checkpoints(tmp_path):
         (folder / name).write_text(name)
     # epoch-0003 was written by a run killed before its state.json: not committed
     state = {"epoch": 2, "last_checkpoint": "epoch-0002.keras", "best_checkpoint": "best-0002.keras"}
-    runs.commit_checkpoint(tmp_path, state)
+    runs.commit_checkpoint(tmp_path, state, best_changed=True)
     assert json.loads((folder / "state.json").read_text()) == state
     assert sorted(path.name for path in folder.glob("*.keras")) == ["best-0002.keras", "epoch-0002.keras"]
     assert (tmp_path / "model.keras").read_text() == "best-0002.keras"
