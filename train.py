@@ -18,20 +18,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 
 from fruitcnn.config import (  # noqa: E402
     BN_LAYERS,
-    DEFAULT_PRESETS,
+    FLIPS,
     OPTIMIZERS,
     PRESETS,
     SCHEDULES,
     ArchConfig,
+    AugmentConfig,
     DataConfig,
     RunConfig,
     TrainConfig,
+    default_preset,
     resolve_arch,
 )
 
 EXAMPLES = """examples:
   python train.py                                  # line dataset, 96-class softmax
   python train.py --dataset line --multihead       # four heads: length, width, colour, angle
+  python train.py --dataset ../shared/data/fruits-360-24.tgz   # an archive as downloaded
+  python train.py --dataset ~/data/mnist --epochs 5             # MNIST IDX files
+  python train.py --dataset photos/ --split 70/10/20 --image-size 64 --flip horizontal --translate 4
   python train.py --arch cs671-part1 --epochs 5 --optimizer sgd --lr 0.05
   python train.py --arch "conv(32,3) bn relu maxpool(2) conv(64,3) bn relu gap fc(128) relu"
   python train.py --arch cs671-part1 --image-size 28 --num-classes 96 --summary
@@ -47,6 +52,12 @@ _FIELDS = {
     "split": ("data", "split"),
     "val_fraction": ("data", "val_fraction"),
     "data_seed": ("data", "seed"),
+    "data_dir": ("data", "data_dir"),
+    "strict": ("data", "strict"),
+    "flip": ("augment", "flip"),
+    "translate": ("augment", "translate"),
+    "rotate": ("augment", "rotate"),
+    "color_jitter": ("augment", "color_jitter"),
     "l2": ("arch", "l2"),
     "dropout": ("arch", "dropout"),
     "bn_momentum": ("arch", "bn_momentum"),
@@ -65,8 +76,14 @@ _FIELDS = {
     "plateau_factor": ("train", "plateau_factor"),
     "seed": ("train", "seed"),
     "test_each_epoch": ("train", "test_each_epoch"),
+    "label_smoothing": ("train", "label_smoothing"),
 }
-_DEFAULTS = {"data": DataConfig(), "arch": ArchConfig(layers=["gap"]), "train": TrainConfig()}
+_DEFAULTS = {
+    "data": DataConfig(),
+    "arch": ArchConfig(layers=["gap"]),
+    "train": TrainConfig(),
+    "augment": AugmentConfig(),
+}
 
 
 def _default(flag: str):
@@ -84,12 +101,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data = parser.add_argument_group("data")
     add = _adder(data)
-    add("--dataset", "dataset name; this version has 'line' (generated, no download)", metavar="NAME")
-    add("--image-size", "image side in pixels", type=int, metavar="N")
+    add(
+        "--dataset",
+        "'line' (generated, no download); a folder or archive (.tgz/.tar/.zip) of class folders, "
+        "Training/Test or train/val/test folders, MNIST IDX, CIFAR-10/100 batches, STL-10 binary or "
+        "mini-ImageNet; or tfds:NAME",
+        metavar="NAME|PATH",
+    )
+    add("--image-size", "resize images to N x N pixels; default: the data's own size", type=int, metavar="N")
     add("--images-per-class", "line dataset: images per class", type=int, metavar="N")
-    add("--split", "train/test or train/val/test, percent or counts", metavar="A/B[/C]")
+    add(
+        "--split",
+        "'auto' (the data's own train/test split, else 60/40), or train/test or train/val/test "
+        "in percent or counts; explicit on data with its own split: pool and re-split",
+        metavar="A/B[/C]",
+    )
     add("--val-fraction", "validation share of the training part", type=float, metavar="F")
     add("--data-seed", "seed of data generation and splitting", type=int, metavar="N")
+    add("--data-dir", "tensorflow-datasets folder for tfds:NAME", metavar="DIR")
+    add(
+        "--strict",
+        "stop on any skipped file (corrupt image, stray file) instead of listing it",
+        action="store_true",
+    )
+    data.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="cache of decoded images (default: $FRUITCNN_CACHE or ~/.cache/fruitcnn; 'off' disables)",
+    )
+    augment = parser.add_argument_group("augmentation (training images only)")
+    add = _adder(augment)
+    add("--flip", "random mirroring", choices=FLIPS)
+    add("--translate", "random shift by up to N pixels (reflection padding)", type=int, metavar="N")
+    add("--rotate", "random rotation by up to D degrees", type=float, metavar="D")
+    add(
+        "--color-jitter",
+        "random brightness/contrast/saturation factor in [1-J, 1+J]",
+        type=float,
+        metavar="J",
+    )
     model = parser.add_argument_group("model")
     add = _adder(model)
     model.add_argument(
@@ -97,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="ARCH",
         help=f"preset ({', '.join(PRESETS)}), a layer list in quotes, or a .json file "
-        "(default: the dataset's preset, 'line' for the line dataset)",
+        "(default: 'line' for the line dataset; else mnist, cifar10 or fruits by image size and colour)",
     )
     model.add_argument(
         "--multihead",
@@ -124,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--plateau-patience", "plateau: epochs without val-loss improvement", type=int, metavar="N")
     add("--plateau-factor", "plateau: decay factor", type=float, metavar="F")
     add("--seed", "seed of initialisation, dropout and batch order", type=int, metavar="N")
+    add("--label-smoothing", "label smoothing of the cross-entropy", type=float, metavar="S")
     training.add_argument(
         "--no-test-each-epoch",
         dest="test_each_epoch",
@@ -185,40 +237,70 @@ def _adder(group):
     return add
 
 
-def make_config(args: argparse.Namespace) -> RunConfig:
-    """The run configuration: ``--config`` (or defaults) with the given flags applied."""
+def _base(args: argparse.Namespace) -> tuple[dict, str]:
+    """Sections and head to start from: ``--config`` or the defaults."""
     if args.config:
         from fruitcnn import runs
 
         base = RunConfig.from_dict(runs.read_json(Path(args.config)))
-        sections = {"data": base.data, "arch": base.arch, "train": base.train}
-        head = base.head
-    else:
-        sections = {"data": DataConfig(), "arch": None, "train": TrainConfig()}
-        head = "single"
-    data_changes = {
+        return {"data": base.data, "arch": base.arch, "train": base.train, "augment": base.augment}, base.head
+    return {"data": DataConfig(), "arch": None, "train": TrainConfig(), "augment": AugmentConfig()}, "single"
+
+
+def _changes(args: argparse.Namespace, section: str) -> dict:
+    return {
         name: getattr(args, flag)
-        for flag, (section, name) in _FIELDS.items()
-        if section == "data" and getattr(args, flag) is not None
+        for flag, (part, name) in _FIELDS.items()
+        if part == section and getattr(args, flag) is not None
     }
-    data = dataclasses.replace(sections["data"], **data_changes)
-    arch = (
-        resolve_arch(args.arch) if args.arch else sections["arch"] or resolve_arch(default_arch(data.dataset))
-    )
-    changes = {"arch": {}, "train": {}}
-    for flag, (section, name) in _FIELDS.items():
-        if section != "data" and getattr(args, flag) is not None:
-            changes[section][name] = getattr(args, flag)
-    arch = dataclasses.replace(arch, **changes["arch"])
-    train = dataclasses.replace(sections["train"], **changes["train"])
+
+
+def data_config(args: argparse.Namespace) -> DataConfig:
+    """The data section alone (to load the data before choosing the default model)."""
+    sections, _ = _base(args)
+    return dataclasses.replace(sections["data"], **_changes(args, "data"))
+
+
+def make_config(args: argparse.Namespace, image_shape: tuple[int, int, int] | None = None) -> RunConfig:
+    """The run configuration: ``--config`` (or defaults) with the given flags applied.
+
+    ``image_shape`` (of the loaded data) picks the default architecture when neither
+    ``--arch`` nor ``--config`` gives one (see ``fruitcnn.config.default_preset``).
+    """
+    sections, head = _base(args)
+    data = dataclasses.replace(sections["data"], **_changes(args, "data"))
+    if args.arch:
+        arch = resolve_arch(args.arch)
+    else:
+        arch = sections["arch"] or resolve_arch(default_preset(data.dataset, image_shape))
+    arch = dataclasses.replace(arch, **_changes(args, "arch"))
+    train = dataclasses.replace(sections["train"], **_changes(args, "train"))
+    augment = dataclasses.replace(sections["augment"], **_changes(args, "augment"))
     if args.multihead:
         head = "multi"
-    return RunConfig(data=data, arch=arch, train=train, head=head)
+    return RunConfig(data=data, arch=arch, train=train, augment=augment, head=head)
 
 
-def default_arch(dataset: str) -> str:
-    """The preset used when --arch is not given."""
-    return DEFAULT_PRESETS.get(dataset, "line")
+def load_data(config: DataConfig):
+    """Load the data and print what was read (and what was skipped) before training."""
+    from fruitcnn.data import load_dataset
+
+    dataset = load_dataset(config)
+    info = dataset.info
+    height, width, channels = dataset.image_shape
+    origin = ""
+    if "load_seconds" in info:
+        origin = f"; {'from the cache' if info.get('from_cache') else 'read'} in {info['load_seconds']:.1f} s"
+    print(
+        f"data: {dataset.name} ({info.get('format', '?')}): {len(dataset.class_names)} classes, "
+        f"{height}x{width}x{channels}; train {len(dataset.train)} / val {len(dataset.val)} / "
+        f"test {len(dataset.test)} ({info.get('split', '')}){origin}"
+    )
+    for note in info.get("notes", [])[1:]:
+        print(f"  {note}")
+    for line in info.get("messages", []):
+        print(line, file=sys.stderr)
+    return dataset
 
 
 def _summary(config: RunConfig, num_classes: int | None) -> None:
@@ -242,7 +324,10 @@ def _summary(config: RunConfig, num_classes: int | None) -> None:
         specs = single_head_specs(line.CLASS_NAMES)
     else:
         raise ValueError("--summary needs --num-classes K for datasets other than 'line'.")
-    shape = (config.data.image_size, config.data.image_size, 3)
+    if config.data.image_size is None and config.data.dataset != "line":
+        raise ValueError("--summary needs --image-size N for datasets other than 'line' (no data is read).")
+    size = config.data.image_size or line.IMAGE_SIZE
+    shape = (size, size, 3)
     model = build_model(config.arch, input_shape=shape, heads=specs)
     model.summary(line_length=100)
     flops = flops_per_image(model)
@@ -258,19 +343,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from fruitcnn import runs
 
+    if args.cache_dir:
+        os.environ["FRUITCNN_CACHE"] = args.cache_dir
     try:
         if args.resume is not None:
             return _resume(args, parser)
-        config = make_config(args)
         if args.num_classes is not None and not args.summary:
             raise ValueError("--num-classes only applies to --summary (the dataset decides the classes).")
         if args.summary:
-            _summary(config, args.num_classes)
+            _summary(make_config(args), args.num_classes)
             return 0
+        make_config(args)  # every flag checked before the data is read
         from fruitcnn.training import train
 
         run_dir = _run_dir(args)
-        result = train(config, run_dir=run_dir, verbose=_verbosity(args))
+        dataset = load_data(data_config(args))
+        config = make_config(args, dataset.image_shape)
+        result = train(config, dataset=dataset, run_dir=run_dir, verbose=_verbosity(args))
     except ValueError as error:
         parser.exit(2, f"train.py: error: {error}\n")
     except KeyboardInterrupt:
@@ -301,7 +390,7 @@ def _resume(args, parser) -> int:
     from fruitcnn import runs
     from fruitcnn.training import train
 
-    settings = [*_FIELDS, "arch", "multihead", "config", "summary", "num_classes"]
+    settings = [*_FIELDS, "arch", "multihead", "config", "summary", "num_classes", "cache_dir"]
     given = [flag for flag in settings if getattr(args, flag) not in (None, False)]
     if given:
         names = ", ".join("--" + flag.replace("_", "-") for flag in given)
@@ -315,7 +404,8 @@ def _resume(args, parser) -> int:
     runs.read_state(run_dir)  # a clear error before the data is loaded
     config = RunConfig.from_dict(runs.read_json(run_dir / runs.CONFIG_FILE))
     print(f"resuming {run_dir}")
-    result = train(config, run_dir=run_dir, resume=True, verbose=_verbosity(args))
+    dataset = load_data(config.data)
+    result = train(config, dataset=dataset, run_dir=run_dir, resume=True, verbose=_verbosity(args))
     _print_result(result, runs)
     return 0
 

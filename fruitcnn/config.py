@@ -1,7 +1,7 @@
 """The one place that declares a run: data, architecture and training settings.
 
-A run is described by a :class:`RunConfig` (three dataclasses: :class:`DataConfig`,
-:class:`ArchConfig`, :class:`TrainConfig`, plus the head choice). It is saved as
+A run is described by a :class:`RunConfig` (four dataclasses: :class:`DataConfig`,
+:class:`ArchConfig`, :class:`TrainConfig`, :class:`AugmentConfig`, plus the head choice). It is saved as
 ``config.json`` in every run folder and is all that later commands need to rebuild,
 reload or resume the run.
 
@@ -329,10 +329,42 @@ PRESETS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "conv(32,7,padding=valid) relu bn maxpool(2,stride=2) flatten fc(1024) relu",
         {},
     ),
+    "fruits": (
+        "Fruits-360-sized photos (about 100x100): a 4x4 stride-4 stem, then three "
+        "conv-bn-relu stages that double the width",
+        "conv(24,4,stride=4) bn relu conv(48,3) bn relu maxpool(2) conv(96,3) bn relu maxpool(2) "
+        "conv(192,3) bn relu gap",
+        {},
+    ),
+    "mnist": (
+        "28x28 greyscale digits",
+        "conv(32,3) bn relu conv(32,3) bn relu maxpool(2) conv(64,3) bn relu conv(64,3) bn relu maxpool(2) "
+        "conv(128,3) bn relu gap",
+        {},
+    ),
+    "cifar10": (
+        "32x32 colour photos",
+        "conv(32,3) bn relu conv(64,3) bn relu maxpool(2) conv(128,3) bn relu maxpool(2) "
+        "conv(256,3) bn relu maxpool(2) gmp",
+        {},
+    ),
 }
 
-# The preset a dataset trains with when --arch is not given.
-DEFAULT_PRESETS = {"line": "line"}
+# The preset used when --arch is not given (see default_preset).
+DEFAULT_PRESETS = {"line": "line", "small-grey": "mnist", "small-colour": "cifar10", "larger": "fruits"}
+# Images up to this side count as small (MNIST, CIFAR); larger ones get the fruits preset.
+SMALL_IMAGE_SIDE = 48
+
+
+def default_preset(dataset: str, image_shape: tuple[int, int, int] | None = None) -> str:
+    """The preset for data without --arch: ``line`` for the line dataset, else by
+    image size and colour (see ``DEFAULT_PRESETS``)."""
+    if dataset == "line" or image_shape is None:
+        return DEFAULT_PRESETS["line"]
+    height, width, channels = image_shape
+    if max(height, width) <= SMALL_IMAGE_SIDE:
+        return DEFAULT_PRESETS["small-grey" if channels == 1 else "small-colour"]
+    return DEFAULT_PRESETS["larger"]
 
 
 def preset(name: str) -> ArchConfig:
@@ -384,38 +416,93 @@ def arch_from_dict(data: dict[str, Any]) -> ArchConfig:
 
 @dataclass
 class DataConfig:
-    """Which data and how it is split.
+    """Which data, how it is read and how it is split.
 
     Attributes:
-        dataset: dataset name; ``line`` is the generated line dataset.
-        image_size: side of the (square) images in pixels.
+        dataset: ``line`` (the generated line dataset), a folder or archive path
+            (image folders, MNIST, CIFAR, STL-10, mini-ImageNet; see
+            ``fruitcnn.data.sources``), or ``tfds:NAME``.
+        image_size: side of the square images in pixels; None: the data's own size
+            (28 for the line dataset; for image folders of mixed sizes, the most
+            common one).
         images_per_class: images generated per class (line dataset).
-        split: ``train/test`` or ``train/val/test``, as percentages summing to 100
-            (``60/40``) or as image counts (``8000/2000/3000``).
+        split: ``auto`` (the dataset's own train/test split when it has one, else
+            60/40), or ``train/test`` or ``train/val/test`` as percentages summing to
+            100 (``60/40``) or image counts (``8000/2000/3000``). An explicit split on
+            a dataset with its own split pools all its images and re-splits them.
         val_fraction: share of the training part kept for validation when the split
-            has two parts.
+            (or the dataset's own split) has no validation part.
         seed: seed of data generation and splitting.
+        data_dir: tensorflow-datasets data folder for ``tfds:`` names ('' = tfds's default).
+        strict: treat skipped files (corrupt images, stray files) as errors.
     """
 
     dataset: str = "line"
-    image_size: int = 28
+    image_size: int | None = None
     images_per_class: int = 1000
-    split: str = "60/40"
+    split: str = "auto"
     val_fraction: float = 0.1
     seed: int = 0
+    data_dir: str = ""
+    strict: bool = False
 
     def __post_init__(self):
         _check_field_types(self)
-        if self.image_size < 1 or self.images_per_class < 1:
+        if self.image_size is not None and (
+            not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size < 1
+        ):
             raise ValueError(
-                f"image_size and images_per_class must be >= 1, got {self.image_size} and "
-                f"{self.images_per_class}."
+                "image_size must be a whole number >= 1 (or None for the data's own size), "
+                f"got {self.image_size!r}."
             )
+        if self.images_per_class < 1:
+            raise ValueError(f"images_per_class must be >= 1, got {self.images_per_class}.")
+        if not self.dataset.strip():
+            raise ValueError("dataset is empty; give 'line', a folder or archive path, or tfds:NAME.")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(
                 f"val_fraction must be in (0, 1), got {self.val_fraction!r}: the best "
                 "model is chosen on validation data, so some is needed (e.g. 0.1)."
             )
+
+
+FLIPS = ("none", "horizontal", "vertical", "both")
+
+
+@dataclass
+class AugmentConfig:
+    """Random changes to every training image, drawn independently per image and per
+    epoch; evaluation (validation, test, explanations) always sees the images as they are.
+
+    Attributes:
+        flip: ``none``, ``horizontal`` (mirror left-right with probability 1/2),
+            ``vertical`` or ``both``.
+        translate: shift by up to this many pixels in x and y (a random crop of the
+            image padded by reflection).
+        rotate: rotate by up to this many degrees either way.
+        color_jitter: scale brightness, contrast and saturation by random factors in
+            [1 - j, 1 + j].
+    """
+
+    flip: str = "none"
+    translate: int = 0
+    rotate: float = 0.0
+    color_jitter: float = 0.0
+
+    def __post_init__(self):
+        _check_field_types(self)
+        if self.flip not in FLIPS:
+            raise ValueError(f"flip must be one of {', '.join(FLIPS)}, got {self.flip!r}.")
+        if self.translate < 0:
+            raise ValueError(f"translate must be >= 0 pixels, got {self.translate!r}.")
+        if not 0.0 <= self.rotate <= 180.0:
+            raise ValueError(f"rotate must be in [0, 180] degrees, got {self.rotate!r}.")
+        if not 0.0 <= self.color_jitter < 1.0:
+            raise ValueError(f"color_jitter must be in [0, 1), got {self.color_jitter!r}; e.g. 0.2.")
+
+    @property
+    def active(self) -> bool:
+        return self.flip != "none" or self.translate > 0 or self.rotate > 0 or self.color_jitter > 0
 
 
 @dataclass
@@ -439,6 +526,8 @@ class TrainConfig:
         seed: seed of weight initialisation, dropout and batch order.
         test_each_epoch: also evaluate the test split after every epoch (for the
             learning curves); the model is still chosen on validation only.
+        label_smoothing: train softmax heads towards (1 - s) on the true class and
+            s / K spread over all K classes (sigmoid heads: towards s/2 and 1 - s/2).
     """
 
     epochs: int = 2
@@ -454,6 +543,7 @@ class TrainConfig:
     plateau_factor: float = 0.5
     seed: int = 0
     test_each_epoch: bool = True
+    label_smoothing: float = 0.0
 
     def __post_init__(self):
         _check_field_types(self)
@@ -475,6 +565,8 @@ class TrainConfig:
             )
         if self.step_epochs < 1 or self.plateau_patience < 1:
             raise ValueError("step_epochs and plateau_patience must be >= 1.")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}; e.g. 0.1.")
         for name in ("step_factor", "plateau_factor"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)!r}.")
@@ -487,6 +579,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     arch: ArchConfig = field(default_factory=lambda: preset("line"))
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     head: str = "single"
 
     def __post_init__(self):
@@ -517,6 +610,7 @@ class RunConfig:
             data=DataConfig(**_known_fields(DataConfig, data.pop("data", {}), "data")),
             arch=arch_from_dict(arch) if arch else preset("line"),
             train=TrainConfig(**_known_fields(TrainConfig, data.pop("train", {}), "train")),
+            augment=AugmentConfig(**_known_fields(AugmentConfig, data.pop("augment", {}), "augment")),
             **_known_fields(cls, data, "run"),
         )
 

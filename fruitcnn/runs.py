@@ -6,6 +6,8 @@ A run folder (``saved_models/<run>/`` or ``--out DIR``) holds:
 ``model.keras``      the model of the epoch with the best validation accuracy
 ``config.json``      the :class:`~fruitcnn.config.RunConfig` (rebuilds the run)
 ``classes.json``     ``{head name: [class names]}``
+``data.json``        the data: source, format, image shape, classes, split,
+                     images per split, skipped and ignored files
 ``history.csv``      one row per finished epoch (see ``fruitcnn.training``)
 ``metrics.json``     final metrics of ``model.keras`` on every split
 ``tb/``              TensorBoard logs (train, validation and test scalars)
@@ -41,6 +43,7 @@ CONFIG_FILE = "config.json"
 CLASSES_FILE = "classes.json"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
+DATA_FILE = "data.json"
 TENSORBOARD_DIR = "tb"
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"

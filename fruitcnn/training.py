@@ -34,8 +34,9 @@ import numpy as np
 import tensorflow as tf
 
 from fruitcnn import runs
-from fruitcnn.config import RunConfig, TrainConfig
+from fruitcnn.config import AugmentConfig, RunConfig, TrainConfig
 from fruitcnn.data import Dataset, Split, load_dataset
+from fruitcnn.data.augment import augment_batch
 from fruitcnn.model import build_model
 from heads import (
     AGGREGATE,
@@ -51,6 +52,10 @@ from heads import (
 _PREFETCH_BATCHES = 4
 # End of the endless training stream (far beyond any run's epochs).
 _EPOCH_LIMIT = 1 << 40
+# Image arrays up to this size are graph constants; larger ones live in a variable
+# (a constant is copied into the dataset's graph: seconds for large arrays, and
+# impossible beyond 2 GB).
+_CONSTANT_BYTES = 256 << 20
 # Smallest batch for evaluation: inference needs no gradients, so bigger batches are
 # faster and give the same numbers (batch norm uses its moving statistics).
 _EVAL_BATCH = 512
@@ -142,6 +147,7 @@ def batches(
     *,
     shuffle_seed: int | None = None,
     first_epoch: int = 0,
+    augment: AugmentConfig | None = None,
 ) -> tuple[tf.data.Dataset, int]:
     """A tf.data pipeline of (float32 images, targets) batches, and its steps per epoch.
 
@@ -151,23 +157,31 @@ def batches(
     (counted from ``first_epoch``) is the permutation ``stateless_shuffle(seed=(seed,
     e))``, so a resumed run sees the same batches as an uninterrupted one, and the
     incomplete last batch is dropped (a 3-image batch makes noisy batch statistics).
-    Without it, one pass in order, the last batch possibly smaller.
+    ``augment`` (training only) changes every image with random numbers seeded by
+    (seed, step), so resumed runs are augmented identically too. Without
+    ``shuffle_seed``, one pass in order, the last batch possibly smaller.
     """
-    images = tf.constant(split.images)
+    if split.images.nbytes > _CONSTANT_BYTES:
+        images = tf.Variable(split.images, trainable=False, name="images")
+    else:
+        images = tf.constant(split.images)
     targets = {
         name: tf.constant(values)
         for name, values in head_targets(specs, split.labels, split.attributes).items()
     }
     count = len(split)
+    augmenting = augment is not None and augment.active and shuffle_seed is not None
 
-    def gather(index):
-        return tf.cast(tf.gather(images, index), tf.float32), {
-            name: tf.gather(values, index) for name, values in targets.items()
-        }
+    def gather(step, index):
+        batch = tf.cast(tf.gather(images, index), tf.float32)
+        if augmenting:
+            batch = augment_batch(batch, augment, tf.stack([tf.constant(shuffle_seed, tf.int64), step]))
+        return batch, {name: tf.gather(values, index) for name, values in targets.items()}
 
     if shuffle_seed is None:
         steps = math.ceil(count / batch_size)
         dataset = tf.data.Dataset.range(count).batch(batch_size)
+        dataset = tf.data.Dataset.zip(tf.data.Dataset.range(steps), dataset)
     else:
         steps = steps_per_epoch(count, batch_size)
         used = steps * batch_size
@@ -175,7 +189,10 @@ def batches(
         def epoch_order(epoch):
             seed = tf.stack([tf.constant(shuffle_seed, tf.int64), epoch])
             order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=seed)
-            return tf.data.Dataset.from_tensor_slices(order[:used]).batch(batch_size)
+            numbers = tf.data.Dataset.range(epoch * steps, (epoch + 1) * steps)  # global step numbers
+            return tf.data.Dataset.zip(
+                numbers, tf.data.Dataset.from_tensor_slices(order[:used]).batch(batch_size)
+            )
 
         dataset = tf.data.Dataset.range(first_epoch, _EPOCH_LIMIT).flat_map(epoch_order)
     return dataset.map(gather).prefetch(_PREFETCH_BATCHES), steps
@@ -337,6 +354,16 @@ class _EpochRecorder(keras.callbacks.Callback):
         runs.commit_checkpoint(self.run, self.state, best_changed=improved)
 
 
+def data_description(dataset: Dataset) -> dict[str, Any]:
+    """What data.json records about the data of a run."""
+    return {
+        "name": dataset.name,
+        "image_shape": list(dataset.image_shape),
+        "classes": len(dataset.class_names),
+        **{key: value for key, value in dataset.info.items() if key != "messages"},
+    }
+
+
 def _fresh_state() -> dict[str, Any]:
     return {
         "epoch": 0,
@@ -420,8 +447,12 @@ def _start(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[HeadS
     )
     trainer = training_model(model, specs)
     steps = steps_per_epoch(len(dataset.train), config.train.batch_size)
-    trainer.compile(make_optimizer(config.train, steps), **compile_arguments(specs))
+    trainer.compile(
+        make_optimizer(config.train, steps),
+        **compile_arguments(specs, label_smoothing=config.train.label_smoothing),
+    )
     runs.write_json(run / runs.CONFIG_FILE, config.to_dict())
+    runs.write_json(run / runs.DATA_FILE, data_description(dataset))
     runs.write_json(run / runs.CLASSES_FILE, {spec.name: list(spec.class_names) for spec in specs})
     return trainer, _fresh_state(), []
 
@@ -453,7 +484,12 @@ def _restore(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[Hea
 def _fit(config, dataset, specs, run, trainer, model, state, history, callbacks, verbose) -> TrainResult:
     settings = config.train
     train_data, steps = batches(
-        dataset.train, specs, settings.batch_size, shuffle_seed=settings.seed, first_epoch=state["epoch"]
+        dataset.train,
+        specs,
+        settings.batch_size,
+        shuffle_seed=settings.seed,
+        first_epoch=state["epoch"],
+        augment=config.augment,
     )
     eval_size = eval_batch_size(config)
     val_data, _ = batches(dataset.val, specs, eval_size)

@@ -100,13 +100,37 @@ class AggregateAccuracy(keras.metrics.Mean):
         return {"head_sizes": self.head_sizes, "name": self.name, "dtype": self.dtype}
 
 
-def compile_arguments(specs: Sequence[HeadSpec]) -> dict:
+@keras.saving.register_keras_serializable(package="fruitcnn")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy of integer labels against softmax outputs with label smoothing:
+    the target is (1 - s) on the true class plus s / K on every class. Keras's sparse
+    cross-entropy has no smoothing. With s = 0 it equals that loss."""
+
+    def __init__(self, label_smoothing=0.0, name="smoothed_sparse_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        classes = ops.shape(y_pred)[-1]
+        one_hot = ops.one_hot(ops.cast(ops.reshape(y_true, [-1]), "int32"), classes, dtype=y_pred.dtype)
+        # Softmax outputs keep their logits (Keras's _keras_logits), so this is the
+        # numerically stable log-softmax form.
+        return keras.losses.categorical_crossentropy(one_hot, y_pred, label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def compile_arguments(specs: Sequence[HeadSpec], *, label_smoothing: float = 0.0) -> dict:
     """Losses and metrics for ``model.compile`` of a training model (see training)."""
     losses, metrics = {}, {}
     for spec in specs:
         if spec.kind == "sigmoid":
-            losses[spec.name] = keras.losses.BinaryCrossentropy()
+            losses[spec.name] = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
             metrics[spec.name] = [keras.metrics.BinaryAccuracy(name="accuracy")]
+        elif label_smoothing:
+            losses[spec.name] = SmoothedSparseCrossentropy(label_smoothing)
+            metrics[spec.name] = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
         else:
             losses[spec.name] = keras.losses.SparseCategoricalCrossentropy()
             metrics[spec.name] = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]

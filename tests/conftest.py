@@ -14,3 +14,9 @@ from fruitcnn.data import load_dataset  # noqa: E402
 def small_line():
     """The line dataset with 24 images per class (2,304 images), split 60/40."""
     return load_dataset(DataConfig(images_per_class=24, seed=3))
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own decoded-image cache (never the user's ~/.cache)."""
+    monkeypatch.setenv("FRUITCNN_CACHE", str(tmp_path_factory.mktemp("cache")))

@@ -72,7 +72,7 @@ def test_help_shows_defaults_and_examples(capsys):
     helps = {action.dest: action.help for action in cli.build_parser()._actions}
     # defaults come from the config dataclasses
     assert helps["bn_momentum"].endswith("(default: 0.9)")
-    assert helps["epochs"].endswith("(default: 2)") and helps["split"].endswith("(default: 60/40)")
+    assert helps["epochs"].endswith("(default: 2)") and helps["split"].endswith("(default: auto)")
 
 
 def test_flags_map_to_config_fields():

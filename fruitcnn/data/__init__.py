@@ -1,21 +1,31 @@
 """Datasets: what a training run reads, as uint8 images plus labels, already split.
 
 :func:`load_dataset` is the single entry point that turns a :class:`DataConfig` into a
-:class:`Dataset`; every source (for now the generated line dataset) ends in the same
-container, so training has one path for all of them.
+:class:`Dataset`; every source (the generated line dataset, folders and archives of
+images, MNIST, CIFAR, STL-10, mini-ImageNet, tensorflow-datasets names) ends in the
+same container, so training has one path for all of them.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fruitcnn.config import DataConfig
-from fruitcnn.data import line
-from fruitcnn.data.splits import parse_split, stratified_split
+from fruitcnn.data import cache, line
+from fruitcnn.data.problems import DatasetError, Problems
+from fruitcnn.data.sources import Part, RawData, check_classes, read_source
+from fruitcnn.data.splits import holdout, parse_split, stratified_split
+from fruitcnn.data.trees import ARCHIVE_SUFFIXES, open_tree
 
+# Built-in names; any existing path and tfds:NAME work too.
 DATASETS = ("line",)
+# Split of a dataset without its own split, unless --split says otherwise.
+DEFAULT_SPLIT = "60/40"
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,9 @@ class Dataset:
         class_names: class name for every class id.
         attribute_names: names of the attribute columns (empty when there are none).
         attribute_values: for each attribute, the names of its values.
+        info: where the data came from and how it was read (written to the run's
+            data.json): source, format, split, notes, skipped and ignored files,
+            images per split, whether it came from the cache, seconds to load.
     """
 
     name: str
@@ -65,6 +78,7 @@ class Dataset:
     class_names: tuple[str, ...]
     attribute_names: tuple[str, ...] = ()
     attribute_values: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -82,23 +96,118 @@ def load_dataset(config: DataConfig) -> Dataset:
 
     Raises:
         ValueError: for an unknown dataset name or an unusable split, before any
-            data is read.
+            data is read; :class:`DatasetError` (a ValueError) listing every problem
+            of the data found in one scan.
     """
-    parse_split(config.split)  # fail on a bad split before generating anything
+    if config.split != "auto":
+        parse_split(config.split)  # fail on a bad split before reading anything
     if config.dataset == "line":
         return line_dataset(config)
-    raise ValueError(
-        f"unknown dataset {config.dataset!r}; available: {', '.join(DATASETS)} "
-        "(the line dataset is generated, no download needed)."
+    started = time.monotonic()
+    problems = Problems(config.dataset, strict=config.strict)
+    raw, from_cache = _read(config, problems)
+    pooled = config.split != "auto" and "all" not in raw.parts
+    check_classes(raw, problems, config.dataset, pooled=pooled)
+    problems.raise_if_any()
+    train, val, test, split_text = _assemble(raw, config)
+    info = {
+        "source": config.dataset,
+        "format": raw.format,
+        "split": split_text,
+        "notes": raw.notes,
+        "skipped": problems.skipped_list(),
+        "ignored": raw.ignored,
+        "images": {"train": len(train), "val": len(val), "test": len(test)},
+        "from_cache": from_cache,
+        "load_seconds": round(time.monotonic() - started, 3),
+        "messages": problems.summary(),
+    }
+    return Dataset(
+        name=config.dataset, train=train, val=val, test=test, class_names=raw.class_names, info=info
     )
+
+
+def _read(config: DataConfig, problems: Problems) -> tuple[RawData, bool]:
+    """The source as read (from the cache when it is unchanged since the last read)."""
+    if config.dataset.startswith("tfds:"):
+        from fruitcnn.data.tfds_source import read_tfds
+
+        name = config.dataset[len("tfds:") :]
+        key = cache.cache_key(f"tfds:{name}:{config.data_dir}", config.image_size)
+        cached = cache.load(key)
+        if cached is not None:
+            return cached[0], True
+        raw = read_tfds(name, config.data_dir, config.image_size)
+        cache.store(key, raw, [], config.dataset)
+        return raw, False
+    path = Path(config.dataset).expanduser()
+    if not path.exists():
+        raise DatasetError(
+            f"unknown dataset {config.dataset!r}: not a built-in name ({', '.join(DATASETS)}), not "
+            "tfds:NAME, and no file or folder of that name exists"
+            f" (relative to {Path.cwd()}).\n"
+            "  expected: 'line' (generated, no download), a folder of class folders, Fruits-360 "
+            f"Training/Test, MNIST IDX, CIFAR, STL-10 or mini-ImageNet files, an archive "
+            f"({', '.join(ARCHIVE_SUFFIXES)}), or tfds:NAME.\n"
+            "  fix: check the path (e.g. --dataset ../shared/data/fruits-360-24.tgz)."
+        )
+    tree = open_tree(path, problems)
+    key = cache.cache_key(tree.fingerprint(), config.image_size)
+    cached = cache.load(key)
+    if cached is not None:
+        raw, skipped = cached
+        for item in skipped:
+            problems.skip(item["reason"], item["file"], item["detail"])
+        return raw, True
+    raw = read_source(tree, problems, config.image_size)
+    if not problems.errors:
+        cache.store(key, raw, problems.skipped_list(), str(path))
+    return raw, False
+
+
+def _assemble(raw: RawData, config: DataConfig) -> tuple[Split, Split, Split, str]:
+    """Train/val/test of a source: its own split when it has one (validation carved
+    from its training part when missing), else (or with an explicit --split) a
+    seeded stratified split of all its images."""
+    parts = raw.parts
+    own = "all" not in parts and "train" in parts and "test" in parts
+    if own and config.split == "auto":
+        train = _split_of(parts["train"])
+        test = _split_of(parts["test"])
+        if "val" in parts:
+            return train, _split_of(parts["val"]), test, "own train/val/test"
+        kept, held = holdout(train.labels, config.val_fraction, seed=config.seed)
+        return (
+            train.take(kept),
+            train.take(held),
+            test,
+            f"own train/test, val = {config.val_fraction:g} of train",
+        )
+    split = DEFAULT_SPLIT if config.split == "auto" else config.split
+    whole = Split(
+        np.concatenate([part.images for part in parts.values()]),
+        np.concatenate([part.labels for part in parts.values()]).astype(np.int32),
+    )
+    train, val, test = stratified_split(
+        whole.labels, split, val_fraction=config.val_fraction, seed=config.seed
+    )
+    how = f"{split} stratified" + (", pooled from the own parts" if "all" not in parts else "")
+    return whole.take(train), whole.take(val), whole.take(test), how
+
+
+def _split_of(part: Part) -> Split:
+    return Split(part.images, part.labels.astype(np.int32))
 
 
 def line_dataset(config: DataConfig) -> Dataset:
     """The generated line dataset, split as ``config`` says (default 60/40)."""
-    data = line.generate_line_dataset(config.images_per_class, image_size=config.image_size, seed=config.seed)
+    data = line.generate_line_dataset(
+        config.images_per_class, image_size=config.image_size or line.IMAGE_SIZE, seed=config.seed
+    )
     whole = Split(data.images, data.labels, data.attributes, data.masks)
+    split = DEFAULT_SPLIT if config.split == "auto" else config.split
     train, val, test = stratified_split(
-        data.labels, config.split, val_fraction=config.val_fraction, seed=config.seed
+        data.labels, split, val_fraction=config.val_fraction, seed=config.seed
     )
     return Dataset(
         name="line",
@@ -108,4 +217,5 @@ def line_dataset(config: DataConfig) -> Dataset:
         class_names=data.class_names,
         attribute_names=line.ATTRIBUTES,
         attribute_values=line.attribute_values(),
+        info={"source": "line", "format": "generated", "split": f"{split} stratified"},
     )

@@ -110,9 +110,13 @@ def _smallest_image_size() -> int:
 
 
 MIN_IMAGE_SIZE = _smallest_image_size()
+# Side of the images unless --image-size says otherwise.
+IMAGE_SIZE = 28
 
 
-def generate_line_dataset(images_per_class: int = 1000, *, image_size: int = 28, seed: int = 0) -> LineData:
+def generate_line_dataset(
+    images_per_class: int = 1000, *, image_size: int = IMAGE_SIZE, seed: int = 0
+) -> LineData:
     """Generate the line dataset, deterministically for a given seed.
 
     Args:

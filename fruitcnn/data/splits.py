@@ -71,12 +71,7 @@ def stratified_split(
         train, test = sizes
         val = int(round(train * val_fraction))
         sizes = [train - val, val, test]
-    rng = np.random.default_rng(seed)
-    keys = np.empty(total)
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        keys[members] = (np.arange(members.size) + rng.random()) / members.size
-    order = np.argsort(keys, kind="stable")
+    order = _stratified_order(labels, seed)
     bounds = np.cumsum(sizes)
     parts = (order[: bounds[0]], order[bounds[0] : bounds[1]], order[bounds[1] : bounds[2]])
     names = ("training", "validation", "test")
@@ -87,6 +82,35 @@ def stratified_split(
                 f"part empty for {total} images; give it a larger share."
             )
     return tuple(np.sort(part).astype(np.int64) for part in parts)
+
+
+def holdout(labels: np.ndarray, fraction: float, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into a kept part and a held-out ``fraction`` (e.g. validation
+    carved from a dataset's own training part), stratified as :func:`stratified_split`.
+
+    Returns:
+        Two sorted int64 index arrays (kept, held out).
+    """
+    labels = np.asarray(labels)
+    held = int(round(labels.size * fraction))
+    if held < 1 or held >= labels.size:
+        raise ValueError(
+            f"holding out {fraction:g} of {labels.size} images leaves a part empty; "
+            "use a fraction that keeps at least one image on each side."
+        )
+    order = _stratified_order(labels, seed)
+    return np.sort(order[held:]).astype(np.int64), np.sort(order[:held]).astype(np.int64)
+
+
+def _stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """All indices in an order whose every prefix holds each class in proportion
+    (within one image): evenly spaced keys per class in a seeded random order."""
+    rng = np.random.default_rng(seed)
+    keys = np.empty(labels.size)
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        keys[members] = (np.arange(members.size) + rng.random()) / members.size
+    return np.argsort(keys, kind="stable")
 
 
 def _sizes(fractions: tuple[float, ...], total: int) -> list[int]:

@@ -81,5 +81,5 @@ def test_line_dataset_splits(small_line):
 
 
 def test_unknown_dataset_is_explained():
-    with pytest.raises(ValueError, match="unknown dataset 'fruits'.*available: line"):
+    with pytest.raises(ValueError, match="unknown dataset .fruits.: not a built-in name \\(line\\)"):
         load_dataset(DataConfig(dataset="fruits"))

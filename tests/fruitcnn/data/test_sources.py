@@ -1,0 +1,470 @@
+"""Readers of real dataset formats, on small files written in those formats."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import tarfile
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fruitcnn.config import DataConfig
+from fruitcnn.data import load_dataset
+from fruitcnn.data.images import decode, read_image_file
+from fruitcnn.data.problems import DatasetError
+from fruitcnn.data.sources import load_cifar_pickle, parse_idx
+from tests.fruitcnn.data import formats
+
+
+def load(path, **settings):
+    return load_dataset(DataConfig(dataset=str(path), **settings))
+
+
+def as_set(images):
+    return {image.tobytes() for image in images}
+
+
+# ------------------------------------------------------------------ image folders
+
+
+def test_class_folders_are_read_exactly_and_split(tmp_path):
+    written = formats.class_tree(tmp_path / "shapes", {"big circle": 10, "square": 10, "tri angle": 10})
+    data = load(tmp_path / "shapes")
+    assert data.class_names == ("big circle", "square", "tri angle")  # folder names with spaces
+    assert data.info["format"] == "image-folders" and data.info["split"].startswith("60/40")
+    assert (len(data.train), len(data.val), len(data.test)) == (16, 2, 12)
+    # every image is decoded exactly (PNG is lossless) and keeps its class
+    for split in data.splits.values():
+        for image, label in zip(split.images, split.labels):
+            assert any(np.array_equal(image, array) for array in written[data.class_names[label]])
+    everything = np.concatenate([s.images for s in data.splits.values()])
+    assert as_set(everything) == as_set([a for arrays in written.values() for a in arrays])
+
+
+def test_mixed_modes_are_converted_consistently(tmp_path):
+    root = tmp_path / "modes"
+    rgb = formats.pattern(1)
+    Image.fromarray(rgb).save(formats_dir(root / "a") / "rgb.png")
+    Image.fromarray(rgb[:, :, 0]).save(root / "a" / "grey.png")
+    rgba = np.dstack([rgb, np.full((8, 8), 255, np.uint8)])
+    rgba[0, 0, 3] = 0  # one transparent pixel: composited over white
+    Image.fromarray(rgba).save(formats_dir(root / "b") / "rgba.png")
+    Image.fromarray(rgb).convert("P").save(root / "b" / "palette.png")
+    data = load(root, split="50/50", val_fraction=0.5)
+    assert data.image_shape == (8, 8, 3)
+    images = {tuple(img.reshape(-1)[:6]): img for s in data.splits.values() for img in s.images}
+    assert len(images) == 4
+    grey = decode((root / "a" / "grey.png").read_bytes(), channels=3)
+    assert np.array_equal(grey[:, :, 0], rgb[:, :, 0]) and np.array_equal(grey[:, :, 2], rgb[:, :, 0])
+    composited = decode((root / "b" / "rgba.png").read_bytes())
+    assert composited[0, 0].tolist() == [255, 255, 255] and np.array_equal(composited[1:], rgb[1:])
+    # explain.py reads a file exactly as training did
+    assert np.array_equal(read_image_file(root / "b" / "rgba.png"), composited)
+
+
+def formats_dir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_all_greyscale_stays_one_channel_and_image_size_resizes(tmp_path):
+    root = tmp_path / "digits"
+    for label in ("0", "1"):
+        for number in range(3):
+            formats.write_png(root / label / f"{number}.png", formats.pattern(number, 12, 1))
+    data = load(root, split="4/2", val_fraction=0.25)
+    assert data.image_shape == (12, 12, 1)
+    resized = load(root, split="4/2", val_fraction=0.25, image_size=6)
+    assert resized.image_shape == (6, 6, 1)
+    expected = np.asarray(Image.fromarray(formats.pattern(0, 12, 1)[:, :, 0]).resize((6, 6), Image.BILINEAR))
+    assert any(np.array_equal(image[:, :, 0], expected) for s in resized.splits.values() for image in s.images)
+
+
+def test_mixed_sizes_resize_to_the_most_common(tmp_path):
+    root = tmp_path / "sizes"
+    formats.class_tree(root, {"a": 3, "b": 3}, size=10)
+    formats.write_png(root / "a" / "odd.png", formats.pattern(99, 20))
+    data = load(root, split="5/2", val_fraction=0.2)
+    assert data.image_shape == (10, 10, 3)
+    assert any("1 images of other sizes were resized to 10x10" in note for note in data.info["notes"])
+
+
+@pytest.mark.parametrize("kind", ["tgz", "tar.gz", "tar", "zip", "folder"])
+def test_fruits_360_layout_from_folder_and_archives(tmp_path, kind):
+    top = tmp_path / "src" / "fruits-360"
+    train = formats.class_tree(top / "Training", {"Apple Braeburn": 6, "Banana": 6})
+    test = formats.class_tree(top / "Test", {"Apple Braeburn": 2, "Banana": 3}, start=100)
+    (top / "LICENSE").write_text("MIT")
+    if kind == "folder":
+        path = top
+    elif kind == "zip":
+        path = formats.zip_folder(top, tmp_path / "fruits.zip")
+    else:
+        mode = "w" if kind == "tar" else "w:gz"
+        path = formats.tar_folder(top, tmp_path / f"assignment1.{kind}", mode)
+    data = load(path)
+    assert data.info["format"] == "split-folders"
+    assert data.class_names == ("Apple Braeburn", "Banana")
+    # the own test split is used unchanged; validation comes from Training only
+    assert as_set(data.test.images) == as_set(test["Apple Braeburn"] + test["Banana"])
+    assert as_set(np.concatenate([data.train.images, data.val.images])) == as_set(
+        train["Apple Braeburn"] + train["Banana"]
+    )
+    assert len(data.val) == 1 and data.info["split"] == "own train/test, val = 0.1 of train"
+
+
+def test_train_val_test_folders_use_their_own_validation(tmp_path):
+    for part, count in (("train", 5), ("val", 2), ("test", 3)):
+        formats.class_tree(tmp_path / "d" / part, {"cat": count, "dog": count}, start=10 * len(part) + count)
+    data = load(tmp_path / "d")
+    assert (len(data.train), len(data.val), len(data.test)) == (10, 4, 6)
+    assert data.info["split"] == "own train/val/test"
+
+
+def test_explicit_split_pools_the_own_parts(tmp_path):
+    formats.class_tree(tmp_path / "d" / "Training", {"a": 8, "b": 8})
+    formats.class_tree(tmp_path / "d" / "Test", {"a": 2, "b": 2}, start=50)
+    data = load(tmp_path / "d", split="10/5/5")
+    assert (len(data.train), len(data.val), len(data.test)) == (10, 5, 5)
+    assert "pooled" in data.info["split"]
+
+
+def test_links_inside_an_archive_are_followed(tmp_path):
+    source = tmp_path / "src"
+    formats.class_tree(source / "data", {"a": 3, "b": 3})
+    archive = tmp_path / "links.tar"
+    with tarfile.open(archive, "w") as handle:
+        handle.add(source / "data", arcname="data")
+        link = tarfile.TarInfo("data/b/copy.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "../a/000.png"
+        handle.addfile(link)
+    data = load(archive, split="5/2", val_fraction=0.2)
+    assert sum(len(s) for s in data.splits.values()) == 7
+
+
+# ------------------------------------------------------------------ unsafe and broken archives
+
+
+def test_unsafe_archive_entries_are_all_refused(tmp_path):
+    archive = tmp_path / "evil.tgz"
+    payload = formats.jpeg_bytes(formats.pattern(0))
+    with tarfile.open(archive, "w:gz") as handle:
+        for name in ("ok/a/1.jpg", "ok/b/1.jpg", "../escape.jpg", "/etc/owned.jpg"):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            handle.addfile(info, io.BytesIO(payload))
+        link = tarfile.TarInfo("ok/a/passwd.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "../../../etc/passwd"
+        handle.addfile(link)
+    with pytest.raises(DatasetError) as caught:
+        load(archive)
+    message = str(caught.value)
+    assert "unsafe archive entry (3)" in message
+    for name in ("../escape.jpg", "/etc/owned.jpg", "ok/a/passwd.jpg"):
+        assert name in message
+    assert not (tmp_path.parent / "escape.jpg").exists()
+
+
+def test_unsafe_zip_entry_is_refused(tmp_path):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("a/1.png", b"x")
+        handle.writestr("../../x.png", b"x")
+    with pytest.raises(DatasetError, match=r"(?s)unsafe archive entry.*\.\./\.\./x\.png"):
+        load(archive)
+
+
+@pytest.mark.parametrize("name", ["broken.tgz", "broken.zip"])
+def test_unreadable_archive_says_so(tmp_path, name):
+    good = formats.tar_folder(formats_dir(tmp_path / "d"), tmp_path / "good.tgz")
+    path = tmp_path / name
+    path.write_bytes(good.read_bytes()[:20] if name.endswith(".tgz") else b"PK\x03\x04 not really a zip")
+    with pytest.raises(DatasetError, match="(?s)unreadable archive.*download it again"):
+        load(path)
+
+
+def test_unknown_name_and_plain_file(tmp_path):
+    with pytest.raises(DatasetError, match="unknown dataset 'no-such-thing'.*tfds:NAME"):
+        load("no-such-thing")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DatasetError, match="not an archive"):
+        load(tmp_path / "notes.txt")
+
+
+# ------------------------------------------------------------------ bad input, reported together
+
+
+def test_all_problems_of_one_scan_are_reported_together(tmp_path):
+    root = tmp_path / "bad"
+    formats.class_tree(root / "Training", {"apple": 4, "pear": 4})
+    formats.class_tree(root / "Test", {"apple": 2, "pear": 2, "plum": 2}, start=40)  # plum: not trained
+    (root / "Training" / "empty").mkdir()
+    (root / "Training" / "apple" / "notes.txt").write_text("not an image")
+    good = (root / "Training" / "pear" / "000.png").read_bytes()
+    (root / "Training" / "pear" / "cut.png").write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(DatasetError) as caught:
+        load(root)
+    message = str(caught.value)
+    assert "empty class folder (1)" in message and "Training/empty/" in message
+    assert "class missing from the training split (1)" in message and "plum" in message
+    assert "fix:" in message and "nothing was trained" in message
+
+
+def test_skipped_files_are_listed_and_strict_refuses_them(tmp_path):
+    root = tmp_path / "data"
+    formats.class_tree(root, {"a": 5, "b": 5})
+    (root / "a" / "readme.txt").write_text("x")
+    (root / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    good = formats.jpeg_bytes(formats.pattern(7))
+    (root / "b" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (root / ".DS_Store").write_bytes(b"\0")
+    data = load(root, split="6/4", val_fraction=0.2)
+    skipped = {item["file"]: item["reason"] for item in data.info["skipped"]}
+    assert skipped == {
+        "a/readme.txt": "not an image file",
+        "b/broken.jpg": "corrupt or unreadable image",
+        "b/truncated.jpg": "corrupt or unreadable image",
+    }
+    assert data.info["ignored"] == [".DS_Store"]
+    assert sum(len(s) for s in data.splits.values()) == 10
+    assert "skipped 3 file(s)" in data.info["messages"][0]
+    with pytest.raises(DatasetError) as caught:
+        load(root, split="6/4", val_fraction=0.2, strict=True)
+    assert all(name in str(caught.value) for name in skipped) and "--strict" in str(caught.value)
+
+
+def test_single_class_is_an_error(tmp_path):
+    formats.class_tree(tmp_path / "one", {"only": 5})
+    with pytest.raises(DatasetError, match="fewer than two classes"):
+        load(tmp_path / "one")
+
+
+def test_images_without_class_folders(tmp_path):
+    for number in range(3):
+        formats.write_png(tmp_path / "flat" / f"{number}.png", formats.pattern(number))
+    with pytest.raises(DatasetError, match="(?s)no class folders.*3 images"):
+        load(tmp_path / "flat")
+
+
+# ------------------------------------------------------------------ MNIST IDX
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_idx(tmp_path, gz):
+    arrays = formats.write_mnist(tmp_path / "mnist", gz=gz)
+    data = load(tmp_path / "mnist")
+    assert data.info["format"] == "mnist" and data.image_shape == (28, 28, 1)
+    assert data.class_names == tuple(str(i) for i in range(10))
+    assert np.array_equal(data.test.images[:, :, :, 0], arrays["t10k"][0])
+    assert np.array_equal(data.test.labels, arrays["t10k"][1])
+    assert len(data.train) + len(data.val) == 30
+
+
+def test_mnist_damaged_files(tmp_path):
+    formats.write_mnist(tmp_path / "m", gz=False)
+    labels = tmp_path / "m" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(formats.idx_bytes(np.zeros(7, np.uint8)))  # 7 labels for 10 images
+    images = tmp_path / "m" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-5])
+    with pytest.raises(DatasetError) as caught:
+        load(tmp_path / "m")
+    message = str(caught.value)
+    assert "malformed IDX file" in message and "truncated" in message
+    assert "MNIST files do not match" in message and "(10, 28, 28) vs labels (7,)" in message
+
+
+def test_parse_idx_rejects_other_files():
+    with pytest.raises(DatasetError, match="not an IDX file"):
+        parse_idx(b"\x89PNG....", "x")
+
+
+# ------------------------------------------------------------------ CIFAR
+
+
+@pytest.mark.parametrize("archived", [False, True])
+def test_cifar10_python_batches(tmp_path, archived):
+    folder = tmp_path / "cifar-10-batches-py"
+    arrays = formats.write_cifar10(folder)
+    path = formats.tar_folder(folder, tmp_path / "cifar-10-python.tar.gz") if archived else folder
+    data = load(path)
+    assert data.info["format"] == "cifar10" and data.class_names[:2] == ("name0", "name1")
+    # the red, green and blue planes of each row become an (H, W, 3) image
+    assert np.array_equal(data.test.images, arrays["test"][0])
+    assert np.array_equal(data.test.labels, arrays["test"][1])
+    assert as_set(np.concatenate([data.train.images, data.val.images])) == as_set(arrays["train"][0])
+
+
+def test_cifar_pickle_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "owned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    content = pickle.dumps({b"data": Exploit(), b"labels": [0]}, protocol=2)
+    with pytest.raises(DatasetError, match="unsafe or damaged pickle.*refused to load posix.system"):
+        load_cifar_pickle(content, "data_batch_1")
+    assert not marker.exists()
+    folder = tmp_path / "cifar"
+    formats.write_cifar10(folder)
+    (folder / "data_batch_3").write_bytes(content)
+    with pytest.raises(DatasetError, match="(?s)unreadable CIFAR batch.*data_batch_3"):
+        load(folder)
+    assert not marker.exists()
+
+
+def test_cifar10_missing_batch(tmp_path):
+    folder = tmp_path / "c"
+    formats.write_cifar10(folder)
+    (folder / "data_batch_4").unlink()
+    with pytest.raises(DatasetError, match="(?s)CIFAR-10 batch missing.*data_batch_4"):
+        load(folder)
+
+
+# ------------------------------------------------------------------ STL-10
+
+
+def test_stl10_binary_column_major_and_one_based_labels(tmp_path):
+    arrays = formats.write_stl10(tmp_path / "stl10_binary")
+    (tmp_path / "stl10_binary" / "unlabeled_X.bin").write_bytes(b"")
+    data = load(tmp_path / "stl10_binary", val_fraction=0.25)
+    assert data.info["format"] == "stl10" and data.image_shape == (96, 96, 3)
+    assert data.class_names[0] == "airplane"
+    assert np.array_equal(data.test.images, arrays["test"][0])
+    assert np.array_equal(data.test.labels, arrays["test"][1].astype(int) - 1)
+    assert data.info["skipped"][0]["reason"].startswith("unlabelled images")
+
+
+def test_stl10_damaged(tmp_path):
+    formats.write_stl10(tmp_path / "s")
+    x = tmp_path / "s" / "train_X.bin"
+    x.write_bytes(x.read_bytes()[:-10])
+    (tmp_path / "s" / "test_y.bin").write_bytes(bytes([0, 11, 3]))
+    with pytest.raises(DatasetError) as caught:
+        load(tmp_path / "s")
+    assert "truncated STL-10 file" in str(caught.value) and "labels run 0..11, expected 1..10" in str(caught.value)
+
+
+# ------------------------------------------------------------------ mini-ImageNet
+
+
+def write_mini_imagenet(root, tables):
+    for part, rows in tables.items():
+        lines = ["filename,label"]
+        for index, label in rows:
+            name = f"{label}{index:08d}.jpg"
+            (root / "images").mkdir(parents=True, exist_ok=True)
+            (root / "images" / name).write_bytes(formats.jpeg_bytes(formats.pattern(index, 12)))
+            lines.append(f"{name},{label}")
+        (root / f"{part}.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_mini_imagenet_csv_layout(tmp_path):
+    root = tmp_path / "mini"
+    write_mini_imagenet(
+        root,
+        {
+            "train": [(i, "n01") for i in range(5)] + [(i, "n02") for i in range(5, 10)],
+            "val": [(10, "n01"), (11, "n02")],
+            "test": [(12, "n01"), (13, "n02"), (14, "n02")],
+        },
+    )
+    with open(root / "test.csv", "a") as handle:
+        handle.write("n0200000099.jpg,n02\n")  # listed, but no such file
+    data = load(root)
+    assert data.info["format"] == "mini-imagenet" and data.class_names == ("n01", "n02")
+    assert (len(data.train), len(data.val), len(data.test)) == (10, 2, 3)
+    assert data.info["skipped"] == [
+        {"file": "images/n0200000099.jpg", "reason": "listed in csv but missing", "detail": "test.csv line 5"}
+    ]
+
+
+def test_mini_imagenet_few_shot_split_needs_pooling(tmp_path):
+    root = tmp_path / "mini"
+    write_mini_imagenet(
+        root,
+        {
+            "train": [(i, "n01") for i in range(4)] + [(i, "n02") for i in range(4, 8)],
+            "val": [(i, "n03") for i in range(8, 12)],
+            "test": [(i, "n04") for i in range(12, 16)],
+        },
+    )
+    with pytest.raises(DatasetError) as caught:
+        load(root)
+    assert "class missing from the training split (2)" in str(caught.value) and "--split" in str(caught.value)
+    pooled = load(root, split="50/25/25")
+    assert len(pooled.class_names) == 4 and set(pooled.test.labels.tolist()) == {0, 1, 2, 3}
+
+
+# ------------------------------------------------------------------ tensorflow-datasets
+
+
+def test_tfds_unknown_name():
+    with pytest.raises(DatasetError, match="no tensorflow-datasets dataset of that name"):
+        load("tfds:surely_not_a_dataset")
+
+
+def test_tfds_offline_fails_fast_with_local_alternatives(tmp_path, monkeypatch):
+    from fruitcnn.data import tfds_source
+
+    monkeypatch.setattr(tfds_source, "_PROBE_HOST", ("unreachable.invalid", 443))
+    started = time.monotonic()
+    with pytest.raises(DatasetError) as caught:
+        load("tfds:mnist", data_dir=str(tmp_path / "tfds"))
+    assert time.monotonic() - started < 20
+    message = str(caught.value)
+    assert "not prepared" in message and "offline" in message and "MNIST IDX" in message
+
+
+def test_tfds_prepared_dataset_is_converted(monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from fruitcnn.data import tfds_source
+
+    monkeypatch.setattr(tfds_source, "online", lambda timeout=0: True)
+    with tfds.testing.mock_data(num_examples=12):
+        data = load("tfds:mnist", data_dir="")
+    assert data.image_shape == (28, 28, 1) and data.class_names == tuple(str(i) for i in range(10))
+    # the mock serves every split name asked for: train, validation and test
+    assert (len(data.train), len(data.val), len(data.test)) == (12, 12, 12)
+    assert data.train.images.dtype == np.uint8
+
+
+# ------------------------------------------------------------------ cache
+
+
+def test_second_load_comes_from_the_cache_and_changes_invalidate_it(tmp_path):
+    root = tmp_path / "d"
+    formats.class_tree(root, {"a": 5, "b": 5})
+    (root / "a" / "x.txt").write_text("x")
+    first = load(root, val_fraction=0.2)
+    second = load(root, val_fraction=0.2)
+    assert not first.info["from_cache"] and second.info["from_cache"]
+    for name in ("train", "val", "test"):
+        assert np.array_equal(first.splits[name].images, second.splits[name].images)
+    assert second.info["skipped"] == first.info["skipped"]  # still reported from the cache
+    with pytest.raises(DatasetError, match="a/x.txt"):
+        load(root, val_fraction=0.2, strict=True)
+    formats.write_png(root / "b" / "new.png", formats.pattern(77))
+    third = load(root, val_fraction=0.2)
+    assert not third.info["from_cache"] and sum(len(s) for s in third.splits.values()) == 11
+
+
+def test_cache_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("FRUITCNN_CACHE", "off")
+    formats.class_tree(tmp_path / "d", {"a": 3, "b": 3})
+    assert not load(tmp_path / "d", split="4/2", val_fraction=0.25).info["from_cache"]
+    assert not load(tmp_path / "d", split="4/2", val_fraction=0.25).info["from_cache"]
+
+
+def test_gzip_members_of_mnist_are_checked(tmp_path):
+    formats.write_mnist(tmp_path / "m")
+    path = tmp_path / "m" / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(np.random.default_rng(0).bytes(1000))[:300])
+    with pytest.raises(DatasetError, match="corrupt gzip file"):
+        load(tmp_path / "m")
