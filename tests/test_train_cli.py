@@ -1,10 +1,12 @@
 """train.py as users type it: flags, --summary, errors, a tiny end-to-end run, resume."""
 
 import json
+import tarfile
 
 import pytest
 
 import train as cli
+from tests.fruitcnn.data import formats
 
 
 def _run(argv, capsys):
@@ -142,3 +144,50 @@ def test_explain_says_it_is_not_implemented_yet(capsys):
     with pytest.raises(SystemExit):
         explain.main(["--help"])
     assert "NOT IMPLEMENTED YET" in capsys.readouterr().out
+
+
+def test_train_on_a_downloaded_archive_with_a_skipped_file(tmp_path, capsys):
+    top = tmp_path / "src" / "fruits"
+    formats.class_tree(top / "Training", {"Apple Braeburn": 12, "Banana": 12}, size=16)
+    formats.class_tree(top / "Test", {"Apple Braeburn": 4, "Banana": 4}, start=50, size=16)
+    (top / "Training" / "Banana" / "broken.jpg").write_bytes(b"not a jpeg")
+    archive = formats.tar_folder(top, tmp_path / "assignment1.tgz")
+    out_dir = tmp_path / "run"
+    argv = [
+        "--dataset",
+        str(archive),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out_dir),
+        "--verbose",
+        "0",
+    ]
+    code, out, err = _run(
+        argv + ["--flip", "horizontal", "--translate", "2", "--label-smoothing", "0.1"], capsys
+    )
+    assert code == 0
+    assert "data: " in out and "2 classes, 16x16x3; train 22 / val 2 / test 8" in out
+    assert "skipped 1 file(s)" in err and "fruits/Training/Banana/broken.jpg" in err
+    data = json.loads((out_dir / "data.json").read_text())
+    assert (
+        data["skipped"][0]["file"] == "fruits/Training/Banana/broken.jpg"
+        and data["format"] == "split-folders"
+    )
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["arch"]["name"] == "cifar10"  # small colour images get the cifar10 preset
+    assert config["augment"] == {"flip": "horizontal", "translate": 2, "rotate": 0.0, "color_jitter": 0.0}
+    # --strict refuses the same data, naming the file, with no traceback
+    err = _fails(["--dataset", str(archive), "--strict", "--out", str(tmp_path / "other")], capsys)
+    assert "broken.jpg" in err and "Traceback" not in err
+
+
+def test_bad_datasets_are_explained_without_traceback(tmp_path, capsys):
+    err = _fails(["--dataset", str(tmp_path / "missing.tgz")], capsys)
+    assert "unknown dataset" in err and "fix:" in err
+    unsafe = tmp_path / "unsafe.tar"
+    with tarfile.open(unsafe, "w") as handle:
+        handle.addfile(tarfile.TarInfo("../outside.png"))
+    assert "unsafe archive entry" in _fails(["--dataset", str(unsafe)], capsys)

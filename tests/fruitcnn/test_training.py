@@ -71,9 +71,12 @@ def test_run_folder_contract(single_run):
         "classes.json",
         "history.csv",
         "metrics.json",
+        "data.json",
         "checkpoint/state.json",
     ):
         assert (run / name).is_file(), name
+    data = json.loads((run / "data.json").read_text())
+    assert data["image_shape"] == [28, 28, 3] and data["classes"] == 96 and data["format"] == "generated"
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     assert state["finished"] and state["epoch"] == 3
     assert state["last_checkpoint"] == "epoch-0003.keras"
@@ -284,3 +287,52 @@ def test_batch_statistics_at_inference_evaluate_with_training_batches(tmp_path, 
     assert np.mean(predicted == small_line.val.labels) == pytest.approx(
         result.metrics["val_accuracy"], abs=1e-6
     )
+
+
+def test_label_smoothing_loss_matches_the_formula():
+    import tensorflow as tf
+
+    from heads.base import SmoothedSparseCrossentropy
+
+    logits = np.array([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]], np.float32)
+    labels = np.array([0, 1])
+    probabilities = keras.layers.Softmax()(tf.constant(logits))
+    smoothing = 0.2
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    target = np.eye(3)[labels] * (1 - smoothing) + smoothing / 3
+    expected = -(target * log_softmax).sum(axis=1).mean()
+    loss = SmoothedSparseCrossentropy(smoothing)(labels, probabilities)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    plain = keras.losses.SparseCategoricalCrossentropy()(labels, probabilities)
+    assert float(SmoothedSparseCrossentropy(0.0)(labels, probabilities)) == pytest.approx(
+        float(plain), rel=1e-5
+    )
+    restored = keras.losses.deserialize(keras.losses.serialize(SmoothedSparseCrossentropy(0.3)))
+    assert restored.label_smoothing == 0.3
+
+
+def _first_batches(data, count):
+    return [images.numpy() for images, _ in data.take(count)]
+
+
+def test_augmented_batches_are_seeded_per_step_and_evaluation_is_untouched(small_line, monkeypatch):
+    from fruitcnn import training
+    from fruitcnn.config import AugmentConfig
+    from heads import single_head_specs
+
+    specs = single_head_specs(small_line.class_names)
+    augment = AugmentConfig(flip="horizontal", translate=2)
+    data, steps = training.batches(small_line.train, specs, 32, shuffle_seed=5, augment=augment)
+    fresh = _first_batches(data, steps + 2)
+    plain, _ = training.batches(small_line.train, specs, 32, shuffle_seed=5)
+    assert not np.array_equal(fresh[0], _first_batches(plain, 1)[0])
+    # a run resumed at epoch 1 sees exactly the batches of an uninterrupted run
+    resumed, _ = training.batches(small_line.train, specs, 32, shuffle_seed=5, first_epoch=1, augment=augment)
+    assert all(np.array_equal(a, b) for a, b in zip(_first_batches(resumed, 2), fresh[steps:]))
+    # evaluation batches are the stored images, in order
+    evaluation, _ = training.batches(small_line.test, specs, 64, augment=augment)
+    assert np.array_equal(_first_batches(evaluation, 1)[0], small_line.test.images[:64].astype(np.float32))
+    # large image arrays live in a variable instead of a graph constant: same batches
+    monkeypatch.setattr(training, "_CONSTANT_BYTES", 0)
+    in_variable, _ = training.batches(small_line.train, specs, 32, shuffle_seed=5, augment=augment)
+    assert all(np.array_equal(a, b) for a, b in zip(_first_batches(in_variable, 3), fresh[:3]))

@@ -25,7 +25,9 @@ def write_png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(plane).save(path)
 
 
-def class_tree(root: Path, classes: dict[str, int], start: int = 0, size: int = 8) -> dict[str, list[np.ndarray]]:
+def class_tree(
+    root: Path, classes: dict[str, int], start: int = 0, size: int = 8
+) -> dict[str, list[np.ndarray]]:
     """root/<class>/<n>.png with distinct patterns; returns the arrays per class."""
     written: dict[str, list[np.ndarray]] = {}
     index = start
@@ -48,7 +50,11 @@ def zip_folder(folder: Path, archive: Path, arcname: str | None = None) -> Path:
     base = arcname if arcname is not None else folder.name
     with zipfile.ZipFile(archive, "w") as handle:
         for path in sorted(folder.rglob("*")):
-            name = f"{base}/{path.relative_to(folder).as_posix()}" if base else path.relative_to(folder).as_posix()
+            name = (
+                f"{base}/{path.relative_to(folder).as_posix()}"
+                if base
+                else path.relative_to(folder).as_posix()
+            )
             if path.is_dir():
                 handle.writestr(name + "/", "")
             else:
@@ -105,7 +111,10 @@ def write_cifar10(folder: Path, per_batch: int = 6, classes: int = 10) -> dict[s
     (folder / "test_batch").write_bytes(py2_style_pickle(content))
     names = [f"name{index}".encode() for index in range(classes)]
     (folder / "batches.meta").write_bytes(py2_style_pickle({b"label_names": names, b"num_vis": 3072}))
-    images["train"] = (np.concatenate([b for b, _ in train]), np.concatenate([np.asarray(l) for _, l in train]))
+    images["train"] = (
+        np.concatenate([b for b, _ in train]),
+        np.concatenate([np.asarray(labels) for _, labels in train]),
+    )
     images["test"] = (test, np.asarray(test_labels))
     return images
 

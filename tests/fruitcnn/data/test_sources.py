@@ -83,7 +83,9 @@ def test_all_greyscale_stays_one_channel_and_image_size_resizes(tmp_path):
     resized = load(root, split="4/2", val_fraction=0.25, image_size=6)
     assert resized.image_shape == (6, 6, 1)
     expected = np.asarray(Image.fromarray(formats.pattern(0, 12, 1)[:, :, 0]).resize((6, 6), Image.BILINEAR))
-    assert any(np.array_equal(image[:, :, 0], expected) for s in resized.splits.values() for image in s.images)
+    assert any(
+        np.array_equal(image[:, :, 0], expected) for s in resized.splits.values() for image in s.images
+    )
 
 
 def test_mixed_sizes_resize_to_the_most_common(tmp_path):
@@ -348,7 +350,9 @@ def test_stl10_damaged(tmp_path):
     (tmp_path / "s" / "test_y.bin").write_bytes(bytes([0, 11, 3]))
     with pytest.raises(DatasetError) as caught:
         load(tmp_path / "s")
-    assert "truncated STL-10 file" in str(caught.value) and "labels run 0..11, expected 1..10" in str(caught.value)
+    assert "truncated STL-10 file" in str(caught.value) and "labels run 0..11, expected 1..10" in str(
+        caught.value
+    )
 
 
 # ------------------------------------------------------------------ mini-ImageNet
