@@ -26,9 +26,13 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Every benchmark; the data tasks read the copies in ../shared/data (see bench/run.py).
 bench: $(BIN)/.installed
 	$(BIN)/python bench/run.py line
 	$(BIN)/python bench/run.py line-multihead
+	$(BIN)/python bench/run.py fruits
+	$(BIN)/python bench/run.py mnist
+	$(BIN)/python bench/run.py cifar10
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

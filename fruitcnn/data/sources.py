@@ -616,7 +616,8 @@ def check_classes(data: RawData, problems: Problems, where: str, *, pooled: bool
     re-split) for a class that has images in val/test but none in train."""
     counts: Counter[int] = Counter()
     for part in data.parts.values():
-        counts.update(part.labels.tolist())
+        values, numbers = np.unique(part.labels, return_counts=True)
+        counts.update(dict(zip(values.tolist(), numbers.tolist())))
     if len(data.class_names) < 2 or len(counts) < 2:
         shown = ", ".join(data.class_names[:3]) or "none"
         problems.error(
@@ -626,15 +627,14 @@ def check_classes(data: RawData, problems: Problems, where: str, *, pooled: bool
             fix="a classifier needs at least two classes: one folder of images per class.",
         )
     if "train" in data.parts and not pooled:
-        trained = set(data.parts["train"].labels.tolist())
+        present = {name: set(np.unique(part.labels).tolist()) for name, part in data.parts.items()}
         for index, name in enumerate(data.class_names):
-            if counts[index] and index not in trained:
+            if counts[index] and index not in present["train"]:
+                where = "/".join(part for part, labels in present.items() if index in labels)
                 problems.error(
                     "class missing from the training split",
                     name,
-                    "it has images in "
-                    + "/".join(p for p, part in data.parts.items() if index in set(part.labels.tolist()))
-                    + " but none in train",
+                    f"it has images in {where} but none in train",
                     fix="the model cannot learn a class it never sees: add training images of it, or "
                     "pool and re-split the data with --split (e.g. --split 60/20/20).",
                 )
