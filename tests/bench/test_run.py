@@ -1,0 +1,45 @@
+"""bench/run.py's contract: the last stdout line is the JSON report, for every task kind."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.fruitcnn.data import formats
+
+_SPEC = importlib.util.spec_from_file_location(
+    "bench_run", Path(__file__).resolve().parents[2] / "bench" / "run.py"
+)
+bench = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(bench)
+
+
+def test_fruits_task_runs_on_any_fruits_360_style_archive(tmp_path, capsys, monkeypatch):
+    top = tmp_path / "src" / "fruits-360-other"
+    formats.class_tree(top / "Training", {"Kiwi": 40, "Lemon": 40, "Mango": 40}, size=100)
+    formats.class_tree(top / "Test", {"Kiwi": 5, "Lemon": 5, "Mango": 5}, start=500, size=100)
+    archive = formats.tar_folder(top, tmp_path / "other.tgz")
+    monkeypatch.setattr(bench, "_PEAK_REPEATS", 1)
+    assert bench.main(["fruits", "--data", str(archive)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["task"] == "fruits" and report["classes"] == 3 and report["image_shape"] == [100, 100, 3]
+    assert 0.0 <= report["test_accuracy"] <= 1.0 and report["test_images"] == 15
+    assert report["wall_s"] >= report["data_s"] > 0 and report["cache_hit"] is True
+    assert report["command"].startswith(f"python train.py --dataset {archive} ")
+    assert report["meets_target"] == (report["test_accuracy"] >= 0.99 and report["wall_s"] <= 180)
+    assert len(report["test_accuracy_by_epoch"]) == report["epochs"]
+
+
+def test_data_task_without_its_data_is_explained(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["mnist", "--data", str(tmp_path / "nowhere")])
+    assert stop.value.code == 2 and "pass --data PATH" in capsys.readouterr().err
+
+
+def test_line_task_refuses_data(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["line", "--data", "x"])
+    assert "generates its data" in capsys.readouterr().err
