@@ -1,8 +1,9 @@
-"""Train a fruitcnn model: python train.py --dataset line [--multihead].
+"""Train a fruitcnn model: python train.py --dataset line|PATH|tfds:NAME [--multihead].
 
 Every flag sets one field of the run configuration (``fruitcnn.config``); flags left
-out keep the defaults shown by ``--help``. The run folder (``saved_models/<run>/`` or
-``--out``) receives model.keras (best validation epoch), config.json, classes.json,
+out keep the defaults shown by ``--help``. The data is read (and its problems reported)
+before the model is built. The run folder (``saved_models/<run>/`` or ``--out``)
+receives model.keras (best validation epoch), config.json, classes.json, data.json,
 history.csv, metrics.json, TensorBoard logs in tb/ and a checkpoint/ for --resume.
 """
 

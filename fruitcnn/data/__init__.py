@@ -106,8 +106,7 @@ def load_dataset(config: DataConfig) -> Dataset:
     started = time.monotonic()
     problems = Problems(config.dataset, strict=config.strict)
     raw, from_cache = _read(config, problems)
-    pooled = config.split != "auto" and "all" not in raw.parts
-    check_classes(raw, problems, config.dataset, pooled=pooled)
+    check_classes(raw, problems, config.dataset, pooled=not _uses_own_split(raw, config))
     problems.raise_if_any()
     train, val, test, split_text = _assemble(raw, config)
     info = {
@@ -170,8 +169,7 @@ def _assemble(raw: RawData, config: DataConfig) -> tuple[Split, Split, Split, st
     from its training part when missing), else (or with an explicit --split) a
     seeded stratified split of all its images."""
     parts = raw.parts
-    own = "all" not in parts and "train" in parts and "test" in parts
-    if own and config.split == "auto":
+    if _uses_own_split(raw, config):
         train = _split_of(parts["train"])
         test = _split_of(parts["test"])
         if "val" in parts:
@@ -184,15 +182,23 @@ def _assemble(raw: RawData, config: DataConfig) -> tuple[Split, Split, Split, st
             f"own train/test, val = {config.val_fraction:g} of train",
         )
     split = DEFAULT_SPLIT if config.split == "auto" else config.split
-    whole = Split(
-        np.concatenate([part.images for part in parts.values()]),
-        np.concatenate([part.labels for part in parts.values()]).astype(np.int32),
-    )
+    if len(parts) == 1:
+        whole = _split_of(next(iter(parts.values())))
+    else:
+        whole = Split(
+            np.concatenate([part.images for part in parts.values()]),
+            np.concatenate([part.labels for part in parts.values()]).astype(np.int32),
+        )
     train, val, test = stratified_split(
         whole.labels, split, val_fraction=config.val_fraction, seed=config.seed
     )
     how = f"{split} stratified" + (", pooled from the own parts" if "all" not in parts else "")
     return whole.take(train), whole.take(val), whole.take(test), how
+
+
+def _uses_own_split(raw: RawData, config: DataConfig) -> bool:
+    """Whether the source's own train/test split is used (else all parts are pooled)."""
+    return config.split == "auto" and "train" in raw.parts and "test" in raw.parts
 
 
 def _split_of(part: Part) -> Split:
