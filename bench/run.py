@@ -236,6 +236,8 @@ def run_data(task: str, data: str, keep: bool, warm_cache: bool, baseline: bool)
         "arch": config.arch.name,
         "data_s": round(data_s, 2),
         "train_s": metrics["train_seconds"],
+        # model building, channel statistics and pipelines before the first epoch, saving after
+        "setup_s": round(wall_s - data_s - metrics["train_seconds"], 2),
         "epochs": metrics["epochs"],
         "best_epoch": metrics["best_epoch"],
         "val_accuracy": metrics["val_accuracy"],

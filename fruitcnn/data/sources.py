@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import os
 import pickle
 import re
 from collections import Counter
@@ -34,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from fruitcnn.data.images import decode_many, is_image_name, resize_many
+from fruitcnn.data.images import ImageReadError, decode, decode_many, is_image_name, resize_many
 from fruitcnn.data.problems import DatasetError, Problems
 from fruitcnn.data.trees import Tree, is_metadata
 
@@ -52,6 +53,10 @@ _MNIST = re.compile(r"^(train|t10k|test)[-_](images|labels)[-_.]idx([13])[-_.]ub
 _CIFAR10_TRAIN = tuple(f"data_batch_{index}" for index in range(1, 6))
 _STL_SIDE = 96
 _STL_BYTES = 3 * _STL_SIDE * _STL_SIDE
+# Decoding holds each image twice (decoded list and final array) at its peak.
+_MEMORY_COPIES = 2
+# Files tried to find one readable image for the memory estimate.
+_MEMORY_PROBES = 20
 
 
 @dataclass
@@ -203,6 +208,7 @@ def _decode_parts(
             contents[path] = content
     order = [item for item in order if item[2] in contents]
     size = (image_size, image_size) if image_size else None
+    _check_memory([contents[path] for _, _, path in order], size, tree.label)
     decoded = decode_many([contents[path] for _, _, path in order], size=size)
     for index, reason in sorted(decoded.failed.items()):
         problems.skip(
@@ -224,6 +230,41 @@ def _decode_parts(
         sizes = "--image-size" if image_size else "the most common size; --image-size N chooses another"
         notes.append(f"{decoded.resized} images of other sizes were resized to {height}x{width} ({sizes})")
     return parts, notes
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available now (Linux), or None when unknown."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(contents: list[bytes], size: tuple[int, int] | None, where: str) -> None:
+    """Refuse a set whose decoded pixels would not fit in memory, before decoding it.
+
+    The set is held in memory as uint8 (about twice while it is decoded); the estimate
+    takes the first readable image's size (or ``size``) for every file.
+    """
+    available = _available_memory()
+    if available is None or not contents:
+        return
+    for content in contents[:_MEMORY_PROBES]:
+        try:
+            shape = decode(content, size).shape
+            break
+        except ImageReadError:
+            continue
+    else:
+        return
+    needed = _MEMORY_COPIES * len(contents) * int(np.prod(shape))
+    if needed > available:
+        side = int((available / (_MEMORY_COPIES * len(contents) * shape[2])) ** 0.5)
+        raise DatasetError(
+            f"{where}: {len(contents)} images of {shape[0]}x{shape[1]}x{shape[2]} need about "
+            f"{needed / 2**30:.1f} GiB while decoding, but {available / 2**30:.1f} GiB of memory is "
+            f"available.\n  fix: pass --image-size {max(side, 1)} or smaller, or use a subset of the classes."
+        )
 
 
 def _read_class_folders(tree: Tree, prefix: str, problems: Problems, image_size: int | None) -> RawData:

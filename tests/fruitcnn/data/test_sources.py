@@ -472,3 +472,12 @@ def test_gzip_members_of_mnist_are_checked(tmp_path):
     path.write_bytes(gzip.compress(np.random.default_rng(0).bytes(1000))[:300])
     with pytest.raises(DatasetError, match="corrupt gzip file"):
         load(tmp_path / "m")
+
+
+def test_a_set_too_large_for_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+    from fruitcnn.data import sources
+
+    formats.class_tree(tmp_path / "d", {"a": 4, "b": 4}, size=16)
+    monkeypatch.setattr(sources, "_available_memory", lambda: 4000)  # bytes
+    with pytest.raises(DatasetError, match=r"(?s)8 images of 16x16x3 need .* --image-size 9 or smaller"):
+        load(tmp_path / "d")
