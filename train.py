@@ -23,6 +23,7 @@ from fruitcnn.config import (  # noqa: E402
     OPTIMIZERS,
     PRESETS,
     SCHEDULES,
+    TTAS,
     ArchConfig,
     AugmentConfig,
     DataConfig,
@@ -78,6 +79,7 @@ _FIELDS = {
     "seed": ("train", "seed"),
     "test_each_epoch": ("train", "test_each_epoch"),
     "label_smoothing": ("train", "label_smoothing"),
+    "tta": ("train", "tta"),
 }
 _DEFAULTS = {
     "data": DataConfig(),
@@ -177,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--plateau-factor", "plateau: decay factor", type=float, metavar="F")
     add("--seed", "seed of initialisation, dropout and batch order", type=int, metavar="N")
     add("--label-smoothing", "label smoothing of the cross-entropy", type=float, metavar="S")
+    add(
+        "--tta",
+        "test-time augmentation of val/test evaluation (flip: average with the mirror image)",
+        choices=TTAS,
+    )
     training.add_argument(
         "--no-test-each-epoch",
         dest="test_each_epoch",

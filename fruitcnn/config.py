@@ -62,6 +62,7 @@ _ALIASES = {"dense": "fc", "batchnorm": "bn", "conv2d": "conv"}
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine", "plateau")
 HEADS = ("single", "multi")
+TTAS = ("none", "flip")
 BN_LAYERS = ("fruitcnn", "keras")
 
 
@@ -528,6 +529,9 @@ class TrainConfig:
             learning curves); the model is still chosen on validation only.
         label_smoothing: train softmax heads towards (1 - s) on the true class and
             s / K spread over all K classes (sigmoid heads: towards s/2 and 1 - s/2).
+        tta: test-time augmentation of validation and test evaluation: ``none``, or
+            ``flip`` (average the probabilities of each image and its mirror image;
+            the saved model itself predicts without it).
     """
 
     epochs: int = 2
@@ -544,6 +548,7 @@ class TrainConfig:
     seed: int = 0
     test_each_epoch: bool = True
     label_smoothing: float = 0.0
+    tta: str = "none"
 
     def __post_init__(self):
         _check_field_types(self)
@@ -565,6 +570,8 @@ class TrainConfig:
             )
         if self.step_epochs < 1 or self.plateau_patience < 1:
             raise ValueError("step_epochs and plateau_patience must be >= 1.")
+        if self.tta not in TTAS:
+            raise ValueError(f"tta must be one of {', '.join(TTAS)}, got {self.tta!r}.")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}; e.g. 0.1.")
         for name in ("step_factor", "plateau_factor"):

@@ -110,3 +110,11 @@ class BatchNorm(keras.layers.Layer):
             batch_stats_at_inference=self.batch_stats_at_inference,
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package="fruitcnn")
+class HorizontalFlip(keras.layers.Layer):
+    """Mirrors NHWC images left-right (for test-time flip averaging)."""
+
+    def call(self, inputs):
+        return keras.ops.flip(inputs, axis=2)

@@ -37,6 +37,7 @@ from fruitcnn import runs
 from fruitcnn.config import AugmentConfig, RunConfig, TrainConfig
 from fruitcnn.data import Dataset, Split, load_dataset
 from fruitcnn.data.augment import augment_batch
+from fruitcnn.layers import HorizontalFlip
 from fruitcnn.model import build_model
 from heads import (
     AGGREGATE,
@@ -101,6 +102,21 @@ def training_model(model: keras.Model, specs: Sequence[HeadSpec]) -> keras.Model
     if len(specs) > 1:
         outputs[AGGREGATE] = keras.layers.Concatenate(name=AGGREGATE)([outputs[spec.name] for spec in specs])
     return keras.Model(model.inputs, outputs, name=model.name)
+
+
+def evaluation_model(trainer: keras.Model, specs: Sequence[HeadSpec], tta: str) -> keras.Model:
+    """The model that validation and test are evaluated with: the training model
+    itself, or for ``tta="flip"`` one that averages its outputs on each image and on
+    the mirrored image (sharing every weight), compiled with the same losses and
+    metrics."""
+    if tta == "none":
+        return trainer
+    inputs = keras.Input(trainer.inputs[0].shape[1:], name="image")
+    plain, mirrored = trainer(inputs), trainer(HorizontalFlip(name="mirror")(inputs))
+    outputs = {name: keras.layers.Average(name=name)([plain[name], mirrored[name]]) for name in plain}
+    evaluator = keras.Model(inputs, outputs, name=f"{trainer.name}_tta_{tta}")
+    evaluator.compile(**compile_arguments(specs))
+    return evaluator
 
 
 def heads_model(trainer: keras.Model, specs: Sequence[HeadSpec]) -> keras.Model:
@@ -254,12 +270,29 @@ class _Plateau(keras.callbacks.ReduceLROnPlateau):
         return {"wait": self.wait, "best": best, "cooldown_counter": self.cooldown_counter}
 
 
+class _Validation(keras.callbacks.Callback):
+    """Evaluates the validation split after every epoch into the logs (``val_*``), as
+    ``fit(validation_data=...)`` would, but with the evaluation model (test-time
+    augmentation included). Runs first, so the plateau schedule, the recorder and the
+    progress bar see the results."""
+
+    def __init__(self, evaluator, val_data):
+        super().__init__()
+        self.evaluator, self.val_data = evaluator, val_data
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        results = self.evaluator.evaluate(self.val_data, verbose=0, return_dict=True)
+        logs.update({f"val_{name}": value for name, value in results.items()})
+
+
 class _EpochRecorder(keras.callbacks.Callback):
     """Evaluates test data, writes history/checkpoints/best model after every epoch."""
 
-    def __init__(self, run, trainer, model, specs, test_data, state, history, plateau):
+    def __init__(self, run, trainer, evaluator, model, specs, test_data, state, history, plateau):
         super().__init__()
-        self.run, self.trainer, self.plain, self.specs = run, trainer, model, specs
+        self.run, self.trainer, self.evaluator, self.plain, self.specs = run, trainer, evaluator, model, specs
         self.test_data, self.history, self.plateau = test_data, history, plateau
         self.state = state
         self.best_weights = None
@@ -296,7 +329,7 @@ class _EpochRecorder(keras.callbacks.Callback):
             "validation", epoch, {key[4:]: value for key, value in logs.items() if key.startswith("val_")}
         )
         if self.test_data is not None:
-            test_logs = self.trainer.evaluate(self.test_data, verbose=0, return_dict=True)
+            test_logs = self.evaluator.evaluate(self.test_data, verbose=0, return_dict=True)
             parts["test"] = standard_metrics(test_logs, self.specs)
             self._summarise("test", epoch, test_logs)
         # Timestamps once the epoch's evaluations are done.
@@ -503,9 +536,11 @@ def _fit(config, dataset, specs, run, trainer, model, state, history, callbacks,
             patience=settings.plateau_patience,
             verbose=1 if verbose else 0,
         )
+    evaluator = evaluation_model(trainer, specs, settings.tta)
     recorder = _EpochRecorder(
         run,
         trainer,
+        evaluator,
         model,
         specs,
         test_data if settings.test_each_epoch else None,
@@ -513,12 +548,12 @@ def _fit(config, dataset, specs, run, trainer, model, state, history, callbacks,
         history,
         plateau,
     )
-    all_callbacks = ([plateau] if plateau else []) + [recorder] + list(callbacks)
+    validation = _Validation(evaluator, val_data)
+    all_callbacks = [validation] + ([plateau] if plateau else []) + [recorder] + list(callbacks)
     if state["epoch"] < settings.epochs:
         try:
             trainer.fit(
                 train_data,
-                validation_data=val_data,
                 epochs=settings.epochs,
                 initial_epoch=state["epoch"],
                 steps_per_epoch=steps,
@@ -539,7 +574,7 @@ def _fit(config, dataset, specs, run, trainer, model, state, history, callbacks,
         best = keras.models.load_model(run / runs.CHECKPOINT_DIR / state["best_checkpoint"], compile=False)
         model.set_weights(best.get_weights())
     metrics = _final_metrics(
-        trainer, dataset, specs, eval_batch_size(config), state, model, recorder.best_parts
+        evaluator, dataset, specs, eval_batch_size(config), state, model, recorder.best_parts
     )
     runs.write_json(run / runs.METRICS_FILE, metrics)
     state["finished"] = True
@@ -547,7 +582,7 @@ def _fit(config, dataset, specs, run, trainer, model, state, history, callbacks,
     return TrainResult(run, model, history, metrics)
 
 
-def _final_metrics(trainer, dataset, specs, eval_size, state, model, known) -> dict[str, Any]:
+def _final_metrics(evaluator, dataset, specs, eval_size, state, model, known) -> dict[str, Any]:
     """Validation and test metrics of the best model (``known``: already measured)."""
     metrics: dict[str, Any] = {
         "best_epoch": state["best_epoch"],
@@ -560,7 +595,7 @@ def _final_metrics(trainer, dataset, specs, eval_size, state, model, known) -> d
         if known is not None:
             values = known[name]
         else:
-            logs = trainer.evaluate(batches(split, specs, eval_size)[0], verbose=0, return_dict=True)
+            logs = evaluator.evaluate(batches(split, specs, eval_size)[0], verbose=0, return_dict=True)
             values = standard_metrics(logs, specs)
         for key, value in values.items():
             metrics[f"{name}_{key}"] = value

@@ -336,3 +336,28 @@ def test_augmented_batches_are_seeded_per_step_and_evaluation_is_untouched(small
     monkeypatch.setattr(training, "_CONSTANT_BYTES", 0)
     in_variable, _ = training.batches(small_line.train, specs, 32, shuffle_seed=5, augment=augment)
     assert all(np.array_equal(a, b) for a, b in zip(_first_batches(in_variable, 3), fresh[:3]))
+
+
+def test_flip_tta_averages_each_image_with_its_mirror(small_line, tmp_path):
+    from fruitcnn.config import preset
+    from fruitcnn.model import build_model
+    from fruitcnn.training import evaluation_model, training_model
+    from heads import compile_arguments, single_head_specs
+
+    specs = single_head_specs(small_line.class_names)
+    model = build_model(preset("line"), input_shape=small_line.image_shape, heads=specs, seed=1)
+    trainer = training_model(model, specs)
+    trainer.compile(**compile_arguments(specs))
+    images = small_line.test.images[:8].astype(np.float32)
+    expected = (
+        model.predict(images, verbose=0)["class"] + model.predict(images[:, :, ::-1], verbose=0)["class"]
+    ) / 2
+    evaluator = evaluation_model(trainer, specs, "flip")
+    assert np.allclose(evaluator.predict(images, verbose=0)["class"], expected, atol=1e-6)
+    assert evaluation_model(trainer, specs, "none") is trainer
+    # a run evaluated with flip averaging reports those figures
+    config = RunConfig(
+        data=DataConfig(images_per_class=24, seed=3), train=TrainConfig(epochs=1, batch_size=64, tta="flip")
+    )
+    result = train(config, dataset=small_line, run_dir=tmp_path / "tta", verbose=0)
+    assert 0.0 <= result.metrics["test_accuracy"] <= 1.0 and result.history[0]["val_accuracy"] != ""
