@@ -57,6 +57,8 @@ _EPOCH_LIMIT = 1 << 40
 # (a constant is copied into the dataset's graph: seconds for large arrays, and
 # impossible beyond 2 GB).
 _CONSTANT_BYTES = 256 << 20
+# Pixels per bincount call in channel_statistics.
+_HISTOGRAM_CHUNK = 1 << 20
 # Smallest batch for evaluation: inference needs no gradients, so bigger batches are
 # faster and give the same numbers (batch norm uses its moving statistics).
 _EVAL_BATCH = 512
@@ -233,7 +235,10 @@ def standard_metrics(logs: dict[str, float], specs: Sequence[HeadSpec], prefix: 
 def channel_statistics(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Exact per-channel mean and variance of uint8 images, in pixel units.
 
-    Counted through a 256-bin histogram per channel: one pass, no float copy.
+    Counted through a 256-bin histogram per channel: one pass, no float copy. The
+    histogram is built in chunks of ``_HISTOGRAM_CHUNK`` pixels: bincount widens its
+    input to 64-bit integers, and one such copy of a large set (2.6 GB for Fruits-360)
+    made it 6x slower.
     """
     if images.dtype != np.uint8:
         raise ValueError(f"channel_statistics expects uint8 images, got {images.dtype}.")
@@ -241,8 +246,11 @@ def channel_statistics(images: np.ndarray) -> tuple[list[float], list[float]]:
     levels = np.arange(256, dtype=np.float64)
     means, variances = [], []
     for channel in range(flat.shape[1]):
-        # A contiguous copy of the channel makes bincount ~2.5x faster than a strided view.
-        counts = np.bincount(np.ascontiguousarray(flat[:, channel]), minlength=256).astype(np.float64)
+        counts = np.zeros(256, dtype=np.float64)
+        for start in range(0, flat.shape[0], _HISTOGRAM_CHUNK):
+            # A contiguous copy of the channel makes bincount ~2.5x faster than a strided view.
+            pixels = np.ascontiguousarray(flat[start : start + _HISTOGRAM_CHUNK, channel])
+            counts += np.bincount(pixels, minlength=256)
         total = counts.sum()
         mean = float((counts * levels).sum() / total)
         variance = float((counts * (levels - mean) ** 2).sum() / total)
