@@ -338,16 +338,19 @@ PRESETS: dict[str, tuple[str, str, dict[str, Any]]] = {
         {},
     ),
     "mnist": (
-        "28x28 greyscale digits",
-        "conv(32,3) bn relu conv(32,3) bn relu maxpool(2) conv(64,3) bn relu conv(64,3) bn relu maxpool(2) "
-        "conv(128,3) bn relu gap",
+        "28x28 greyscale digits: two 5x5 conv stages (pool before batch norm, so it "
+        "normalises a quarter of the pixels) and a 128-unit layer; 99.44% on MNIST in 2 "
+        "epochs (bench/run.py mnist)",
+        "conv(32,5,padding=valid) maxpool(2) bn relu conv(48,5,padding=valid) maxpool(2) bn relu "
+        "flatten fc(128) bn relu",
         {},
     ),
     "cifar10": (
-        "32x32 colour photos",
-        "conv(32,3) bn relu conv(64,3) bn relu maxpool(2) conv(128,3) bn relu maxpool(2) "
-        "conv(256,3) bn relu maxpool(2) gmp",
-        {},
+        "32x32 colour photos: four conv stages that double the width (24 to 192), each "
+        "pooled before batch norm, global max pooling",
+        "conv(24,3) maxpool(2) bn relu conv(48,3) maxpool(2) bn relu conv(96,3) maxpool(2) bn relu "
+        "conv(192,3) bn relu gmp",
+        {"l2": 5e-5},
     ),
 }
 

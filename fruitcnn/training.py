@@ -165,6 +165,7 @@ def batches(
     *,
     shuffle_seed: int | None = None,
     first_epoch: int = 0,
+    end_epoch: int | None = None,
     augment: AugmentConfig | None = None,
 ) -> tuple[tf.data.Dataset, int]:
     """A tf.data pipeline of (float32 images, targets) batches, and its steps per epoch.
@@ -175,6 +176,9 @@ def batches(
     (counted from ``first_epoch``) is the permutation ``stateless_shuffle(seed=(seed,
     e))``, so a resumed run sees the same batches as an uninterrupted one, and the
     incomplete last batch is dropped (a 3-image batch makes noisy batch statistics).
+    ``end_epoch`` ends the stream after that epoch: ``fit`` then ends with the input
+    exhausted, where destroying an endless pipeline's iterator stalled for up to 50 s
+    (measured: 20 s after a one-epoch MNIST fit, 52 s after CIFAR-10; 0.0 s when finite).
     ``augment`` (training only) changes every image with random numbers seeded by
     (seed, step), so resumed runs are augmented identically too. Without
     ``shuffle_seed``, one pass in order, the last batch possibly smaller.
@@ -212,7 +216,8 @@ def batches(
                 numbers, tf.data.Dataset.from_tensor_slices(order[:used]).batch(batch_size)
             )
 
-        dataset = tf.data.Dataset.range(first_epoch, _EPOCH_LIMIT).flat_map(epoch_order)
+        last = _EPOCH_LIMIT if end_epoch is None else end_epoch
+        dataset = tf.data.Dataset.range(first_epoch, last).flat_map(epoch_order)
     return dataset.map(gather).prefetch(_PREFETCH_BATCHES), steps
 
 
@@ -530,6 +535,7 @@ def _fit(config, dataset, specs, run, trainer, model, state, history, callbacks,
         settings.batch_size,
         shuffle_seed=settings.seed,
         first_epoch=state["epoch"],
+        end_epoch=settings.epochs,
         augment=config.augment,
     )
     eval_size = eval_batch_size(config)

@@ -361,3 +361,15 @@ def test_flip_tta_averages_each_image_with_its_mirror(small_line, tmp_path):
     )
     result = train(config, dataset=small_line, run_dir=tmp_path / "tta", verbose=0)
     assert 0.0 <= result.metrics["test_accuracy"] <= 1.0 and result.history[0]["val_accuracy"] != ""
+
+
+def test_training_stream_ends_with_the_last_epoch(small_line):
+    from fruitcnn import training
+    from heads import single_head_specs
+
+    specs = single_head_specs(small_line.class_names)
+    endless, steps = training.batches(small_line.train, specs, 64, shuffle_seed=1)
+    finite, _ = training.batches(small_line.train, specs, 64, shuffle_seed=1, first_epoch=1, end_epoch=3)
+    batches = [images.numpy() for images, _ in finite]
+    assert len(batches) == 2 * steps
+    assert all(np.array_equal(a, b) for a, b in zip(_first_batches(endless, 3 * steps)[steps:], batches))
