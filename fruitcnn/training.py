@@ -357,6 +357,11 @@ class _EpochRecorder(keras.callbacks.Callback):
                     row[f"{split}_{name}"] = value
         self._save(epoch, row, parts)
 
+    def on_train_end(self, logs=None):
+        for writer in self.writers.values():  # flushed and closed now, not whenever collected
+            writer.close()
+        self.writers = {}
+
     def _summarise(self, split: str, epoch: int, values: dict[str, Any]) -> None:
         """Epoch scalars for TensorBoard under Keras's tag names (``epoch_loss``,
         ``epoch_aggregate_accuracy`` ...), one folder per split so the curves overlay.
