@@ -177,8 +177,8 @@ def batches(
     e))``, so a resumed run sees the same batches as an uninterrupted one, and the
     incomplete last batch is dropped (a 3-image batch makes noisy batch statistics).
     ``end_epoch`` ends the stream after that epoch: ``fit`` then ends with the input
-    exhausted, where destroying an endless pipeline's iterator stalled for up to 50 s
-    (measured: 20 s after a one-epoch MNIST fit, 52 s after CIFAR-10; 0.0 s when finite).
+    exhausted; destroying the iterator of the endless stream took 20.4 s and 1.8 s
+    after two one-epoch MNIST fits, against 0.0 s in six fits of the finite stream.
     ``augment`` (training only) changes every image with random numbers seeded by
     (seed, step), so resumed runs are augmented identically too. Without
     ``shuffle_seed``, one pass in order, the last batch possibly smaller.
