@@ -64,10 +64,19 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()
 
 
+_ARCHIVE_ENDINGS = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".txz", ".tar", ".zip")
+
+
 def new_run_name(dataset: str, head: str) -> str:
-    """A fresh run name such as ``line-multi-20261121-224501``."""
+    """A fresh run name such as ``line-multi-20261121-224501``; a dataset path
+    contributes its last component without archive suffix (``fruits-360-24``)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    safe = "".join(char if char.isalnum() or char in "-_" else "-" for char in dataset)
+    name = dataset.replace("\\", "/").rstrip("/").split("/")[-1] or dataset
+    for ending in _ARCHIVE_ENDINGS:
+        if name.lower().endswith(ending) and len(name) > len(ending):
+            name = name[: -len(ending)]
+            break
+    safe = "".join(char if char.isalnum() or char in "-_" else "-" for char in name)
     return f"{safe}-{head}-{stamp}"
 
 

@@ -75,3 +75,12 @@ def test_latest_resumable_run(tmp_path):
         if finished:
             (run / runs.METRICS_FILE).write_text("{}")
     assert runs.latest_resumable_run(tmp_path) == tmp_path / "a"
+
+
+def test_run_names_of_dataset_paths_are_short():
+    from fruitcnn.runs import new_run_name
+
+    assert new_run_name("../shared/data/fruits-360-24.tgz", "single").startswith("fruits-360-24-single-")
+    assert new_run_name("/data/mnist/", "single").startswith("mnist-single-")
+    assert new_run_name("tfds:cifar10", "single").startswith("tfds-cifar10-single-")
+    assert new_run_name("line", "multi").startswith("line-multi-")
