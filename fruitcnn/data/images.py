@@ -161,7 +161,7 @@ def decode_many(
     for row, index in enumerate(kept):
         array = arrays[index]
         if array.shape[:2] != tuple(size):
-            array = resize_many(array[None], tuple(size), workers=1)[0]
+            array = resize_image(array, tuple(size))
             resized += 1
         images[row] = array  # a greyscale image broadcasts into RGB
         arrays[index] = None
@@ -189,17 +189,24 @@ def read_image_file(
         ) from None
 
 
-def resize_many(images: np.ndarray, size: tuple[int, int], workers: int | None = None) -> np.ndarray:
-    """uint8 (N, H, W, C) images resized to ``size`` = (height, width) with the same
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """One uint8 (H, W, C) image resized to ``size`` = (height, width) with the same
     filter as :func:`decode`."""
+    channels = image.shape[2]
+    plane = image[:, :, 0] if channels == 1 else image
+    resized = Image.fromarray(plane).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(resized).reshape(size[0], size[1], channels)
+
+
+def resize_many(images: np.ndarray, size: tuple[int, int], workers: int | None = None) -> np.ndarray:
+    """uint8 (N, H, W, C) images resized to ``size`` (see :func:`resize_image`), in
+    parallel threads."""
     count, _, _, channels = images.shape
     result = np.empty((count, size[0], size[1], channels), np.uint8)
 
     def resize_chunk(start):
         for index in range(start, min(start + _CHUNK * 8, count)):
-            plane = images[index, :, :, 0] if channels == 1 else images[index]
-            image = Image.fromarray(plane).resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            result[index] = np.asarray(image).reshape(size[0], size[1], channels)
+            result[index] = resize_image(images[index], size)
 
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         list(pool.map(resize_chunk, range(0, count, _CHUNK * 8)))

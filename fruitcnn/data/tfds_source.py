@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fruitcnn.data.images import resize_many
+from fruitcnn.data.images import resize_image
 from fruitcnn.data.problems import DatasetError
 from fruitcnn.data.sources import Part, RawData
 
@@ -89,7 +89,7 @@ def read_tfds(name: str, data_dir: str | None, image_size: int | None) -> RawDat
         dataset = builder.as_dataset(split=split, as_supervised=True)
         for image, label in tfds.as_numpy(dataset):
             if image_size and image.shape[:2] != (image_size, image_size):
-                image = resize_many(image[None], (image_size, image_size))[0]
+                image = resize_image(image, (image_size, image_size))
             images.append(image)
             labels.append(label)
         shapes = {image.shape for image in images}
