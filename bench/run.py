@@ -140,7 +140,7 @@ def run_line(task: str, keep: bool) -> dict:
     from fruitcnn.config import DataConfig, RunConfig, preset
     from fruitcnn.data import load_dataset
     from fruitcnn.model import flops_per_image
-    from fruitcnn.training import steps_per_epoch, train
+    from fruitcnn.training import train
 
     config = RunConfig(data=DataConfig(dataset="line"), arch=preset("line"), head=TASKS[task])
     scratch = None if keep else tempfile.TemporaryDirectory(prefix="fruitcnn-bench-")
@@ -153,10 +153,6 @@ def run_line(task: str, keep: bool) -> dict:
     wall_s = time.perf_counter() - start
     metrics = result.metrics
     flops = flops_per_image(result.model)
-    step_seconds = sum(row["train_s"] for row in result.history)
-    # images actually stepped on: incomplete last batches are dropped in training
-    stepped = steps_per_epoch(len(dataset.train), config.train.batch_size) * config.train.batch_size
-    images_per_s = stepped * len(result.history) / step_seconds
     report = {
         "task": task,
         "test_accuracy": metrics["test_accuracy"],
@@ -172,11 +168,7 @@ def run_line(task: str, keep: bool) -> dict:
         "test_errors": int(round((1 - metrics["test_accuracy"]) * metrics["test_images"])),
         "parameters": metrics["parameters"],
         "forward_mflop_per_image": round(flops / 1e6, 3),
-        # optimisation steps only (train_s also holds the per-epoch val/test passes)
-        "step_s": round(step_seconds, 2),
-        "train_img_per_s": round(images_per_s, 1),
-        # a training step is ~3 forward passes of work (forward, two backward products)
-        "train_gflops": round(3 * flops * images_per_s / 1e9, 2),
+        **_training_speed(result, dataset, config, flops),
     }
     for key, value in metrics.items():
         if key.startswith("test_") and key.endswith("_accuracy") and key != "test_accuracy":
@@ -192,14 +184,18 @@ def run_line(task: str, keep: bool) -> dict:
 
 
 def _training_speed(result, dataset, config, flops: float) -> dict:
+    """Optimisation seconds (train_s also holds the per-epoch val/test passes), images
+    per second and achieved GFLOP/s of a finished run."""
     from fruitcnn.training import steps_per_epoch
 
     step_seconds = sum(row["train_s"] for row in result.history)
+    # images actually stepped on: incomplete last batches are dropped in training
     stepped = steps_per_epoch(len(dataset.train), config.train.batch_size) * config.train.batch_size
     images_per_s = stepped * len(result.history) / step_seconds
     return {
         "step_s": round(step_seconds, 2),
         "train_img_per_s": round(images_per_s, 1),
+        # a training step is ~3 forward passes of work (forward, two backward products)
         "train_gflops": round(3 * flops * images_per_s / 1e9, 2),
     }
 
