@@ -593,7 +593,7 @@ def _fit(config, dataset, specs, run, trainer, model, state, history, callbacks,
         best = keras.models.load_model(run / runs.CHECKPOINT_DIR / state["best_checkpoint"], compile=False)
         model.set_weights(best.get_weights())
     metrics = _final_metrics(
-        evaluator, dataset, specs, eval_batch_size(config), state, model, recorder.best_parts
+        evaluator, dataset, {"val": val_data, "test": test_data}, specs, state, model, recorder.best_parts
     )
     runs.write_json(run / runs.METRICS_FILE, metrics)
     state["finished"] = True
@@ -601,8 +601,9 @@ def _fit(config, dataset, specs, run, trainer, model, state, history, callbacks,
     return TrainResult(run, model, history, metrics)
 
 
-def _final_metrics(evaluator, dataset, specs, eval_size, state, model, known) -> dict[str, Any]:
-    """Validation and test metrics of the best model (``known``: already measured)."""
+def _final_metrics(evaluator, dataset, pipelines, specs, state, model, known) -> dict[str, Any]:
+    """Validation and test metrics of the best model (``known``: already measured;
+    else evaluated on the epochs' own ``pipelines``)."""
     metrics: dict[str, Any] = {
         "best_epoch": state["best_epoch"],
         "epochs": state["epoch"],
@@ -614,7 +615,7 @@ def _final_metrics(evaluator, dataset, specs, eval_size, state, model, known) ->
         if known is not None:
             values = known[name]
         else:
-            logs = evaluator.evaluate(batches(split, specs, eval_size)[0], verbose=0, return_dict=True)
+            logs = evaluator.evaluate(pipelines[name], verbose=0, return_dict=True)
             values = standard_metrics(logs, specs)
         for key, value in values.items():
             metrics[f"{name}_{key}"] = value

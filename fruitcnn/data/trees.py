@@ -283,7 +283,9 @@ class TarTree(_ArchiveTree):
                 for alias in aliases:
                     yield (
                         alias,
-                        content if content is not None else FileNotFoundError(f"{target} not in archive"),
+                        content
+                        if content is not None
+                        else FileNotFoundError(f"{target} is not in the archive"),
                     )
             return
         try:
