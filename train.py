@@ -4,7 +4,9 @@ Every flag sets one field of the run configuration (``fruitcnn.config``); flags 
 out keep the defaults shown by ``--help``. The data is read (and its problems reported)
 before the model is built. The run folder (``saved_models/<run>/`` or ``--out``)
 receives model.keras (best validation epoch), config.json, classes.json, data.json,
-history.csv, metrics.json, TensorBoard logs in tb/ and a checkpoint/ for --resume.
+environment.json, history.csv, metrics.json, TensorBoard logs in tb/, a checkpoint/
+for --resume and, at the end, the evaluation report (report.html, report.md and
+report/; see report.py).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ EXAMPLES = """examples:
   python train.py --arch "conv(32,3) bn relu maxpool(2) conv(64,3) bn relu gap fc(128) relu"
   python train.py --arch cs671-part1 --image-size 28 --num-classes 96 --summary
   python train.py --resume                         # continue the last interrupted run
-  tensorboard --logdir saved_models                # learning curves
+  tensorboard --logdir saved_models                # learning curves, confusion matrices
+  python report.py saved_models/<run>              # the report again, other options
 """
 
 # flag -> (config section, field); the section's dataclass default is the flag's default.
@@ -215,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out/--run, or else the latest unfinished run)",
     )
     run.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip report.html/report.md at the end (write it later with python report.py RUN)",
+    )
+    run.add_argument(
         "--summary",
         action="store_true",
         help="print the model's layers, output shapes and parameters, then exit",
@@ -373,6 +381,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     _print_result(result, runs)
+    return _report(args, result, dataset)
+
+
+def _report(args, result, dataset) -> int:
+    """Write the run's report (unless --no-report); 1 when that fails (the model is saved)."""
+    if args.no_report:
+        return 0
+    from fruitcnn.report import build_report
+
+    try:
+        report = build_report(result.run_dir, dataset=dataset, model=result.model)
+    except Exception as error:  # the trained model is safe: say so and how to retry
+        print(
+            f"train.py: the report failed ({type(error).__name__}: {error}); the run itself is saved. "
+            f"Retry with: python report.py {result.run_dir}",
+            file=sys.stderr,
+        )
+        return 1
+    also = f"{report.markdown.name} and {report.folder.name}/"
+    print(f"report: {report.html} ({report.seconds:.0f} s; also {also})")
     return 0
 
 
@@ -415,7 +443,7 @@ def _resume(args, parser) -> int:
     dataset = load_data(config.data)
     result = train(config, dataset=dataset, run_dir=run_dir, resume=True, verbose=_verbosity(args))
     _print_result(result, runs)
-    return 0
+    return _report(args, result, dataset)
 
 
 def _print_result(result, runs) -> None:

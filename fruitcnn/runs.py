@@ -10,6 +10,12 @@ A run folder (``saved_models/<run>/`` or ``--out DIR``) holds:
                      images per split, skipped and ignored files
 ``history.csv``      one row per finished epoch (see ``fruitcnn.training``)
 ``metrics.json``     final metrics of ``model.keras`` on every split
+``environment.json`` ``{"sessions": [...]}``: for the start and every resume,
+                     the time, command line, Python/TensorFlow/Keras/NumPy
+                     versions, platform, CPU count and GPUs
+``report.html``      the evaluation report (``fruitcnn.report``), self-contained
+``report.md``        the same report in Markdown, its figures and tables in
+``report/``          (PNG and CSV files)
 ``tb/``              TensorBoard logs (train, validation and test scalars)
 ``checkpoint/``      ``state.json`` (what ``--resume`` continues from), the
                      training model with optimiser state of the last finished
@@ -44,6 +50,10 @@ CLASSES_FILE = "classes.json"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 DATA_FILE = "data.json"
+ENVIRONMENT_FILE = "environment.json"
+REPORT_HTML = "report.html"
+REPORT_MD = "report.md"
+REPORT_DIR = "report"
 TENSORBOARD_DIR = "tb"
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
@@ -170,6 +180,39 @@ def _number(text: str) -> Any:
         except (TypeError, ValueError):
             pass
     return text
+
+
+def environment() -> dict[str, Any]:
+    """Where and with what this process runs: time, command line, versions, machine."""
+    import datetime
+    import platform
+    import sys
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from fruitcnn import __version__
+
+    return {
+        "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "",
+        "fruitcnn": __version__,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "gpus": [device.name for device in tf.config.list_physical_devices("GPU")],
+    }
+
+
+def record_environment(run: Path) -> None:
+    """Append this session's :func:`environment` to the run's environment.json."""
+    path = Path(run) / ENVIRONMENT_FILE
+    sessions = read_json(path).get("sessions", []) if path.is_file() else []
+    write_json(path, {"sessions": [*sessions, environment()]})
 
 
 def checkpoint_name(kind: str, epoch: int) -> str:

@@ -44,6 +44,7 @@ from heads import (
     SINGLE_HEAD,
     HeadSpec,
     compile_arguments,
+    confusion_metrics,
     head_targets,
     line_attribute_specs,
     single_head_specs,
@@ -62,6 +63,10 @@ _HISTOGRAM_CHUNK = 1 << 20
 # Smallest batch for evaluation: inference needs no gradients, so bigger batches are
 # faster and give the same numbers (batch norm uses its moving statistics).
 _EVAL_BATCH = 512
+# Resolution of the confusion-matrix images in TensorBoard (dots per inch).
+_TENSORBOARD_DPI = 72
+# Up to this many classes the TensorBoard confusion image names them; beyond, indices.
+_TENSORBOARD_NAMED_CLASSES = 40
 
 
 def eval_batch_size(config: RunConfig) -> int:
@@ -292,20 +297,26 @@ class _Validation(keras.callbacks.Callback):
     def __init__(self, evaluator, val_data):
         super().__init__()
         self.evaluator, self.val_data = evaluator, val_data
+        self.confusions: dict[str, np.ndarray] = {}  # per head, of the last evaluation
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
         results = self.evaluator.evaluate(self.val_data, verbose=0, return_dict=True)
         logs.update({f"val_{name}": value for name, value in results.items()})
+        # The MacroF1 metrics hold the confusion matrices of this very pass.
+        self.confusions = {
+            head: metric.confusion for head, metric in confusion_metrics(self.evaluator).items()
+        }
 
 
 class _EpochRecorder(keras.callbacks.Callback):
     """Evaluates test data, writes history/checkpoints/best model after every epoch."""
 
-    def __init__(self, run, trainer, evaluator, model, specs, test_data, state, history, plateau):
+    def __init__(self, run, trainer, evaluator, model, specs, test_data, state, history, plateau, validation):
         super().__init__()
         self.run, self.trainer, self.evaluator, self.plain, self.specs = run, trainer, evaluator, model, specs
+        self.validation = validation
         self.test_data, self.history, self.plateau = test_data, history, plateau
         self.state = state
         self.best_weights = None
@@ -341,6 +352,7 @@ class _EpochRecorder(keras.callbacks.Callback):
         self._summarise(
             "validation", epoch, {key[4:]: value for key, value in logs.items() if key.startswith("val_")}
         )
+        self._confusion_images(epoch)
         if self.test_data is not None:
             test_logs = self.evaluator.evaluate(self.test_data, verbose=0, return_dict=True)
             parts["test"] = standard_metrics(test_logs, self.specs)
@@ -375,6 +387,26 @@ class _EpochRecorder(keras.callbacks.Callback):
             for name, value in values.items():
                 tf.summary.scalar(f"epoch_{name}", float(value))
         self.writers[split].flush()
+
+    def _confusion_images(self, epoch: int) -> None:
+        """The validation confusion matrix of every head as a TensorBoard image
+        (``confusion/<head>``, row-normalised, in the Images tab; classes by index
+        beyond ``_TENSORBOARD_NAMED_CLASSES``, as in classes.json)."""
+        from fruitcnn.plots import confusion_figure, png_bytes
+
+        writer = self.writers["validation"]
+        for spec in self.specs:
+            matrix = self.validation.confusions.get(spec.name)
+            if matrix is None:  # a checkpoint of a version without MacroF1
+                continue
+            title = f"validation, epoch {epoch + 1}: {spec.name} (rows: true class, share of its images)"
+            # names only where they can be read at TensorBoard's resolution
+            names = len(spec.class_names) <= _TENSORBOARD_NAMED_CLASSES
+            figure = confusion_figure(matrix, spec.class_names, normalise=True, title=title, names=names)
+            picture = tf.io.decode_png(png_bytes(figure, dpi=_TENSORBOARD_DPI, tight=False), channels=3)
+            with writer.as_default(step=epoch):
+                tf.summary.image(f"confusion/{spec.name}", picture[None])
+        writer.flush()
 
     def _save(self, epoch, row, parts):
         number = epoch + 1
@@ -412,6 +444,7 @@ def data_description(dataset: Dataset) -> dict[str, Any]:
         "image_shape": list(dataset.image_shape),
         "classes": len(dataset.class_names),
         **{key: value for key, value in dataset.info.items() if key != "messages"},
+        "images": {name: len(split) for name, split in dataset.splits.items()},
     }
 
 
@@ -505,6 +538,7 @@ def _start(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[HeadS
     runs.write_json(run / runs.CONFIG_FILE, config.to_dict())
     runs.write_json(run / runs.DATA_FILE, data_description(dataset))
     runs.write_json(run / runs.CLASSES_FILE, {spec.name: list(spec.class_names) for spec in specs})
+    runs.record_environment(run)
     return trainer, _fresh_state(), []
 
 
@@ -528,6 +562,7 @@ def _restore(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[Hea
             f"{expected}; was the run resumed with other data? Start a new run instead."
         )
     runs.publish_best(run, state)
+    runs.record_environment(run)
     rows = runs.read_csv(run / runs.HISTORY_FILE) if (run / runs.HISTORY_FILE).is_file() else []
     return trainer, state, [row for row in rows if row["epoch"] <= state["epoch"]]
 
@@ -556,6 +591,7 @@ def _fit(config, dataset, specs, run, trainer, model, state, history, callbacks,
             verbose=1 if verbose else 0,
         )
     evaluator = evaluation_model(trainer, specs, settings.tta)
+    validation = _Validation(evaluator, val_data)
     recorder = _EpochRecorder(
         run,
         trainer,
@@ -566,8 +602,8 @@ def _fit(config, dataset, specs, run, trainer, model, state, history, callbacks,
         state,
         history,
         plateau,
+        validation,
     )
-    validation = _Validation(evaluator, val_data)
     all_callbacks = [validation] + ([plateau] if plateau else []) + [recorder] + list(callbacks)
     if state["epoch"] < settings.epochs:
         try:

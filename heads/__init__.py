@@ -14,8 +14,10 @@ from heads.base import (
     AGGREGATE,
     AggregateAccuracy,
     HeadSpec,
+    MacroF1,
     build_heads,
     compile_arguments,
+    confusion_metrics,
     head_targets,
 )
 from heads.multi import line_attribute_specs
@@ -25,9 +27,11 @@ __all__ = [
     "AGGREGATE",
     "AggregateAccuracy",
     "HeadSpec",
+    "MacroF1",
     "SINGLE_HEAD",
     "build_heads",
     "compile_arguments",
+    "confusion_metrics",
     "head_targets",
     "line_attribute_specs",
     "single_head_specs",

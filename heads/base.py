@@ -121,23 +121,100 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
+@keras.saving.register_keras_serializable(package="fruitcnn")
+class MacroF1(keras.metrics.Metric):
+    """Macro-averaged F1 of one head, from a confusion matrix it accumulates.
+
+    The state is the (K, K) confusion matrix (rows true class, columns predicted
+    class), readable as :attr:`confusion` after an evaluation: training draws it for
+    TensorBoard without a second pass over the data. The result follows
+    ``fruitcnn.evaluation``: per-class precision and recall with 0/0 taken as 0, F1 0
+    when both are 0, averaged over the classes present in targets or predictions.
+
+    Args:
+        num_classes: classes of the head (2 for a sigmoid head).
+        sigmoid: the head is one sigmoid unit (class 1 when its output exceeds 0.5).
+        head: the name of the head it measures (Keras logs it as ``<head>_macro_f1``).
+    """
+
+    def __init__(
+        self, num_classes: int, sigmoid: bool = False, head: str = "", name: str = "macro_f1", dtype=None
+    ):
+        super().__init__(name=name, dtype=dtype)
+        if int(num_classes) < 2:
+            raise ValueError(f"MacroF1 needs at least 2 classes, got {num_classes}.")
+        self.num_classes, self.sigmoid, self.head = int(num_classes), bool(sigmoid), str(head)
+        self.matrix = self.add_variable(
+            shape=(self.num_classes, self.num_classes), initializer="zeros", dtype="float32", name="confusion"
+        )
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if self.sigmoid:
+            predicted = ops.cast(ops.reshape(y_pred, [-1]) > 0.5, "int32")
+        else:
+            predicted = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
+        true = ops.cast(ops.reshape(y_true, [-1]), "int32")
+        cells = ops.bincount(true * self.num_classes + predicted, minlength=self.num_classes**2)
+        counts = ops.reshape(ops.cast(cells[: self.num_classes**2], "float32"), self.matrix.shape)
+        self.matrix.assign_add(counts)
+
+    def result(self):
+        correct = ops.diagonal(self.matrix)
+        support, predicted = ops.sum(self.matrix, axis=1), ops.sum(self.matrix, axis=0)
+        precision = ops.divide_no_nan(correct, predicted)
+        recall = ops.divide_no_nan(correct, support)
+        f1 = ops.divide_no_nan(2.0 * precision * recall, precision + recall)
+        present = ops.cast((support + predicted) > 0, "float32")
+        return ops.divide_no_nan(ops.sum(f1 * present), ops.sum(present))
+
+    def reset_state(self):
+        self.matrix.assign(ops.zeros(self.matrix.shape, dtype="float32"))
+
+    @property
+    def confusion(self) -> np.ndarray:
+        """The accumulated confusion matrix as int64 counts."""
+        return np.rint(keras.ops.convert_to_numpy(self.matrix)).astype(np.int64)
+
+    def get_config(self):
+        return {
+            "num_classes": self.num_classes,
+            "sigmoid": self.sigmoid,
+            "head": self.head,
+            "name": self.name,
+            "dtype": self.dtype,
+        }
+
+
 def compile_arguments(specs: Sequence[HeadSpec], *, label_smoothing: float = 0.0) -> dict:
-    """Losses and metrics for ``model.compile`` of a training model (see training)."""
+    """Losses and metrics for ``model.compile`` of a training model (see training):
+    every head reports ``accuracy`` and ``macro_f1`` (:class:`MacroF1`)."""
     losses, metrics = {}, {}
     for spec in specs:
+        f1 = MacroF1(len(spec.class_names), sigmoid=spec.kind == "sigmoid", head=spec.name)
         if spec.kind == "sigmoid":
             losses[spec.name] = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
-            metrics[spec.name] = [keras.metrics.BinaryAccuracy(name="accuracy")]
+            metrics[spec.name] = [keras.metrics.BinaryAccuracy(name="accuracy"), f1]
         elif label_smoothing:
             losses[spec.name] = SmoothedSparseCrossentropy(label_smoothing)
-            metrics[spec.name] = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+            metrics[spec.name] = [keras.metrics.SparseCategoricalAccuracy(name="accuracy"), f1]
         else:
             losses[spec.name] = keras.losses.SparseCategoricalCrossentropy()
-            metrics[spec.name] = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+            metrics[spec.name] = [keras.metrics.SparseCategoricalAccuracy(name="accuracy"), f1]
     if len(specs) > 1:
         losses[AGGREGATE] = None
         metrics[AGGREGATE] = [AggregateAccuracy([spec.units for spec in specs])]
     return {"loss": losses, "metrics": metrics}
+
+
+def confusion_metrics(model: keras.Model) -> dict[str, MacroF1]:
+    """The :class:`MacroF1` metrics of a compiled model by head name (empty when it
+    has none, e.g. a checkpoint of an older version)."""
+    found = {}
+    for metric in model.metrics:
+        for inner in getattr(metric, "metrics", [metric]):
+            if isinstance(inner, MacroF1):
+                found[inner.head] = inner
+    return found
 
 
 def head_targets(

@@ -121,6 +121,7 @@ def test_end_to_end_run_and_resume_of_a_finished_run(tmp_path, capsys):
     code, out, _ = _run(argv, capsys)
     assert code == 0
     assert "test accuracy:" in out and f"run saved in {out_dir}/" in out
+    assert f"report: {out_dir / 'report.html'}" in out and (out_dir / "report.md").is_file()
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and metrics["test_images"] == round(0.4 * 96 * 6)
     # --config reuses a saved configuration; flags override single fields

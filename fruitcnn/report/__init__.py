@@ -1,0 +1,273 @@
+"""The evaluation report of a run: one HTML page and the same report in Markdown.
+
+:func:`build_report` reads a run folder (``fruitcnn.runs``), evaluates its
+``model.keras`` on the train, validation and test splits, and writes
+
+* ``report.html``: one self-contained page (figures embedded as PNG data), with the
+  run's configuration, architecture, hyperparameters, environment, timestamps and
+  duration, final metrics, learning curves, confusion matrices, the most confused
+  class pairs, per-class precision/recall/F1 with macro/micro/weighted averages,
+  and the most confident correct and misclassified images per class; for a
+  multi-head model all of it per head, plus the aggregate accuracy and which head
+  combinations fail most often;
+* ``report.md``: the same sections for pasting into a course report, its figures and
+  tables as files in ``report/`` (``curves.png``, ``confusion-<split>[-<head>].png``,
+  ``scores-<split>[-<head>].csv`` ...), and ``report/summary.json`` with the
+  headline numbers.
+
+Both pages are rendered from one list of :class:`Section` objects, so they always
+carry the same figures and tables. Evaluation follows training's: inference mode, the
+run's test-time augmentation, the run's evaluation batch size. The numbers come from
+``fruitcnn.evaluation``, the figures from ``fruitcnn.plots``, the pages from
+``fruitcnn.report.pages`` (blocks and rendering) and the sections from
+``fruitcnn.report.sections``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fruitcnn import evaluation, runs
+from fruitcnn.config import RunConfig
+from fruitcnn.report import sections as parts
+from fruitcnn.report.pages import Section, render_html, render_markdown
+
+SPLITS = ("train", "val", "test")
+SPLIT_TITLES = {"train": "training", "val": "validation", "test": "test"}
+ORDERS = ("classes", "confusion")
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What the report shows.
+
+    Attributes:
+        grid_split: split whose most confident right and wrong images are shown.
+        top_k: images per class on each side of the grids.
+        order: class order of the confusion matrices: ``classes`` (as trained) or
+            ``confusion`` (confused classes next to each other; the order is taken
+            from the validation split and used for all three matrices).
+        pairs: rows of the "most confused pairs" tables.
+        grid_classes: classes per image-grid figure (long class lists are split).
+    """
+
+    grid_split: str = "val"
+    top_k: int = 5
+    order: str = "classes"
+    pairs: int = 15
+    grid_classes: int = 12
+
+    def __post_init__(self):
+        if self.grid_split not in SPLITS:
+            raise ValueError(f"grid split must be one of {', '.join(SPLITS)}, got {self.grid_split!r}.")
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}.")
+        for name in ("top_k", "pairs", "grid_classes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+
+
+@dataclass
+class RunRecord:
+    """The files of a run folder that the report reads."""
+
+    folder: Path
+    config: RunConfig
+    classes: dict[str, list[str]]
+    data: dict[str, Any]
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    environment: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, folder: str | Path) -> RunRecord:
+        """Read a run folder, with a clear error for anything missing."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ValueError(
+                f"{folder} is not a folder; give a run folder such as saved_models/<run> "
+                "(python report.py with no argument takes the latest run)."
+            )
+        if not (folder / runs.MODEL_FILE).is_file():
+            raise ValueError(
+                f"{folder} has no {runs.MODEL_FILE}: the run never finished an epoch, or this is not a "
+                "fruitcnn run folder."
+            )
+        history_path = folder / runs.HISTORY_FILE
+        environment_path = folder / runs.ENVIRONMENT_FILE
+        return cls(
+            folder=folder,
+            config=RunConfig.from_dict(runs.read_json(folder / runs.CONFIG_FILE)),
+            classes=runs.read_json(folder / runs.CLASSES_FILE),
+            data=runs.read_json(folder / runs.DATA_FILE) if (folder / runs.DATA_FILE).is_file() else {},
+            history=runs.read_csv(history_path) if history_path.is_file() else [],
+            metrics=runs.read_json(folder / runs.METRICS_FILE)
+            if (folder / runs.METRICS_FILE).is_file()
+            else {},
+            environment=runs.read_json(environment_path).get("sessions", [])
+            if environment_path.is_file()
+            else [],
+        )
+
+
+@dataclass
+class ReportResult:
+    """What :func:`build_report` wrote and measured.
+
+    Attributes:
+        html: path of report.html.
+        markdown: path of report.md.
+        folder: the report/ folder of figures and tables.
+        splits: the evaluation of every split.
+        seconds: time to build the report.
+    """
+
+    html: Path
+    markdown: Path
+    folder: Path
+    splits: dict[str, evaluation.SplitResult]
+    seconds: float
+
+
+def _check_data(record: RunRecord, dataset, specs) -> None:
+    """The data must be the run's own: same classes per head and split sizes."""
+    for spec in specs:
+        saved = record.classes.get(spec.name)
+        if saved is not None and list(saved) != list(spec.class_names):
+            raise ValueError(
+                f"the data read now has other classes for head {spec.name!r} than the run was trained on "
+                f"({len(spec.class_names)} now, {len(saved)} in {runs.CLASSES_FILE}); pass the run's own "
+                "data with --dataset PATH."
+            )
+    saved_sizes = record.data.get("images")
+    now = {name: len(split) for name, split in dataset.splits.items()}
+    if saved_sizes and any(int(saved_sizes.get(name, now[name])) != now[name] for name in now):
+        raise ValueError(
+            f"the data read now splits into {now}, but the run was trained on {saved_sizes} "
+            f"({runs.DATA_FILE}); the data changed since training. Pass the run's own data with "
+            "--dataset PATH."
+        )
+
+
+def evaluate_run(record: RunRecord, model, dataset, *, progress: Callable[[str], None] = print) -> dict:
+    """Evaluate ``model`` on every split of ``dataset`` as training evaluated it."""
+    from fruitcnn.training import eval_batch_size, head_specs
+    from heads import head_targets
+
+    specs = head_specs(record.config, dataset)
+    _check_data(record, dataset, specs)
+    batch_size = eval_batch_size(record.config)
+    predictor = evaluation.make_predictor(model, specs, tta=record.config.train.tta)
+    results = {}
+    for name in SPLITS:
+        split = dataset.splits[name]
+        started = time.monotonic()
+        outputs = predictor(split.images, batch_size)
+        targets = head_targets(specs, split.labels, split.attributes)
+        targets = {spec.name: np.asarray(targets[spec.name]).reshape(-1).astype(np.int64) for spec in specs}
+        results[name] = evaluation.evaluate_split(name, specs, outputs, targets)
+        progress(
+            f"  {SPLIT_TITLES[name]}: {len(split)} images, accuracy {100 * results[name].accuracy:.2f}% "
+            f"({time.monotonic() - started:.1f} s)"
+        )
+    return results
+
+
+def build_report(
+    run_dir: str | Path,
+    *,
+    dataset=None,
+    model=None,
+    options: ReportOptions | None = None,
+    progress: Callable[[str], None] = print,
+) -> ReportResult:
+    """Evaluate a run and write report.html, report.md and report/.
+
+    Args:
+        run_dir: the run folder.
+        dataset: the run's data, already loaded (default: read with the run's config).
+        model: the run's model (default: its model.keras).
+        options: what to show (:class:`ReportOptions`).
+        progress: receives one line per step (default: print).
+
+    Returns:
+        A :class:`ReportResult`.
+
+    Raises:
+        ValueError: for a folder that is no finished run, or data other than the run's.
+    """
+    started = time.monotonic()
+    options = options or ReportOptions()
+    record = RunRecord.read(run_dir)
+    if model is None:
+        from fruitcnn import load_model
+
+        model = load_model(record.folder)
+    if dataset is None:
+        from fruitcnn.data import load_dataset
+
+        dataset = load_dataset(record.config.data)
+    progress(f"evaluating {record.folder} on every split ...")
+    results = evaluate_run(record, model, dataset, progress=progress)
+    progress("drawing figures ...")
+    sections, files = _sections(record, model, dataset, results, options)
+    folder = record.folder / runs.REPORT_DIR
+    _replace_folder(folder, files)
+    seconds = time.monotonic() - started
+    runs.write_text(
+        record.folder / runs.REPORT_MD, render_markdown(_title(record), sections, runs.REPORT_DIR)
+    )
+    runs.write_text(record.folder / runs.REPORT_HTML, render_html(_title(record), sections))
+    return ReportResult(
+        record.folder / runs.REPORT_HTML, record.folder / runs.REPORT_MD, folder, results, seconds
+    )
+
+
+def _title(record: RunRecord) -> str:
+    return f"fruitcnn report: {record.folder.name}"
+
+
+def _replace_folder(folder: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` as the new content of ``folder`` (built aside, then swapped in,
+    so an interrupted report never leaves a mix of old and new figures)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for name, content in files.items():
+            (fresh / name).write_bytes(content)
+        old = folder.with_name(f".{folder.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if folder.exists():
+            folder.rename(old)
+        fresh.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if fresh.exists():
+            shutil.rmtree(fresh, ignore_errors=True)
+
+
+def _sections(record, model, dataset, results, options) -> tuple[list[Section], dict[str, bytes]]:
+    """Every section of the report, and the files of report/ (figures and tables)."""
+    files: dict[str, bytes] = {}
+    sections = [parts.summary_section(record, results), parts.curves_section(record, files)]
+    if len(results["test"].heads) > 1:
+        sections.append(parts.failures_section(results, files))
+    sections += [
+        parts.matrices_section(results, options, files),
+        parts.scores_section(results, files),
+        parts.grids_section(dataset, results, options, files),
+        parts.setup_section(record, dataset),
+        parts.architecture_section(model),
+        parts.environment_section(record),
+    ]
+    files["summary.json"] = parts.summary_json(record, results)
+    return sections, files

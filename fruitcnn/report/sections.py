@@ -1,0 +1,527 @@
+"""The sections of a run's report, built from its evaluation and run files.
+
+Each ``*_section`` function returns one :class:`~fruitcnn.report.pages.Section`;
+functions that draw figures or write tables add the files to ``files`` (name ->
+bytes), which become the report folder. File names: ``curves.png``,
+``curves-time.png``, ``confusion-<split>[-<head>].png`` (counts),
+``confusion-<split>-normalised[-<head>].png``, ``pairs-<split>[-<head>].csv``,
+``scores-<split>[-<head>].csv``, ``failures-<split>.csv`` (several heads),
+``grid-<split>[-<head>]-NN.png`` and ``summary.json``; ``[-<head>]`` only for
+multi-head models.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fruitcnn import evaluation, plots
+from fruitcnn.report.pages import Details, Facts, Figure, Row, Section, Table, Text
+
+SPLIT_TITLES = {"train": "training", "val": "validation", "test": "test"}
+# Splits shown open in the page; the others are folded away (they are all in the files).
+OPEN_SPLIT = "test"
+FOLDED_SPLITS = ("val", "train")
+PERCENT = "{:.2%}"
+SCORE_FORMATS = {"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}"}
+# Figure resolution (dots per inch) of the report's PNG files.
+FIGURE_DPI = 100
+# Confusion matrices of more classes are shown at their own pixel size in a scrolling box.
+NATURAL_SIZE_CLASSES = 40
+# Longest predicted-class name in an image caption (the cell is 96 pixels wide).
+GRID_NAME_CHARS = 21
+
+
+def _suffix(head: str, multi: bool) -> str:
+    return f"-{head}" if multi else ""
+
+
+def _head_title(head: str, multi: bool) -> str:
+    return f"head '{head}'" if multi else "classes"
+
+
+def _csv(frame: pd.DataFrame) -> bytes:
+    return frame.to_csv(index=False, float_format="%.6g").encode("utf-8")
+
+
+def _is_multi(results: dict[str, evaluation.SplitResult]) -> bool:
+    return len(next(iter(results.values())).heads) > 1
+
+
+def _duration(seconds: float) -> str:
+    seconds = float(seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def summary_section(record, results) -> Section:
+    """Headline figures, metrics per split (and head), and a check against metrics.json."""
+    multi = _is_multi(results)
+    metrics, data = record.metrics, record.data
+    test, val = results["test"], results["val"]
+    shape = data.get("image_shape", [])
+    facts = [
+        ("test accuracy" + (" (all heads)" if multi else ""), PERCENT.format(test.accuracy)),
+        ("validation accuracy", PERCENT.format(val.accuracy)),
+        ("test macro F1", f"{np.mean([h.averages.loc['macro', 'f1'] for h in test.heads.values()]):.3f}"),
+        ("best epoch", f"{metrics.get('best_epoch', '?')} of {metrics.get('epochs', len(record.history))}"),
+        ("training time", _duration(metrics["train_seconds"]) if "train_seconds" in metrics else "?"),
+        ("parameters", f"{metrics['parameters']:,}" if "parameters" in metrics else "?"),
+        ("classes", str(sum(len(names) for names in record.classes.values()))),
+        ("images", " / ".join(f"{results[name].images:,}" for name in ("train", "val", "test"))),
+    ]
+    blocks: list[Any] = [Facts(facts)]
+    blocks.append(
+        Text(
+            f"Data {data.get('name', record.config.data.dataset)!s}"
+            + (f", images {'x'.join(str(size) for size in shape)}" if shape else "")
+            + f"; head: {record.config.head}; architecture: {record.config.arch.name}. "
+            "model.keras is the epoch with the best validation accuracy; the test split was not used "
+            "to choose it. Images per split are train / validation / test."
+        )
+    )
+    blocks.append(_split_table(results, metrics))
+    blocks.extend(_consistency(results, metrics))
+    return Section("Summary", "summary", blocks)
+
+
+def _split_table(results, metrics) -> Table:
+    multi = _is_multi(results)
+    rows = []
+    for name in ("train", "val", "test"):
+        result = results[name]
+        row: dict[str, Any] = {"split": SPLIT_TITLES[name], "images": result.images}
+        row["accuracy" + (" (all heads)" if multi else "")] = result.accuracy
+        row["loss"] = float(metrics.get(f"{name}_loss", np.nan))
+        for head, head_result in result.heads.items():
+            prefix = f"{head} " if multi else ""
+            if multi:
+                row[f"{prefix}accuracy"] = head_result.accuracy
+            row[f"{prefix}macro F1"] = head_result.averages.loc["macro", "f1"]
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    formats = {column: PERCENT for column in frame.columns if "accuracy" in column}
+    formats.update({column: "{:.3f}" for column in frame.columns if "F1" in column})
+    formats["loss"] = _maybe("{:.4f}")
+    return Table(
+        frame,
+        "Metrics of model.keras (inference mode; loss from metrics.json, train loss not measured)",
+        formats,
+    )
+
+
+def _consistency(results, metrics) -> list[Text]:
+    """A warning when the accuracy measured now differs from the one recorded at training."""
+    notes = []
+    for name in ("val", "test"):
+        recorded = metrics.get(f"{name}_accuracy")
+        if recorded is None:
+            continue
+        measured = results[name].accuracy
+        # half an image of tolerance: float32 sums of a different batch order
+        if abs(float(recorded) - measured) > 0.5 / max(results[name].images, 1):
+            notes.append(
+                Text(
+                    f"The {SPLIT_TITLES[name]} accuracy measured now ({measured:.4%}) differs from the one "
+                    f"training recorded in metrics.json ({float(recorded):.4%}): the data or the model "
+                    "changed since training.",
+                    "warning",
+                )
+            )
+    return notes
+
+
+def curves_section(record, files: dict[str, bytes]) -> Section:
+    """Learning curves per epoch and per wall-clock time, and the history table."""
+    if not record.history:
+        return Section("Learning curves", "curves", [Text("history.csv has no finished epoch.", "warning")])
+    heads = list(record.classes) if len(record.classes) > 1 else []
+    best = record.metrics.get("best_epoch")
+    blocks: list[Any] = []
+    for x, name, caption in (
+        ("epoch", "curves.png", "Loss and accuracy per epoch"),
+        ("time", "curves-time.png", "The same against wall-clock time since the start of training"),
+    ):
+        figure = plots.learning_curves(record.history, heads=heads, x=x, best_epoch=best)
+        png = plots.png_bytes(figure, dpi=FIGURE_DPI)
+        files[name] = png
+        blocks.append(Figure(name, png, f"{caption} (dotted line: the best validation epoch, model.keras)."))
+    blocks.append(
+        Text(
+            "Train figures are running means over each epoch in training mode (dropout on, batch "
+            "statistics); validation and test are measured after each epoch in inference mode.",
+            "note",
+        )
+    )
+    blocks.append(Details("Per-epoch log (history.csv)", [_history_table(record.history)]))
+    return Section("Learning curves", "curves", blocks)
+
+
+def _history_table(history: Sequence[dict[str, Any]]) -> Table:
+    frame = pd.DataFrame(history)
+    keep = [
+        column
+        for column in frame.columns
+        if column in ("epoch", "timestamp", "elapsed_s", "train_s", "lr") or column.count("_") == 1
+    ]
+    frame = frame[keep].replace("", np.nan)
+    formats = {column: _maybe("{:.4f}") for column in keep if column.endswith(("_loss", "_accuracy"))}
+    formats["lr"] = _maybe("{:.3g}")
+    return Table(frame, "", formats, file=None)
+
+
+def _maybe(pattern: str):
+    """A formatter that leaves missing values (NaN, empty) as an empty cell."""
+
+    def format_value(value):
+        if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
+            return ""
+        return pattern.format(value)
+
+    return format_value
+
+
+def failures_section(results, files: dict[str, bytes]) -> Section:
+    """Multi-head models: accuracy per head and the head combinations that fail."""
+    blocks: list[Any] = [
+        Text(
+            "An image counts as right only when every head is right (the aggregate accuracy). "
+            "Each misclassified image is counted once, under the exact set of heads that got it wrong."
+        )
+    ]
+    for name in ("test", "val", "train"):
+        result = results[name]
+        frame = result.failures
+        files[f"failures-{name}.csv"] = _csv(frame)
+        table = Table(
+            frame,
+            f"{SPLIT_TITLES[name]}: {result.images:,} images, {int((~result.all_right).sum()):,} with a "
+            f"wrong head (aggregate accuracy {result.accuracy:.2%})",
+            {"share of images": PERCENT, "share of errors": PERCENT},
+            bars=("share of errors",),
+            file=f"failures-{name}.csv",
+        )
+        heads = pd.DataFrame(
+            {
+                "head": list(result.heads),
+                "accuracy": [head.accuracy for head in result.heads.values()],
+                "errors": [int((~head.correct).sum()) for head in result.heads.values()],
+                "macro F1": [head.averages.loc["macro", "f1"] for head in result.heads.values()],
+            }
+        )
+        head_table = Table(
+            heads, f"{SPLIT_TITLES[name]}: per head", {"accuracy": PERCENT, "macro F1": "{:.3f}"}
+        )
+        if frame.empty:
+            table_blocks: list[Any] = [head_table, Text(f"No {SPLIT_TITLES[name]} image has a wrong head.")]
+        else:
+            table_blocks = [head_table, table]
+        blocks.extend(
+            table_blocks if name == OPEN_SPLIT else [Details(f"{SPLIT_TITLES[name]} split", table_blocks)]
+        )
+    return Section("Heads and their failures", "heads", blocks)
+
+
+def matrices_section(results, options, files: dict[str, bytes]) -> Section:
+    """Confusion matrices (counts and row-normalised) of every split and head, and the
+    most confused pairs."""
+    multi = _is_multi(results)
+    blocks: list[Any] = [
+        Text(
+            "Rows are the true classes, columns the predicted ones. Counts use a square-root colour "
+            "scale so single mistakes stay visible; the normalised matrices divide each row by its "
+            "class's images (recall on the diagonal)."
+            + (
+                " Classes are ordered so that confused classes sit together."
+                if options.order == "confusion"
+                else ""
+            )
+        )
+    ]
+    for head in results["test"].heads:
+        if multi:
+            blocks.append(_head_title(head, multi))
+        order = evaluation.confusion_order(results["val"].heads[head].confusion, options.order)
+        for split in ("test", *FOLDED_SPLITS):
+            split_blocks = _matrix_blocks(
+                results[split].heads[head], split, head, multi, order, options, files
+            )
+            blocks.extend(
+                split_blocks
+                if split == OPEN_SPLIT
+                else [Details(f"{SPLIT_TITLES[split]} split", split_blocks)]
+            )
+    return Section("Confusion matrices", "confusion", blocks)
+
+
+def _matrix_blocks(result, split, head, multi, order, options, files) -> list[Any]:
+    suffix = _suffix(head, multi)
+    where = f"{SPLIT_TITLES[split]} ({result.labels.shape[0]:,} images)" + (f", head {head}" if multi else "")
+    figures: list[Figure] = []
+    for normalise, name in (
+        (False, f"confusion-{split}{suffix}.png"),
+        (True, f"confusion-{split}-normalised{suffix}.png"),
+    ):
+        title = f"{where}: {'share of each true class' if normalise else 'images'}"
+        figure = plots.confusion_figure(
+            result.confusion, result.class_names, normalise=normalise, order=order, title=title
+        )
+        png = plots.png_bytes(figure, dpi=FIGURE_DPI, tight=False)
+        files[name] = png
+        # large matrices keep their pixel size (the page scrolls them) so labels stay legible
+        natural = len(result.class_names) > NATURAL_SIZE_CLASSES
+        figures.append(Figure(name, png, f"Confusion matrix, {title}.", natural=natural))
+    blocks: list[Any] = figures if natural else [Row(figures)]
+    pairs = evaluation.confused_pairs(result, options.pairs)
+    pairs_file = f"pairs-{split}{suffix}.csv"
+    files[pairs_file] = _csv(pairs)
+    if pairs.empty:
+        blocks.append(
+            Text(f"No {SPLIT_TITLES[split]} image is misclassified" + (f" by head {head}." if multi else "."))
+        )
+    else:
+        blocks.append(
+            Table(
+                pairs,
+                f"Most confused pairs, {where}",
+                {"share of true class": PERCENT},
+                bars=("share of true class",),
+                file=pairs_file,
+            )
+        )
+    return blocks
+
+
+def scores_frame(result: evaluation.HeadResult) -> pd.DataFrame:
+    """The per-class table followed by the three averages (CSV and pages)."""
+    averages = result.averages.reset_index(names="class")
+    averages["class"] = [f"{name} average" for name in averages["class"]]
+    for column in ("predicted", "correct"):
+        averages[column] = ""
+    table = pd.concat(
+        [result.scores.astype({"support": object, "predicted": object, "correct": object}), averages],
+        ignore_index=True,
+    )
+    return table[list(evaluation.SCORE_COLUMNS)]
+
+
+def scores_section(results, files: dict[str, bytes]) -> Section:
+    """Per-class precision, recall and F1 with macro, micro and weighted averages."""
+    multi = _is_multi(results)
+    blocks: list[Any] = [
+        Text(
+            "Precision: share of the images predicted as the class that are of the class; recall: share "
+            "of the class's images predicted as it; F1: their harmonic mean. A class that is never "
+            "predicted has precision 0 (0/0, marked red) and F1 0. Macro: plain mean over the classes "
+            "present in the split or its predictions; micro: pooled over images (equals accuracy); "
+            "weighted: mean weighted by support."
+        )
+    ]
+    for head in results["test"].heads:
+        if multi:
+            blocks.append(_head_title(head, multi))
+        for split in ("test", *FOLDED_SPLITS):
+            result = results[split].heads[head]
+            frame = scores_frame(result)
+            name = f"scores-{split}{_suffix(head, multi)}.csv"
+            files[name] = _csv(frame)
+            frame = frame.assign(
+                never_predicted=[
+                    isinstance(value, (int, np.integer)) and value == 0 for value in frame["predicted"]
+                ]
+            )
+            table = Table(
+                frame,
+                f"{SPLIT_TITLES[split]}: {result.labels.shape[0]:,} images"
+                + (f", head {head}" if multi else ""),
+                SCORE_FORMATS,
+                bars=("precision", "recall", "f1"),
+                file=name,
+                highlight="never_predicted",
+            )
+            blocks.append(table if split == OPEN_SPLIT else Details(f"{SPLIT_TITLES[split]} split", [table]))
+    return Section("Precision, recall and F1 per class", "scores", blocks)
+
+
+def _caption(result, index: int, correct: bool) -> str:
+    probability = result.confidence[index]
+    if correct:
+        return f"{probability:.3f}"
+    predicted = result.class_names[result.predictions[index]]
+    return f"\u2192 {plots.short_name(predicted, GRID_NAME_CHARS)}\n{probability:.3f}"
+
+
+def grids_section(dataset, results, options, files: dict[str, bytes]) -> Section:
+    """The most confident correct and misclassified images of each class."""
+    split = options.grid_split
+    images = dataset.splits[split].images
+    multi = _is_multi(results)
+    blocks: list[Any] = [
+        Text(
+            f"For every class of the {SPLIT_TITLES[split]} split: the {options.top_k} images the model "
+            f"classified right with the highest probability (left, green, with that probability) and the "
+            f"{options.top_k} it got wrong with the highest probability for the wrong class (right, red, "
+            "with the predicted class and its probability)."
+        )
+    ]
+    for head, result in results[split].heads.items():
+        if multi:
+            blocks.append(_head_title(head, multi))
+        right = evaluation.most_confident(result, options.top_k, correct=True)
+        wrong = evaluation.most_confident(result, options.top_k, correct=False)
+        classes = list(range(len(result.class_names)))
+        chunks = [
+            classes[start : start + options.grid_classes]
+            for start in range(0, len(classes), options.grid_classes)
+        ]
+        for number, chunk in enumerate(chunks, 1):
+            rows = [
+                (
+                    result.class_names[index],
+                    [(int(i), _caption(result, i, True)) for i in right[index]],
+                    [(int(i), _caption(result, i, False)) for i in wrong[index]],
+                )
+                for index in chunk
+            ]
+            span = f"classes {chunk[0] + 1}-{chunk[-1] + 1} of {len(classes)}"
+            title = f"{SPLIT_TITLES[split]}{', head ' + head if multi else ''}: {span}"
+            figure = plots.confident_grid(images, rows, columns=options.top_k, title=title)
+            name = f"grid-{split}{_suffix(head, multi)}-{number:02d}.png"
+            png = plots.png_bytes(figure, dpi=FIGURE_DPI, tight=False)
+            files[name] = png
+            blocks.append(Figure(name, png, f"Most confident correct and misclassified images, {title}."))
+    return Section(f"Most confident right and wrong ({SPLIT_TITLES[split]})", "images", blocks)
+
+
+def setup_section(record, dataset) -> Section:
+    """The data as read and every hyperparameter of the run."""
+    data = record.data
+    config = record.config.to_dict()
+    config["arch"].pop("layers", None)  # shown once, as text
+    layers_text = config["arch"].pop("layers_text", "")
+    rows = []
+    for section in ("data", "augment", "arch", "train"):
+        for key, value in config.get(section, {}).items():
+            rows.append(
+                {
+                    "section": section,
+                    "setting": key,
+                    "value": json.dumps(value) if not isinstance(value, str) else value,
+                }
+            )
+    rows.append({"section": "run", "setting": "head", "value": record.config.head})
+    blocks: list[Any] = []
+    data_rows = [
+        (key, data[key] if isinstance(data.get(key), str) else json.dumps(data.get(key)))
+        for key in ("source", "format", "image_shape", "classes", "split", "images")
+        if key in data
+    ]
+    if data_rows:
+        blocks.append(
+            Table(pd.DataFrame(data_rows, columns=["data", "value"]), "The data as read (data.json)")
+        )
+    for note in data.get("notes", []):
+        blocks.append(Text(str(note), "note"))
+    skipped = data.get("skipped") or []
+    if skipped:
+        blocks.append(
+            Text(
+                f"{len(skipped)} file(s) were skipped while reading the data; data.json lists each "
+                "with its reason.",
+                "warning",
+            )
+        )
+    blocks.append(Text(f"Layers: {layers_text}"))
+    blocks.append(
+        Table(
+            pd.DataFrame(rows),
+            "Hyperparameters (config.json; python train.py --config config.json repeats the run)",
+        )
+    )
+    return Section("Data and hyperparameters", "setup", blocks)
+
+
+def architecture_section(model) -> Section:
+    """Every layer with its output shape and parameters; totals and forward FLOPs."""
+    from fruitcnn.model import flops_per_image
+
+    rows = []
+    for layer in model.layers:
+        shape = getattr(layer, "output", None)
+        shape = "" if shape is None else str(tuple(shape.shape[1:]))
+        trainable = sum(int(np.prod(weight.shape)) for weight in layer.trainable_weights)
+        frozen = sum(int(np.prod(weight.shape)) for weight in layer.non_trainable_weights)
+        rows.append(
+            {
+                "layer": layer.name,
+                "type": type(layer).__name__,
+                "output shape": shape,
+                "trainable": trainable,
+                "non-trainable": frozen,
+            }
+        )
+    frame = pd.DataFrame(rows)
+    total = int(frame["trainable"].sum() + frame["non-trainable"].sum())
+    flops = flops_per_image(model)
+    trainable, frozen = int(frame["trainable"].sum()), int(frame["non-trainable"].sum())
+    text = (
+        f"{total:,} parameters ({trainable:,} trainable, {frozen:,} "
+        f"non-trainable: batch-norm moving statistics and the input normalisation); "
+        f"{flops / 1e6:.2f} MFLOP per image (forward pass, conv and dense layers)."
+    )
+    formats = {"trainable": "{:,}", "non-trainable": "{:,}"}
+    return Section("Architecture", "architecture", [Text(text), Table(frame, "", formats)])
+
+
+def environment_section(record) -> Section:
+    """Training sessions (start and resumes) with their versions, and this report's."""
+    rows = list(record.environment)
+    from fruitcnn.runs import environment
+
+    now = environment()
+    now["time"] = now["time"] + " (this report)"
+    frame = pd.DataFrame([*rows, now])
+    frame = frame[[column for column in frame.columns]].astype(str)
+    started = rows[0]["time"] if rows else None
+    finished = record.history[-1]["timestamp"] if record.history else None
+    facts = [
+        ("training started", started or "unknown (no environment.json)"),
+        ("last epoch finished", str(finished or "?")),
+        (
+            "training time",
+            _duration(record.metrics["train_seconds"]) if "train_seconds" in record.metrics else "?",
+        ),
+        ("sessions", str(len(rows))),
+    ]
+    return Section(
+        "Environment and timestamps",
+        "environment",
+        [Facts(facts), Table(frame, "Sessions that trained this run (environment.json) and this report's")],
+    )
+
+
+def summary_json(record, results) -> bytes:
+    """The headline numbers of the report as JSON."""
+    summary: dict[str, Any] = {
+        "run": record.folder.name,
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "best_epoch": record.metrics.get("best_epoch"),
+    }
+    for name, result in results.items():
+        entry: dict[str, Any] = {"images": result.images, "accuracy": result.accuracy}
+        for head, head_result in result.heads.items():
+            prefix = f"{head}_" if len(result.heads) > 1 else ""
+            if prefix:
+                entry[f"{prefix}accuracy"] = head_result.accuracy
+            for average in evaluation.AVERAGES:
+                entry[f"{prefix}{average}_f1"] = float(head_result.averages.loc[average, "f1"])
+        summary[name] = entry
+    return (json.dumps(summary, indent=2) + "\n").encode("utf-8")

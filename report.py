@@ -1,0 +1,158 @@
+"""Write the evaluation report of a run: python report.py [saved_models/<run>].
+
+Evaluates the run's model.keras on its train, validation and test splits (the data is
+read again with the run's config, from the decoded-image cache when it is there) and
+writes report.html (one self-contained page), report.md and the report/ folder of
+PNG figures and CSV tables into the run folder. train.py does this at the end of
+every run; use this command for other options or older runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
+
+from fruitcnn.report import ORDERS, SPLITS, ReportOptions  # noqa: E402
+
+EXAMPLES = """examples:
+  python report.py                                   # the latest run under saved_models/
+  python report.py saved_models/line-single-20261122-101500
+  python report.py RUN --grid-split test --top-k 8   # grids of test images, 8 per side
+  python report.py RUN --order confusion             # confused classes next to each other
+  python report.py RUN --dataset ~/data/fruits-360   # the run's data moved
+  python report.py RUN --screenshot shot.png --check # and look at it in headless Chromium
+"""
+
+_DEFAULTS = ReportOptions()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser (defaults come from ReportOptions)."""
+    parser = argparse.ArgumentParser(
+        prog="report.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "run", nargs="?", default=None, help="run folder (default: the latest under saved_models/)"
+    )
+    parser.add_argument(
+        "--grid-split",
+        choices=SPLITS,
+        default=_DEFAULTS.grid_split,
+        help=f"split of the most-confident image grids (default: {_DEFAULTS.grid_split})",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=_DEFAULTS.top_k,
+        metavar="K",
+        help=f"images per class and side (default: {_DEFAULTS.top_k})",
+    )
+    parser.add_argument(
+        "--order",
+        choices=ORDERS,
+        default=_DEFAULTS.order,
+        help="class order of the confusion matrices: as trained, or confused classes together "
+        f"(default: {_DEFAULTS.order})",
+    )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=_DEFAULTS.pairs,
+        metavar="N",
+        help=f"rows of the most-confused-pairs tables (default: {_DEFAULTS.pairs})",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        metavar="PATH",
+        help="read the run's data from PATH instead of where it was at training (same data, moved)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="cache of decoded images (default: $FRUITCNN_CACHE or ~/.cache/fruitcnn; 'off' disables)",
+    )
+    parser.add_argument(
+        "--screenshot",
+        default=None,
+        metavar="PNG",
+        help="also save a screenshot of the top of report.html (needs Chromium or Chrome)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="load report.html in headless Chromium and fail on broken images or horizontal overflow",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, write the report, print where it went."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cache_dir:
+        os.environ["FRUITCNN_CACHE"] = args.cache_dir
+    try:
+        options = ReportOptions(
+            grid_split=args.grid_split, top_k=args.top_k, order=args.order, pairs=args.pairs
+        )
+        run = Path(args.run) if args.run else _latest_run()
+        result = _write(run, options, args.dataset)
+        if args.screenshot or args.check:
+            _look(result.html, args.screenshot, args.check)
+    except ValueError as error:
+        parser.exit(2, f"report.py: error: {error}\n")
+    except RuntimeError as error:  # the browser failed
+        parser.exit(1, f"report.py: error: {error}\n")
+    return 0
+
+
+def _latest_run() -> Path:
+    from fruitcnn import runs
+
+    finished = [run for run in runs.find_runs() if (run / runs.MODEL_FILE).is_file()]
+    if not finished:
+        raise ValueError(
+            f"no run with a {runs.MODEL_FILE} under {runs.DEFAULT_ROOT}/; train one (python train.py) "
+            "or name the run folder: python report.py saved_models/<run>."
+        )
+    return finished[-1]
+
+
+def _write(run: Path, options: ReportOptions, dataset_path: str | None):
+    from fruitcnn.report import RunRecord, build_report
+    from train import load_data
+
+    record = RunRecord.read(run)  # a clear error before TensorFlow and the data are loaded
+    data = record.config.data
+    if dataset_path:
+        data = dataclasses.replace(data, dataset=dataset_path)
+    result = build_report(run, dataset=load_data(data), options=options)
+    print(f"report written in {result.seconds:.1f} s: {result.html}")
+    print(f"  markdown: {result.markdown} (figures and CSV tables in {result.folder}/)")
+    return result
+
+
+def _look(page: Path, screenshot: str | None, check: bool) -> None:
+    from fruitcnn import browser
+
+    if screenshot:
+        print(f"  screenshot: {browser.screenshot(page, screenshot)}")
+    if check:
+        found = browser.problems(browser.render_check(page))
+        if found:
+            raise RuntimeError("report.html does not render cleanly: " + "; ".join(found))
+        print("  Chromium: every image renders, no horizontal overflow")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

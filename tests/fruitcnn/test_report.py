@@ -1,0 +1,218 @@
+"""The report: its numbers against an independent evaluation, its files, its escaping,
+and how it renders in headless Chromium."""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fruitcnn
+from fruitcnn import browser, runs
+from fruitcnn.config import ArchConfig, DataConfig, RunConfig, TrainConfig, parse_layers
+from fruitcnn.data import Dataset, Split
+from fruitcnn.report import ReportOptions, RunRecord, build_report
+from fruitcnn.training import train
+
+FAST = TrainConfig(epochs=2, batch_size=32, learning_rate=0.01, warmup_epochs=0.0)
+QUIET = {"progress": lambda line: None}
+# CI installs Chromium and sets this, so the rendering test cannot skip there.
+REQUIRE_BROWSER = os.environ.get("FRUITCNN_REQUIRE_CHROMIUM") == "1"
+
+
+def _config(head="single", arch=None):
+    return RunConfig(
+        data=DataConfig(images_per_class=24, seed=3),
+        train=FAST,
+        head=head,
+        **({"arch": arch} if arch else {}),
+    )
+
+
+@pytest.fixture(scope="module")
+def single_report(tmp_path_factory, small_line):
+    run = train(
+        _config(), dataset=small_line, run_dir=tmp_path_factory.mktemp("report") / "single", verbose=0
+    )
+    return run, build_report(run.run_dir, dataset=small_line, model=run.model, **QUIET)
+
+
+@pytest.fixture(scope="module")
+def multi_report(tmp_path_factory, small_line):
+    run = train(
+        _config("multi"), dataset=small_line, run_dir=tmp_path_factory.mktemp("report") / "multi", verbose=0
+    )
+    return run, build_report(run.run_dir, dataset=small_line, **QUIET)
+
+
+def test_report_numbers_match_an_independent_evaluation(single_report, small_line):
+    run, report = single_report
+    model = fruitcnn.load_model(run.run_dir)
+    for split in ("train", "val", "test"):
+        data = small_line.splits[split]
+        predicted = model.predict(data.images.astype("float32"), verbose=0)["class"].argmax(axis=1)
+        confusion = np.zeros((96, 96), int)
+        np.add.at(confusion, (data.labels, predicted), 1)
+        scores = pd.read_csv(report.folder / f"scores-{split}.csv").iloc[:96]
+        np.testing.assert_array_equal(scores["support"].astype(int), confusion.sum(axis=1))
+        np.testing.assert_array_equal(scores["predicted"].astype(int), confusion.sum(axis=0))
+        np.testing.assert_array_equal(scores["correct"].astype(int), np.diag(confusion))
+        np.testing.assert_array_equal(report.splits[split].heads["class"].confusion, confusion)
+    summary = json.loads((report.folder / "summary.json").read_text())
+    # the report's test accuracy is the one training recorded for model.keras
+    assert summary["test"]["accuracy"] == pytest.approx(run.metrics["test_accuracy"], abs=1e-6)
+    assert summary["val"]["accuracy"] == pytest.approx(run.metrics["val_accuracy"], abs=1e-6)
+    averages = pd.read_csv(report.folder / "scores-test.csv").set_index("class").loc["micro average"]
+    assert averages["f1"] == pytest.approx(summary["test"]["accuracy"], abs=1e-6)
+    assert "differs from the one training recorded" not in report.html.read_text()
+
+
+def test_report_files_markdown_and_html_carry_the_same_figures(single_report):
+    run, report = single_report
+    folder = run.run_dir / "report"
+    markdown = report.markdown.read_text()
+    linked = re.findall(r"\]\(report/([^)]+)\)", markdown)
+    assert linked and all((folder / name).is_file() for name in linked)
+    figures = sorted(name for name in linked if name.endswith(".png"))
+    assert {"curves.png", "curves-time.png", "confusion-test.png", "confusion-train-normalised.png"} <= set(
+        figures
+    )
+    # 96 classes at 12 per figure: 8 grids of the validation split
+    assert sorted(path.name for path in folder.glob("grid-*.png")) == [
+        f"grid-val-{n:02d}.png" for n in range(1, 9)
+    ]
+    page = report.html.read_text()
+    sources = re.findall(r'<img src="([^"]*)"', page)
+    assert len(sources) == len(figures) and all(src.startswith("data:image/png;base64,") for src in sources)
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # self-contained: nothing fetched
+    for heading in ("Summary", "Learning curves", "Confusion matrices", "Precision, recall and F1 per class",
+                    "Architecture", "Environment and timestamps", "Data and hyperparameters"):  # fmt: skip
+        assert f"<h2>{heading}</h2>" in page and f"## {heading}" in markdown
+    assert "Python" in page or "python" in page
+    for layer in ("conv1", "bn1", "class_logits"):
+        assert f">{layer}<" in page
+    environment = json.loads((run.run_dir / runs.ENVIRONMENT_FILE).read_text())["sessions"]
+    assert len(environment) == 1 and environment[0]["keras"] in page and environment[0]["tensorflow"] in page
+    assert not list(run.run_dir.glob(".report*")), "temporary report folder left behind"
+
+
+def test_multi_head_report_has_per_head_tables_and_failing_combinations(multi_report, small_line):
+    run, report = multi_report
+    test = report.splits["test"]
+    assert list(test.heads) == ["length", "width", "colour", "angle"]
+    assert test.accuracy == pytest.approx(run.metrics["test_accuracy"], abs=1e-6)
+    for head in test.heads:
+        assert test.heads[head].accuracy == pytest.approx(run.metrics[f"test_{head}_accuracy"], abs=1e-6)
+        assert (report.folder / f"confusion-test-{head}.png").is_file()
+        assert (report.folder / f"scores-val-{head}.csv").is_file()
+    failures = pd.read_csv(report.folder / "failures-test.csv")
+    wrong = int((~test.all_right).sum())
+    assert failures["images"].sum() == wrong
+    # the combination table agrees with the heads' own mistakes
+    angle_wrong = int((~test.heads["angle"].correct).sum())
+    with_angle = failures[failures["failing heads"].str.contains("angle")]["images"].sum()
+    assert with_angle == angle_wrong
+    page = report.html.read_text()
+    assert "Heads and their failures" in page and "head &#x27;angle&#x27;" in page
+
+
+def _strange_dataset(count=114):
+    """A 114-class dataset (Fruits-360 scale) with class names that need escaping."""
+    rng = np.random.default_rng(5)
+    names = [f"Fruit {index:03d} Golden Delicious" for index in range(count)]
+    names[0] = '<img src=x onerror="alert(1)"> & Co'
+    names[1] = "Tom | Jerry *bold* [link](x)"
+    colours = rng.integers(0, 256, (count, 3))
+
+    def split(per_class, seed):
+        labels = np.repeat(np.arange(count), per_class).astype(np.int32)
+        noise = np.random.default_rng(seed).integers(-20, 20, (labels.size, 8, 8, 3))
+        images = np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+        return Split(images, labels)
+
+    return Dataset("strange", split(3, 1), split(2, 2), split(2, 3), tuple(names))
+
+
+def test_report_of_114_classes_escapes_names_and_renders_in_chromium(tmp_path):
+    if browser.find_chromium() is None:
+        if REQUIRE_BROWSER:
+            pytest.fail("FRUITCNN_REQUIRE_CHROMIUM=1 but no Chromium found")
+        pytest.skip("no Chromium or Chrome on this machine (apt-get install chromium) to render the report")
+    dataset = _strange_dataset()
+    arch = ArchConfig(layers=parse_layers("conv(8,3) relu gap"))
+    config = RunConfig(data=DataConfig(dataset="strange"), arch=arch, train=FAST)
+    run = train(config, dataset=dataset, run_dir=tmp_path / "strange", verbose=0)
+    report = build_report(
+        run.run_dir, dataset=dataset, model=run.model, options=ReportOptions(top_k=3), **QUIET
+    )
+    page = report.html.read_text()
+    assert '<img src=x onerror="alert(1)">' not in page
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt; &amp; Co" in page
+    markdown = report.markdown.read_text()
+    assert "<img src=x" not in markdown and r"Tom \| Jerry \*bold\* \[link\](x)" in markdown
+    for width in (1280, 800):
+        check = browser.render_check(report.html, width=width)
+        assert check["images"] == 2 + 6 + 10 and check["sections"] == 8  # curves, matrices, grids
+        assert browser.problems(check) == [], check
+    shot = browser.screenshot(report.html, tmp_path / "shot.png", width=1280, height=1200)
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("RGB"), np.float32)
+    assert pixels.shape == (1200, 1280, 3)
+    assert pixels.std() > 20  # a rendered page, not a blank one
+    assert np.abs(pixels[5] - [0x17, 0x32, 0x4D]).max() <= 3  # the header bar (#17324d) is on top
+
+
+def test_render_check_finds_broken_images_and_overflow(tmp_path):
+    if browser.find_chromium() is None:
+        if REQUIRE_BROWSER:
+            pytest.fail("FRUITCNN_REQUIRE_CHROMIUM=1 but no Chromium found")
+        pytest.skip("no Chromium or Chrome on this machine (apt-get install chromium)")
+    page = tmp_path / "bad.html"
+    page.write_text(
+        '<html><body><img alt="gone" src="data:image/png;base64,AAAA">'
+        '<div style="width: 3000px">wide</div></body></html>'
+    )
+    found = browser.problems(browser.render_check(page, width=1000))
+    assert any("did not render" in problem and "gone" in problem for problem in found)
+    assert any("3008 px wide in a 1000 px window" in problem for problem in found)
+
+
+def test_report_refuses_other_data_and_non_runs(single_report, small_line, tmp_path):
+    run, _ = single_report
+    with pytest.raises(ValueError, match="is not a folder"):
+        RunRecord.read(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="has no model.keras"):
+        RunRecord.read(tmp_path)
+    other = Dataset("line", small_line.test, small_line.val, small_line.train, small_line.class_names)
+    with pytest.raises(ValueError, match="the data changed since training"):
+        build_report(run.run_dir, dataset=other, model=run.model, **QUIET)
+    renamed = Dataset(
+        "line", small_line.train, small_line.val, small_line.test, tuple(reversed(small_line.class_names))
+    )
+    with pytest.raises(ValueError, match="other classes for head 'class'"):
+        build_report(run.run_dir, dataset=renamed, model=run.model, **QUIET)
+    with pytest.raises(ValueError, match="grid split must be one of"):
+        ReportOptions(grid_split="holdout")
+    with pytest.raises(ValueError, match="top_k must be at least 1"):
+        ReportOptions(top_k=0)
+
+
+def test_tensorboard_gets_a_validation_confusion_matrix_per_epoch(single_report):
+    import tensorflow as tf
+
+    run, _ = single_report
+    images = {}
+    for path in Path(run.run_dir / "tb" / "validation").glob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                if value.tag == "confusion/class":
+                    images[event.step] = value.tensor.string_val
+    assert sorted(images) == [0, 1]
+    width, height, png = images[1][0], images[1][1], images[1][2]
+    picture = tf.io.decode_png(png).numpy()
+    assert picture.shape[:2] == (int(height), int(width)) and picture.shape[0] > 300
