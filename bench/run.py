@@ -25,7 +25,9 @@ The line tasks train with exactly the defaults ``python train.py --dataset line
   can be read against it;
 * the step time of the model with fruitcnn's BatchNorm against the same network with
   ``keras.layers.BatchNormalization`` (interleaved rounds, median), i.e. what the
-  hand-built layer costs.
+  hand-built layer costs;
+* ``report_s``: the time to write the run's report (``fruitcnn.report``), outside
+  ``wall_s``.
 
 Progress goes to stderr; the last stdout line is one JSON object with at least
 ``task``, ``test_accuracy`` (the aggregate for four heads) and ``wall_s`` (seconds
@@ -173,6 +175,8 @@ def run_line(task: str, keep: bool) -> dict:
     for key, value in metrics.items():
         if key.startswith("test_") and key.endswith("_accuracy") and key != "test_accuracy":
             report[key] = value
+    print("writing the report ...", file=sys.stderr)
+    report["report_s"] = round(_report_seconds(run_dir, dataset, result.model), 2)
     print("measuring the matmul peak and the batch-norm step costs ...", file=sys.stderr)
     report["matmul_peak_gflops"] = round(matmul_peak_gflops(), 1)
     report["peak_fraction"] = round(report["train_gflops"] / report["matmul_peak_gflops"], 3)
@@ -181,6 +185,15 @@ def run_line(task: str, keep: bool) -> dict:
     if scratch is not None:
         scratch.cleanup()
     return report
+
+
+def _report_seconds(run_dir, dataset, model) -> float:
+    """Seconds to write the run's report (evaluation of all three splits, figures, pages)."""
+    from fruitcnn.report import build_report
+
+    start = time.perf_counter()
+    build_report(run_dir, dataset=dataset, model=model, progress=lambda line: print(line, file=sys.stderr))
+    return time.perf_counter() - start
 
 
 def _training_speed(result, dataset, config, flops: float) -> dict:

@@ -235,8 +235,8 @@ def render_html(title: str, sections: Sequence[Section], subtitle: str = "") -> 
     parts = []
     for section in sections:
         blocks = "\n".join(_html_block(block) for block in section.blocks)
-        anchor, title = html.escape(section.anchor), html.escape(section.title)
-        parts.append(f'<section id="{anchor}"><h2>{title}</h2>\n{blocks}</section>')
+        anchor, heading = html.escape(section.anchor), html.escape(section.title)
+        parts.append(f'<section id="{anchor}"><h2>{heading}</h2>\n{blocks}</section>')
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

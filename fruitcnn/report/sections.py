@@ -75,7 +75,11 @@ def summary_section(record, results) -> Section:
         ("best epoch", f"{metrics.get('best_epoch', '?')} of {metrics.get('epochs', len(record.history))}"),
         ("training time", _duration(metrics["train_seconds"]) if "train_seconds" in metrics else "?"),
         ("parameters", f"{metrics['parameters']:,}" if "parameters" in metrics else "?"),
-        ("classes", str(sum(len(names) for names in record.classes.values()))),
+        (
+            ("classes per head", " / ".join(str(len(names)) for names in record.classes.values()))
+            if multi
+            else ("classes", str(len(next(iter(record.classes.values())))))
+        ),
         ("images", " / ".join(f"{results[name].images:,}" for name in ("train", "val", "test"))),
     ]
     blocks: list[Any] = [Facts(facts)]
@@ -145,7 +149,7 @@ def curves_section(record, files: dict[str, bytes]) -> Section:
         return Section("Learning curves", "curves", [Text("history.csv has no finished epoch.", "warning")])
     heads = list(record.classes) if len(record.classes) > 1 else []
     best = record.metrics.get("best_epoch")
-    blocks: list[Any] = []
+    figures = []
     for x, name, caption in (
         ("epoch", "curves.png", "Loss and accuracy per epoch"),
         ("time", "curves-time.png", "The same against wall-clock time since the start of training"),
@@ -153,7 +157,8 @@ def curves_section(record, files: dict[str, bytes]) -> Section:
         figure = plots.learning_curves(record.history, heads=heads, x=x, best_epoch=best)
         png = plots.png_bytes(figure, dpi=FIGURE_DPI)
         files[name] = png
-        blocks.append(Figure(name, png, f"{caption} (dotted line: the best validation epoch, model.keras)."))
+        figures.append(Figure(name, png, f"{caption} (dotted line: the best validation epoch, model.keras)."))
+    blocks: list[Any] = list(figures)  # one above the other: side by side they shrink to 60%
     blocks.append(
         Text(
             "Train figures are running means over each epoch in training mode (dropout on, batch "

@@ -85,6 +85,8 @@ def test_report_files_markdown_and_html_carry_the_same_figures(single_report):
         f"grid-val-{n:02d}.png" for n in range(1, 9)
     ]
     page = report.html.read_text()
+    assert "<title>fruitcnn report: single</title>" in page and "<h1>fruitcnn report: single</h1>" in page
+    assert markdown.startswith("# fruitcnn report: single\n")
     sources = re.findall(r'<img src="([^"]*)"', page)
     assert len(sources) == len(figures) and all(src.startswith("data:image/png;base64,") for src in sources)
     assert not re.search(r'(src|href)="(https?:)?//', page)  # self-contained: nothing fetched
@@ -156,6 +158,7 @@ def test_report_of_114_classes_escapes_names_and_renders_in_chromium(tmp_path):
     for width in (1280, 800):
         check = browser.render_check(report.html, width=width)
         assert check["images"] == 2 + 6 + 10 and check["sections"] == 8  # curves, matrices, grids
+        assert check["title"] == "fruitcnn report: strange"
         assert browser.problems(check) == [], check
     shot = browser.screenshot(report.html, tmp_path / "shot.png", width=1280, height=1200)
     from PIL import Image
