@@ -132,7 +132,7 @@ def _write(run: Path, options: ReportOptions, dataset_path: str | None):
     from fruitcnn.report import RunRecord, build_report
     from train import load_data
 
-    record = RunRecord.read(run)  # a clear error before TensorFlow and the data are loaded
+    record = RunRecord.read(run)  # a clear error before the data is read
     data = record.config.data
     if dataset_path:
         data = dataclasses.replace(data, dataset=dataset_path)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -58,17 +59,17 @@ class HeadResult:
     scores: pd.DataFrame
     averages: pd.DataFrame
 
-    @property
+    @cached_property
     def predictions(self) -> np.ndarray:
         """Predicted class of every image (highest probability; ties: lowest index)."""
         return np.argmax(self.probabilities, axis=1)
 
-    @property
+    @cached_property
     def confidence(self) -> np.ndarray:
         """Probability of the predicted class of every image."""
         return np.max(self.probabilities, axis=1)
 
-    @property
+    @cached_property
     def correct(self) -> np.ndarray:
         """Whether each image is classified right."""
         return self.predictions == self.labels

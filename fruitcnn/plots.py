@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -19,19 +20,51 @@ from matplotlib.figure import Figure
 # Colours of the splits in every curve, so figures read alike.
 SPLIT_COLOURS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
 SPLIT_LABELS = {"train": "train", "val": "validation", "test": "test"}
+# Learning curves: inches per panel (width, height); runs longer than this many
+# seconds get their time axis in minutes.
+CURVE_PANEL_INCHES = (4.6, 3.6)
+MINUTES_AFTER_S = 120
 # Confusion matrices: cell numbers are written up to this many classes.
 ANNOTATE_CLASSES = 25
-# Confusion-matrix tick labels: font size in points, shrinking with the class count
-# from LABEL_POINTS_MAX (few classes) to LABEL_POINTS_MIN (about 120 classes).
+# Confusion-matrix tick labels: font size in points, falling linearly from
+# LABEL_POINTS_MAX at FULL_SIZE_CLASSES classes to LABEL_POINTS_MIN at
+# SMALLEST_SIZE_CLASSES (Fruits-360's 114 fit) and staying there beyond.
 LABEL_POINTS_MAX, LABEL_POINTS_MIN = 9.0, 5.0
+FULL_SIZE_CLASSES, SMALLEST_SIZE_CLASSES = 12, 120
+# Side of a matrix cell per point of label size (labels of neighbours do not touch).
+CELL_PER_LABEL_POINT = 1.5
+# Average character width per point of font size, and points per inch.
+CHAR_WIDTH, POINTS_PER_INCH = 0.62, 72
+# Confusion-matrix layout in inches: room for an axis title beside the tick labels,
+# smallest matrix side, room above for a title (or none), colour bar gap/width and the
+# space reserved right of the matrix for it and its label.
+AXIS_TITLE_INCHES, MIN_MATRIX_INCHES = 0.45, 3.0
+TITLE_INCHES, NO_TITLE_INCHES = 0.45, 0.15
+COLOURBAR_GAP_INCHES, COLOURBAR_INCHES, COLOURBAR_SPACE_INCHES = 0.15, 0.15, 1.2
+COLOURBAR_FRACTION = 0.6  # of the matrix height, centred
+# Counts are coloured on a power scale with this exponent (0.5: square root), so a
+# single error shows next to a diagonal of hundreds.
+COUNT_GAMMA = 0.5
+# Cell numbers are white on cells darker than this share of the colour scale.
+WHITE_TEXT_ABOVE = 0.45
 # Without names, every INDEX_TICK_STEP-th class is labelled by its index.
 INDEX_TICK_STEP = 10
 # Longest class name drawn in full on a figure axis (tables show every name in full).
 LABEL_CHARS = 28
 # Image grids, in pixels of the PNG: image cell, its coloured frame, caption band,
-# gap between the right and the wrong half, and the class-name column.
-GRID_CELL, GRID_BORDER, GRID_CAPTION, GRID_GAP, GRID_LABEL = 96, 3, 24, 36, 150
+# gap between the right and the wrong half, spacing between cells (x, y), the band
+# of the two headings, the title band, and the padding of the class-name column.
+GRID_CELL, GRID_BORDER, GRID_CAPTION, GRID_GAP = 96, 3, 24, 36
+GRID_SPACING_X, GRID_SPACING_Y, GRID_HEADER, GRID_TITLE, GRID_LABEL_PAD = 4, 6, 22, 24, 8
+# Image grids: font sizes in points and the longest class name in the name column.
+GRID_LABEL_POINTS, GRID_CAPTION_POINTS, GRID_HEADING_POINTS, GRID_TITLE_POINTS = 8.0, 5.5, 8.5, 10.0
+GRID_LABEL_CHARS = 30
 GRID_COLOURS = ((44, 160, 44), (214, 39, 40))  # frame of right and of wrong images
+GRID_HEADINGS = (
+    "most confident correct (probability)",
+    "most confident mistakes (predicted class, probability)",
+)
+GRID_EMPTY = ("no correct image", "no mistake")
 
 
 def png_bytes(figure: Figure, *, dpi: int = 100, tight: bool = True) -> bytes:
@@ -83,11 +116,11 @@ def learning_curves(
         positions, label = epochs, "epoch"
     else:
         seconds = _series(history, "elapsed_s")
-        minutes = np.nanmax(seconds) > 120
+        minutes = np.nanmax(seconds) > MINUTES_AFTER_S
         positions = seconds / 60 if minutes else seconds
         label = f"wall-clock time since the start ({'min' if minutes else 's'})"
     panels = 3 if heads else 2
-    figure = Figure(figsize=(4.6 * panels, 3.6), layout="constrained")
+    figure = Figure(figsize=(CURVE_PANEL_INCHES[0] * panels, CURVE_PANEL_INCHES[1]), layout="constrained")
     axes = figure.subplots(1, panels)
     accuracy_name = "accuracy (all heads right)" if heads else "accuracy"
     for axis, metric, title in ((axes[0], "loss", "loss"), (axes[1], "accuracy", accuracy_name)):
@@ -118,7 +151,55 @@ def learning_curves(
 
 def _label_points(count: int) -> float:
     """Tick-label font size for a matrix of ``count`` classes."""
-    return float(np.clip(LABEL_POINTS_MAX * 12 / max(count, 1), LABEL_POINTS_MIN, LABEL_POINTS_MAX))
+    return float(
+        np.interp(count, [FULL_SIZE_CLASSES, SMALLEST_SIZE_CLASSES], [LABEL_POINTS_MAX, LABEL_POINTS_MIN])
+    )
+
+
+def _text_inches(text: str, points: float) -> float:
+    """Approximate width of ``text`` at ``points`` (no measuring: that needs a draw)."""
+    return len(text) * points * CHAR_WIDTH / POINTS_PER_INCH
+
+
+def _matrix_axes(labels: Sequence[str], points: float, count: int, title: bool):
+    """A figure with the matrix axes and the colour-bar axes, margins computed here
+    rather than by a layout engine (constrained layout and a tight bounding box
+    measured every tick label several times: 1.5 s for 96 classes)."""
+    label_inches = max(_text_inches(label, points) for label in labels) + AXIS_TITLE_INCHES
+    side = max(MIN_MATRIX_INCHES, count * _label_points(count) * CELL_PER_LABEL_POINT / POINTS_PER_INCH)
+    top = TITLE_INCHES if title else NO_TITLE_INCHES
+    width, height = label_inches + side + COLOURBAR_SPACE_INCHES, top + side + label_inches
+    figure = Figure(figsize=(width, height))
+    axis = figure.add_axes((label_inches / width, label_inches / height, side / width, side / height))
+    bar_bottom = label_inches + side * (1 - COLOURBAR_FRACTION) / 2
+    bar_axis = figure.add_axes(
+        (
+            (label_inches + side + COLOURBAR_GAP_INCHES) / width,
+            bar_bottom / height,
+            COLOURBAR_INCHES / width,
+            side * COLOURBAR_FRACTION / height,
+        )
+    )
+    return figure, axis, bar_axis
+
+
+def _cell_numbers(axis, matrix: np.ndarray, normalise: bool, vmax: float, points: float) -> None:
+    """Write each non-zero cell (and the diagonal) into the matrix."""
+    count = matrix.shape[0]
+    for row in range(count):
+        for column in range(count):
+            value = matrix[row, column]
+            if value == 0 and row != column:
+                continue
+            axis.text(
+                column,
+                row,
+                f"{value:.2f}" if normalise else f"{int(value)}",
+                ha="center",
+                va="center",
+                fontsize=max(points - 1.5, LABEL_POINTS_MIN - 1),
+                color="white" if value > vmax * WHITE_TEXT_ABOVE else "black",
+            )
 
 
 def confusion_figure(
@@ -135,10 +216,11 @@ def confusion_figure(
     Counts use a square-root colour scale so single errors stay visible next to a
     full diagonal; ``normalise`` divides each row by its class's images (recall on
     the diagonal; an empty row stays 0). Cells carry numbers up to
-    ``ANNOTATE_CLASSES`` classes; tick labels shrink with the class count and long
-    names are shortened with an ellipsis. ``names=False`` labels every tenth class
-    by its index instead (for small images where names could not be read; drawing
-    a hundred names is most of the figure's cost).
+    ``ANNOTATE_CLASSES`` classes; tick labels shrink with the class count (see
+    ``LABEL_POINTS_MIN``) and long names are shortened with an ellipsis. Names are
+    drawn as plain text (a ``$`` is no math). ``names=False`` labels every tenth class
+    by its index instead (for small images where names could not be read; drawing a
+    hundred names is most of the figure's cost).
     """
     count = len(class_names)
     order = np.arange(count) if order is None else np.asarray(order)
@@ -152,49 +234,23 @@ def confusion_figure(
         ticks = list(range(0, count, INDEX_TICK_STEP))
         labels = [str(int(order[position])) for position in ticks]
     points = _label_points(count) if names else LABEL_POINTS_MAX
-    # Margins computed here, not by a layout engine: constrained layout and a tight
-    # bounding box measured every tick label several times (1.5 s for 96 classes).
-    label_inches = max(len(label) for label in labels) * points * 0.62 / 72 + 0.45
-    side = max(3.0, count * _label_points(count) * 1.5 / 72)
-    title_inches = 0.45 if title else 0.15
-    colourbar_inches = 1.2
-    width = label_inches + side + colourbar_inches
-    height = title_inches + side + label_inches
-    figure = Figure(figsize=(width, height))
-    axis = figure.add_axes((label_inches / width, label_inches / height, side / width, side / height))
-    bar_axis = figure.add_axes(
-        (
-            (label_inches + side + 0.15) / width,
-            (label_inches + side * 0.2) / height,
-            0.15 / width,
-            side * 0.6 / height,
-        )
+    figure, axis, bar_axis = _matrix_axes(labels, points, count, bool(title))
+    vmax = 1.0 if normalise else max(float(matrix.max()), 1.0)
+    image = axis.imshow(
+        matrix,
+        cmap="Blues",
+        norm=PowerNorm(COUNT_GAMMA, vmin=0, vmax=vmax),
+        interpolation="nearest",
+        aspect="auto",
     )
-    norm = PowerNorm(0.5, vmin=0, vmax=1 if normalise else max(matrix.max(), 1))
-    image = axis.imshow(matrix, cmap="Blues", norm=norm, interpolation="nearest", aspect="auto")
-    axis.set_xticks(ticks, labels, rotation=90, fontsize=points)
-    axis.set_yticks(ticks, labels, fontsize=points)
+    axis.set_xticks(ticks, labels, rotation=90, fontsize=points, parse_math=False)
+    axis.set_yticks(ticks, labels, fontsize=points, parse_math=False)
     axis.set_xlabel("predicted class" + ("" if names else " (index)"))
     axis.set_ylabel("true class" + ("" if names else " (index)"))
     if title:
-        axis.set_title(title, fontsize=10)
+        axis.set_title(title, fontsize=LABEL_POINTS_MAX + 1, parse_math=False)
     if count <= ANNOTATE_CLASSES:
-        threshold = norm.vmax * 0.45
-        for row in range(count):
-            for column in range(count):
-                value = matrix[row, column]
-                if value == 0 and row != column:
-                    continue
-                text = f"{value:.2f}" if normalise else f"{int(value)}"
-                axis.text(
-                    column,
-                    row,
-                    text,
-                    ha="center",
-                    va="center",
-                    fontsize=max(points - 1.5, 4),
-                    color="white" if value > threshold else "black",
-                )
+        _cell_numbers(axis, matrix, normalise, vmax, points)
     figure.colorbar(image, cax=bar_axis, label="share of the true class" if normalise else "images")
     return figure
 
@@ -216,9 +272,89 @@ def _thumbnail(image: np.ndarray, size: int) -> np.ndarray:
     return square
 
 
+@dataclass(frozen=True)
+class GridRow:
+    """One class of a :func:`confident_grid`.
+
+    Attributes:
+        name: the true class.
+        right: ``(image index, probability)`` of its most confident correct images.
+        wrong: ``(image index, predicted class, probability)`` of its most confident
+            mistakes.
+    """
+
+    name: str
+    right: Sequence[tuple[int, float]]
+    wrong: Sequence[tuple[int, str, float]]
+
+
+@dataclass(frozen=True)
+class _GridGeometry:
+    """Pixel positions of a grid mosaic."""
+
+    columns: int
+    pitch_x: int = GRID_CELL + 2 * GRID_BORDER + GRID_SPACING_X
+    pitch_y: int = GRID_CAPTION + GRID_CELL + 2 * GRID_BORDER + GRID_SPACING_Y
+
+    def side_start(self, side: int) -> int:
+        return side * (self.columns * self.pitch_x + GRID_GAP)
+
+    @property
+    def width(self) -> int:
+        return 2 * self.columns * self.pitch_x + GRID_GAP
+
+    def height(self, rows: int) -> int:
+        return GRID_HEADER + self.pitch_y * rows
+
+    def cell_top(self, row: int) -> int:
+        return GRID_HEADER + row * self.pitch_y + GRID_CAPTION
+
+
+def _caption_chars(dpi: int) -> int:
+    """Characters of a caption that fit in the width of a cell."""
+    return int(GRID_CELL / (GRID_CAPTION_POINTS * CHAR_WIDTH * dpi / POINTS_PER_INCH))
+
+
+def _grid_cells(images, rows, geometry: _GridGeometry, dpi: int):
+    """The mosaic and its texts ``(x, y, text, style)`` in mosaic pixels."""
+    mosaic = np.full((geometry.height(len(rows)), geometry.width, 3), 255, np.uint8)
+    texts: list[tuple[float, float, str, dict]] = []
+    border, cell = GRID_BORDER, GRID_CELL
+    name_chars = _caption_chars(dpi)
+    for row, grid_row in enumerate(rows):
+        top = geometry.cell_top(row)
+        middle = top + border + cell / 2
+        name = short_name(grid_row.name, GRID_LABEL_CHARS)
+        texts.append(
+            (-GRID_LABEL_PAD, middle, name, {"ha": "right", "va": "center", "fontsize": GRID_LABEL_POINTS})
+        )
+        right = [(index, f"{probability:.3f}") for index, probability in grid_row.right]
+        wrong = [
+            (index, f"{short_name(predicted, name_chars)}\n{probability:.3f}")
+            for index, predicted, probability in grid_row.wrong
+        ]
+        for side, items in enumerate((right, wrong)):
+            start = geometry.side_start(side)
+            if not items:
+                style = {"ha": "center", "va": "center", "fontsize": GRID_CAPTION_POINTS, "color": "grey"}
+                texts.append((start + geometry.pitch_x / 2, middle, GRID_EMPTY[side], style))
+            for column, (index, caption) in enumerate(items[: geometry.columns]):
+                left = start + column * geometry.pitch_x
+                mosaic[top : top + cell + 2 * border, left : left + cell + 2 * border] = GRID_COLOURS[side]
+                inner = (slice(top + border, top + border + cell), slice(left + border, left + border + cell))
+                mosaic[inner] = _thumbnail(images[index], cell)
+                style = {"ha": "center", "va": "bottom", "fontsize": GRID_CAPTION_POINTS}
+                texts.append((left + border + cell / 2, top - 1, caption, style))
+    for side, heading in enumerate(GRID_HEADINGS):
+        centre = geometry.side_start(side) + geometry.columns * geometry.pitch_x / 2
+        style = {"ha": "center", "va": "bottom", "fontsize": GRID_HEADING_POINTS, "weight": "bold"}
+        texts.append((centre, GRID_HEADER - GRID_SPACING_Y, heading, style))
+    return mosaic, texts
+
+
 def confident_grid(
     images: np.ndarray,
-    rows: Sequence[tuple[str, Sequence[tuple[int, str]], Sequence[tuple[int, str]]]],
+    rows: Sequence[GridRow],
     *,
     columns: int,
     title: str = "",
@@ -227,73 +363,23 @@ def confident_grid(
     """Per class: its most confident correct images, then its most confident mistakes.
 
     The images are laid out as one mosaic (one axes: a figure of hundreds of small
-    axes took seconds to draw), framed green (right) or red (wrong), captioned above.
-    Render it with ``png_bytes(figure, dpi=dpi)`` for one mosaic pixel per PNG pixel.
+    axes took seconds to draw), framed green (right, captioned with the probability)
+    or red (wrong, captioned with the predicted class and its probability). Render it
+    with ``png_bytes(figure, dpi=dpi, tight=False)`` for one mosaic pixel per PNG pixel.
 
     Args:
         images: the split's uint8 images (N, H, W, C).
-        rows: ``(class name, [(image index, caption)] right, [(image index,
-            caption)] wrong)`` per class, each list at most ``columns`` long.
+        rows: one :class:`GridRow` per class, each list at most ``columns`` long.
         columns: images per side (the top-k).
         title: figure title.
         dpi: the resolution the figure is meant to be saved with.
     """
-    cell, border, caption, gap, label = GRID_CELL, GRID_BORDER, GRID_CAPTION, GRID_GAP, GRID_LABEL
-    pitch_x = cell + 2 * border + 4
-    pitch_y = caption + cell + 2 * border + 6
-    header = 22
-    width = 2 * columns * pitch_x + gap
-    height = header + pitch_y * len(rows)
-    mosaic = np.full((height, width, 3), 255, np.uint8)
-    texts: list[tuple[float, float, str, dict]] = []
-    for row, (name, right, wrong) in enumerate(rows):
-        top = header + row * pitch_y + caption
-        texts.append(
-            (
-                -8,
-                top + border + cell / 2,
-                short_name(name, 24),
-                {"ha": "right", "va": "center", "fontsize": 8},
-            )
-        )
-        for side, items in enumerate((right, wrong)):
-            start = side * (columns * pitch_x + gap)
-            colour = GRID_COLOURS[side]
-            if not items:
-                empty = "no correct image" if side == 0 else "no mistake"
-                texts.append(
-                    (
-                        start + pitch_x / 2,
-                        top + border + cell / 2,
-                        empty,
-                        {"ha": "center", "va": "center", "fontsize": 7, "color": "grey"},
-                    )
-                )
-            for column, (index, text) in enumerate(items[:columns]):
-                left = start + column * pitch_x
-                mosaic[top : top + cell + 2 * border, left : left + cell + 2 * border] = colour
-                mosaic[top + border : top + border + cell, left + border : left + border + cell] = _thumbnail(
-                    images[index], cell
-                )
-                texts.append(
-                    (
-                        left + border + cell / 2,
-                        top - 2,
-                        text,
-                        {"ha": "center", "va": "bottom", "fontsize": 6.5},
-                    )
-                )
-    for side, heading in enumerate(("most confident correct", "most confident mistakes (→ predicted)")):
-        start = side * (columns * pitch_x + gap)
-        texts.append(
-            (
-                start + columns * pitch_x / 2,
-                header - 6,
-                heading,
-                {"ha": "center", "va": "bottom", "fontsize": 8.5, "weight": "bold"},
-            )
-        )
-    title_px = 24 if title else 0
+    geometry = _GridGeometry(columns)
+    mosaic, texts = _grid_cells(images, rows, geometry, dpi)
+    longest = max((len(short_name(row.name, GRID_LABEL_CHARS)) for row in rows), default=1)
+    label = int(longest * GRID_LABEL_POINTS * CHAR_WIDTH * dpi / POINTS_PER_INCH) + 2 * GRID_LABEL_PAD
+    height, width = mosaic.shape[:2]
+    title_px = GRID_TITLE if title else 0
     figure = Figure(figsize=((width + label) / dpi, (height + title_px) / dpi), dpi=dpi)
     axis = figure.add_axes(
         (label / (width + label), 0, width / (width + label), height / (height + title_px))
@@ -301,7 +387,8 @@ def confident_grid(
     axis.imshow(mosaic, interpolation="nearest", extent=(0, width, height, 0))
     axis.set_axis_off()
     for x, y, text, style in texts:
-        axis.text(x, y, text, clip_on=False, **style)
+        axis.text(x, y, text, clip_on=False, parse_math=False, **style)
     if title:
-        figure.text(0.5, 1 - 4 / (height + title_px), title, ha="center", va="top", fontsize=10)
+        top = 1 - GRID_SPACING_X / (height + title_px)
+        figure.text(0.5, top, title, ha="center", va="top", fontsize=GRID_TITLE_POINTS, parse_math=False)
     return figure

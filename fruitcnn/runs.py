@@ -11,8 +11,9 @@ A run folder (``saved_models/<run>/`` or ``--out DIR``) holds:
 ``history.csv``      one row per finished epoch (see ``fruitcnn.training``)
 ``metrics.json``     final metrics of ``model.keras`` on every split
 ``environment.json`` ``{"sessions": [...]}``: for the start and every resume,
-                     the time, command line, Python/TensorFlow/Keras/NumPy
-                     versions, platform, CPU count and GPUs
+                     its kind (``start``/``resume``), time, command line,
+                     Python/TensorFlow/Keras/NumPy versions, platform, CPU
+                     count and GPUs
 ``report.html``      the evaluation report (``fruitcnn.report``), self-contained
 ``report.md``        the same report in Markdown, its figures and tables in
 ``report/``          (PNG and CSV files)
@@ -208,11 +209,12 @@ def environment() -> dict[str, Any]:
     }
 
 
-def record_environment(run: Path) -> None:
-    """Append this session's :func:`environment` to the run's environment.json."""
+def record_environment(run: Path, kind: str) -> None:
+    """Append this session's :func:`environment` to the run's environment.json, with
+    ``kind`` ``start`` (a new run) or ``resume``."""
     path = Path(run) / ENVIRONMENT_FILE
     sessions = read_json(path).get("sessions", []) if path.is_file() else []
-    write_json(path, {"sessions": [*sessions, environment()]})
+    write_json(path, {"sessions": [*sessions, {"kind": kind, **environment()}]})
 
 
 def checkpoint_name(kind: str, epoch: int) -> str:

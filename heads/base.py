@@ -134,7 +134,8 @@ class MacroF1(keras.metrics.Metric):
     Args:
         num_classes: classes of the head (2 for a sigmoid head).
         sigmoid: the head is one sigmoid unit (class 1 when its output exceeds 0.5).
-        head: the name of the head it measures (Keras logs it as ``<head>_macro_f1``).
+        head: the name of the head it measures (Keras logs it as ``macro_f1`` for
+            one head, ``<head>_macro_f1`` for several).
     """
 
     def __init__(

@@ -51,9 +51,10 @@ def test_report_command_takes_the_latest_run_and_explains_errors(run_dir, tmp_pa
     with pytest.raises(SystemExit):
         cli.main([str(run_dir), "--top-k", "0"])
     assert "top_k must be at least 1, got 0" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stop:
         cli.main([str(run_dir), "--dataset", str(tmp_path / "elsewhere.tgz")])
-    assert "Traceback" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "elsewhere.tgz" in err and "Traceback" not in err
 
 
 def test_help_shows_defaults_and_examples(capsys):

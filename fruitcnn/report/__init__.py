@@ -138,7 +138,8 @@ class ReportResult:
 
 
 def _check_data(record: RunRecord, dataset, specs) -> None:
-    """The data must be the run's own: same classes per head and split sizes."""
+    """The data must be the run's own: same classes per head and split sizes (from
+    data.json, or metrics.json for runs older than data.json's ``images``)."""
     for spec in specs:
         saved = record.classes.get(spec.name)
         if saved is not None and list(saved) != list(spec.class_names):
@@ -147,7 +148,9 @@ def _check_data(record: RunRecord, dataset, specs) -> None:
                 f"({len(spec.class_names)} now, {len(saved)} in {runs.CLASSES_FILE}); pass the run's own "
                 "data with --dataset PATH."
             )
-    saved_sizes = record.data.get("images")
+    saved_sizes = record.data.get("images") or {
+        name: record.metrics[f"{name}_images"] for name in SPLITS if f"{name}_images" in record.metrics
+    }
     now = {name: len(split) for name, split in dataset.splits.items()}
     if saved_sizes and any(int(saved_sizes.get(name, now[name])) != now[name] for name in now):
         raise ValueError(
@@ -222,10 +225,10 @@ def build_report(
     folder = record.folder / runs.REPORT_DIR
     _replace_folder(folder, files)
     seconds = time.monotonic() - started
-    runs.write_text(
-        record.folder / runs.REPORT_MD, render_markdown(_title(record), sections, runs.REPORT_DIR)
-    )
-    runs.write_text(record.folder / runs.REPORT_HTML, render_html(_title(record), sections))
+    subtitle = _subtitle(record)
+    markdown = render_markdown(_title(record), sections, runs.REPORT_DIR, subtitle)
+    runs.write_text(record.folder / runs.REPORT_MD, markdown)
+    runs.write_text(record.folder / runs.REPORT_HTML, render_html(_title(record), sections, subtitle))
     return ReportResult(
         record.folder / runs.REPORT_HTML, record.folder / runs.REPORT_MD, folder, results, seconds
     )
@@ -233,6 +236,17 @@ def build_report(
 
 def _title(record: RunRecord) -> str:
     return f"fruitcnn report: {record.folder.name}"
+
+
+def _subtitle(record: RunRecord) -> str:
+    import datetime
+
+    config = record.config
+    made = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    return (
+        f"data {config.data.dataset} | head {config.head} | architecture {config.arch.name} | "
+        f"{record.folder} | written {made}"
+    )
 
 
 def _replace_folder(folder: Path, files: dict[str, bytes]) -> None:

@@ -69,7 +69,6 @@ class Figure:
     file: str
     png: bytes
     caption: str
-    alt: str = ""
     natural: bool = False  # shown at its pixel size in a scrolling box, not shrunk to the page
 
 
@@ -212,7 +211,7 @@ def _html_block(block: Any) -> str:
         return _html_table(block)
     if isinstance(block, Figure):
         data = base64.b64encode(block.png).decode("ascii")
-        alt = html.escape(block.alt or block.caption)
+        alt = html.escape(block.caption)
         image = f'<img src="data:image/png;base64,{data}" alt="{alt}">'
         if block.natural:
             image = f'<div class="scroll natural">{image}</div>'
@@ -287,7 +286,7 @@ def _markdown_block(block: Any, folder: str, level: int) -> list[str]:
         return _markdown_table(block, folder)
     if isinstance(block, Figure):
         return [
-            f"![{markdown_text(block.alt or block.caption)}]({folder}/{block.file})",
+            f"![{markdown_text(block.caption)}]({folder}/{block.file})",
             "",
             f"_{markdown_text(block.caption)}_",
             "",

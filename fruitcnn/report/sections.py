@@ -6,7 +6,8 @@ bytes), which become the report folder. File names: ``curves.png``,
 ``curves-time.png``, ``confusion-<split>[-<head>].png`` (counts),
 ``confusion-<split>-normalised[-<head>].png``, ``pairs-<split>[-<head>].csv``,
 ``scores-<split>[-<head>].csv``, ``failures-<split>.csv`` (several heads),
-``grid-<split>[-<head>]-NN.png`` and ``summary.json``; ``[-<head>]`` only for
+``grid-<split>[-<head>]-NN.png`` with ``grid-<split>[-<head>].csv`` (which images
+they show) and ``summary.json``; ``[-<head>]`` only for
 multi-head models.
 """
 
@@ -33,16 +34,15 @@ SCORE_FORMATS = {"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}"}
 FIGURE_DPI = 100
 # Confusion matrices of more classes are shown at their own pixel size in a scrolling box.
 NATURAL_SIZE_CLASSES = 40
-# Longest predicted-class name in an image caption (the cell is 96 pixels wide).
-GRID_NAME_CHARS = 21
 
 
 def _suffix(head: str, multi: bool) -> str:
     return f"-{head}" if multi else ""
 
 
-def _head_title(head: str, multi: bool) -> str:
-    return f"head '{head}'" if multi else "classes"
+def _head_title(head: str) -> str:
+    """Sub-heading of a head's part of a section (multi-head models)."""
+    return f"head '{head}'"
 
 
 def _csv(frame: pd.DataFrame) -> bytes:
@@ -71,7 +71,10 @@ def summary_section(record, results) -> Section:
     facts = [
         ("test accuracy" + (" (all heads)" if multi else ""), PERCENT.format(test.accuracy)),
         ("validation accuracy", PERCENT.format(val.accuracy)),
-        ("test macro F1", f"{np.mean([h.averages.loc['macro', 'f1'] for h in test.heads.values()]):.3f}"),
+        (
+            "test macro F1" + (" (mean of heads)" if multi else ""),
+            f"{np.mean([head.averages.loc['macro', 'f1'] for head in test.heads.values()]):.3f}",
+        ),
         ("best epoch", f"{metrics.get('best_epoch', '?')} of {metrics.get('epochs', len(record.history))}"),
         ("training time", _duration(metrics["train_seconds"]) if "train_seconds" in metrics else "?"),
         ("parameters", f"{metrics['parameters']:,}" if "parameters" in metrics else "?"),
@@ -177,7 +180,9 @@ def _history_table(history: Sequence[dict[str, Any]]) -> Table:
         for column in frame.columns
         if column in ("epoch", "timestamp", "elapsed_s", "train_s", "lr") or column.count("_") == 1
     ]
-    frame = frame[keep].replace("", np.nan)
+    frame = frame[keep].apply(
+        lambda column: column if column.name == "timestamp" else pd.to_numeric(column, errors="coerce")
+    )
     formats = {column: _maybe("{:.4f}") for column in keep if column.endswith(("_loss", "_accuracy"))}
     formats["lr"] = _maybe("{:.3g}")
     return Table(frame, "", formats, file=None)
@@ -253,7 +258,7 @@ def matrices_section(results, options, files: dict[str, bytes]) -> Section:
     ]
     for head in results["test"].heads:
         if multi:
-            blocks.append(_head_title(head, multi))
+            blocks.append(_head_title(head))
         order = evaluation.confusion_order(results["val"].heads[head].confusion, options.order)
         for split in ("test", *FOLDED_SPLITS):
             split_blocks = _matrix_blocks(
@@ -306,15 +311,11 @@ def _matrix_blocks(result, split, head, multi, order, options, files) -> list[An
 
 
 def scores_frame(result: evaluation.HeadResult) -> pd.DataFrame:
-    """The per-class table followed by the three averages (CSV and pages)."""
+    """The per-class table followed by the three averages (CSV and pages); the
+    averages rows leave ``predicted`` and ``correct`` empty."""
     averages = result.averages.reset_index(names="class")
     averages["class"] = [f"{name} average" for name in averages["class"]]
-    for column in ("predicted", "correct"):
-        averages[column] = ""
-    table = pd.concat(
-        [result.scores.astype({"support": object, "predicted": object, "correct": object}), averages],
-        ignore_index=True,
-    )
+    table = pd.concat([result.scores, averages], ignore_index=True)
     return table[list(evaluation.SCORE_COLUMNS)]
 
 
@@ -332,22 +333,21 @@ def scores_section(results, files: dict[str, bytes]) -> Section:
     ]
     for head in results["test"].heads:
         if multi:
-            blocks.append(_head_title(head, multi))
+            blocks.append(_head_title(head))
         for split in ("test", *FOLDED_SPLITS):
             result = results[split].heads[head]
             frame = scores_frame(result)
             name = f"scores-{split}{_suffix(head, multi)}.csv"
             files[name] = _csv(frame)
-            frame = frame.assign(
-                never_predicted=[
-                    isinstance(value, (int, np.integer)) and value == 0 for value in frame["predicted"]
-                ]
-            )
+            frame = frame.assign(never_predicted=frame["predicted"].eq(0))
             table = Table(
                 frame,
                 f"{SPLIT_TITLES[split]}: {result.labels.shape[0]:,} images"
                 + (f", head {head}" if multi else ""),
-                SCORE_FORMATS,
+                {
+                    **SCORE_FORMATS,
+                    **{column: _maybe("{:.0f}") for column in ("support", "predicted", "correct")},
+                },
                 bars=("precision", "recall", "f1"),
                 file=name,
                 highlight="never_predicted",
@@ -356,12 +356,32 @@ def scores_section(results, files: dict[str, bytes]) -> Section:
     return Section("Precision, recall and F1 per class", "scores", blocks)
 
 
-def _caption(result, index: int, correct: bool) -> str:
-    probability = result.confidence[index]
-    if correct:
-        return f"{probability:.3f}"
-    predicted = result.class_names[result.predictions[index]]
-    return f"\u2192 {plots.short_name(predicted, GRID_NAME_CHARS)}\n{probability:.3f}"
+def _grid_row(result, index: int, right: np.ndarray, wrong: np.ndarray) -> plots.GridRow:
+    confidence, predictions = result.confidence, result.predictions
+    return plots.GridRow(
+        result.class_names[index],
+        [(int(image), float(confidence[image])) for image in right],
+        [(int(image), result.class_names[predictions[image]], float(confidence[image])) for image in wrong],
+    )
+
+
+def _grid_table(result, right: dict, wrong: dict) -> pd.DataFrame:
+    """The images of the grids: which image of the split, its classes and probability."""
+    rows = []
+    for kind, chosen in (("correct", right), ("mistake", wrong)):
+        for index, images in chosen.items():
+            for rank, image in enumerate(images, 1):
+                rows.append(
+                    {
+                        "true": result.class_names[index],
+                        "kind": kind,
+                        "rank": rank,
+                        "image": int(image),
+                        "predicted": result.class_names[result.predictions[image]],
+                        "probability": float(result.confidence[image]),
+                    }
+                )
+    return pd.DataFrame(rows, columns=["true", "kind", "rank", "image", "predicted", "probability"])
 
 
 def grids_section(dataset, results, options, files: dict[str, bytes]) -> Section:
@@ -379,26 +399,17 @@ def grids_section(dataset, results, options, files: dict[str, bytes]) -> Section
     ]
     for head, result in results[split].heads.items():
         if multi:
-            blocks.append(_head_title(head, multi))
+            blocks.append(_head_title(head))
         right = evaluation.most_confident(result, options.top_k, correct=True)
         wrong = evaluation.most_confident(result, options.top_k, correct=False)
-        classes = list(range(len(result.class_names)))
-        chunks = [
-            classes[start : start + options.grid_classes]
-            for start in range(0, len(classes), options.grid_classes)
-        ]
-        for number, chunk in enumerate(chunks, 1):
-            rows = [
-                (
-                    result.class_names[index],
-                    [(int(i), _caption(result, i, True)) for i in right[index]],
-                    [(int(i), _caption(result, i, False)) for i in wrong[index]],
-                )
-                for index in chunk
-            ]
-            span = f"classes {chunk[0] + 1}-{chunk[-1] + 1} of {len(classes)}"
-            title = f"{SPLIT_TITLES[split]}{', head ' + head if multi else ''}: {span}"
-            figure = plots.confident_grid(images, rows, columns=options.top_k, title=title)
+        files[f"grid-{split}{_suffix(head, multi)}.csv"] = _csv(_grid_table(result, right, wrong))
+        count = len(result.class_names)
+        for number, start in enumerate(range(0, count, options.grid_classes), 1):
+            chunk = range(start, min(start + options.grid_classes, count))
+            rows = [_grid_row(result, index, right[index], wrong[index]) for index in chunk]
+            where = f"{SPLIT_TITLES[split]}{', head ' + head if multi else ''}"
+            title = f"{where}: classes {chunk[0] + 1}-{chunk[-1] + 1} of {count}"
+            figure = plots.confident_grid(images, rows, columns=options.top_k, title=title, dpi=FIGURE_DPI)
             name = f"grid-{split}{_suffix(head, multi)}-{number:02d}.png"
             png = plots.png_bytes(figure, dpi=FIGURE_DPI, tight=False)
             files[name] = png
@@ -486,31 +497,38 @@ def architecture_section(model) -> Section:
     return Section("Architecture", "architecture", [Text(text), Table(frame, "", formats)])
 
 
+def _training_start(record) -> str:
+    """When training started: the environment's ``start`` session, else (a run begun
+    before environment.json existed) the first epoch's end minus its elapsed time."""
+    starts = [session["time"] for session in record.environment if session.get("kind", "start") == "start"]
+    if starts:
+        return starts[0]
+    if record.history and record.history[0].get("timestamp"):
+        first = record.history[0]
+        moment = datetime.datetime.fromisoformat(str(first["timestamp"]))
+        moment -= datetime.timedelta(seconds=float(first.get("elapsed_s") or 0))
+        return moment.isoformat(timespec="seconds") + " (from history.csv)"
+    return "unknown"
+
+
 def environment_section(record) -> Section:
     """Training sessions (start and resumes) with their versions, and this report's."""
-    rows = list(record.environment)
     from fruitcnn.runs import environment
 
-    now = environment()
-    now["time"] = now["time"] + " (this report)"
-    frame = pd.DataFrame([*rows, now])
-    frame = frame[[column for column in frame.columns]].astype(str)
-    started = rows[0]["time"] if rows else None
+    now = {**environment(), "kind": "report"}
+    frame = pd.DataFrame([*record.environment, now]).astype(str)
     finished = record.history[-1]["timestamp"] if record.history else None
     facts = [
-        ("training started", started or "unknown (no environment.json)"),
+        ("training started", _training_start(record)),
         ("last epoch finished", str(finished or "?")),
         (
             "training time",
             _duration(record.metrics["train_seconds"]) if "train_seconds" in record.metrics else "?",
         ),
-        ("sessions", str(len(rows))),
+        ("sessions", str(len(record.environment))),
     ]
-    return Section(
-        "Environment and timestamps",
-        "environment",
-        [Facts(facts), Table(frame, "Sessions that trained this run (environment.json) and this report's")],
-    )
+    table = Table(frame, "Sessions that trained this run (environment.json: start, resumes) and this report")
+    return Section("Environment and timestamps", "environment", [Facts(facts), table])
 
 
 def summary_json(record, results) -> bytes:

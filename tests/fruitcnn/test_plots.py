@@ -60,13 +60,26 @@ def test_confusion_figure_shows_the_matrix_in_the_given_order():
     assert {"5", "3", "2"} <= texts  # few classes: the counts are written in the cells
 
 
+def test_label_size_falls_from_few_to_120_classes():
+    assert plots._label_points(5) == plots._label_points(12) == plots.LABEL_POINTS_MAX
+    assert plots._label_points(66) == pytest.approx((plots.LABEL_POINTS_MAX + plots.LABEL_POINTS_MIN) / 2)
+    assert plots._label_points(120) == plots._label_points(500) == plots.LABEL_POINTS_MIN
+
+
+def test_class_names_with_dollars_are_drawn_as_text():
+    names = ["x $\\frac$", "price $5 and $6", "c"]
+    figure = plots.confusion_figure(np.eye(3, dtype=int), names, title="a $title$")
+    assert [label.get_text() for label in figure.axes[0].get_xticklabels()] == names
+    assert plots.png_bytes(figure)[:4] == b"\x89PNG"  # matplotlib's math parser would raise
+
+
 def test_confusion_figure_of_114_classes_keeps_labels_legible():
     count = 114
     names = [f"Fruit variety number {index} with a long name" for index in range(count)]
     figure = plots.confusion_figure(np.eye(count, dtype=int) * 10, names)
     labels = figure.axes[0].get_xticklabels()
     assert len(labels) == count and not figure.axes[0].texts  # no cell numbers at this size
-    assert min(label.get_fontsize() for label in labels) >= plots.LABEL_POINTS_MIN
+    assert labels[0].get_fontsize() == pytest.approx(5.22, abs=0.01)  # near the 5 pt of 120 classes
     assert max(len(label.get_text()) for label in labels) <= plots.LABEL_CHARS
     # every class gets a cell of at least 1.5 label heights
     width_inches = figure.get_size_inches()[0] * figure.axes[0].get_position().width
@@ -78,15 +91,18 @@ def test_confusion_figure_of_114_classes_keeps_labels_legible():
 def test_confident_grid_places_each_chosen_image_in_its_cell():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (10, 12, 12, 3), dtype=np.uint8)
-    rows = [("cat", [(3, "0.99"), (5, "0.90")], [(7, "\u2192 dog\n0.80")]), ("dog", [], [])]
+    rows = [
+        plots.GridRow("cat $x$", [(3, 0.99), (5, 0.9)], [(7, "dog with a very long breed name", 0.8)]),
+        plots.GridRow("dog", [], []),
+    ]
     figure = plots.confident_grid(images, rows, columns=2, title="t")
     mosaic = figure.axes[0].images[0].get_array()
     cell, border = plots.GRID_CELL, plots.GRID_BORDER
-    top = 22 + plots.GRID_CAPTION  # header band, then the caption band of row 0
+    top = plots.GRID_HEADER + plots.GRID_CAPTION  # the caption band of row 0
     first = mosaic[top + border : top + border + cell, border : border + cell]
     np.testing.assert_array_equal(first, plots._thumbnail(images[3], cell))
     assert tuple(mosaic[top, 0]) == plots.GRID_COLOURS[0]  # green frame: right
-    pitch = cell + 2 * border + 4
+    pitch = cell + 2 * border + plots.GRID_SPACING_X
     wrong_left = 2 * pitch + plots.GRID_GAP
     np.testing.assert_array_equal(
         mosaic[top + border : top + border + cell, wrong_left + border : wrong_left + border + cell],
@@ -94,7 +110,14 @@ def test_confident_grid_places_each_chosen_image_in_its_cell():
     )
     assert tuple(mosaic[top, wrong_left]) == plots.GRID_COLOURS[1]  # red frame: wrong
     texts = [text.get_text() for text in figure.axes[0].texts]
-    assert "\u2192 dog\n0.80" in texts and "no correct image" in texts and "no mistake" in texts
+    assert "0.990" in texts and "no correct image" in texts and "no mistake" in texts
+    wrong_caption = next(text for text in texts if text.startswith("dog with"))
+    # the predicted class is shortened to fit the cell, the probability on its own line
+    name, probability = wrong_caption.split("\n")
+    assert name.endswith("\u2026") and probability == "0.800"
+    assert len(name) == plots._caption_chars(100) == 20
+    assert "cat $x$" in texts  # drawn as text, not as math: the PNG renders
+    assert plots.png_bytes(figure, tight=False)[:4] == b"\x89PNG"
 
 
 def test_thumbnails_enlarge_small_images_sharply_and_keep_the_aspect():

@@ -127,6 +127,7 @@ def _strange_dataset(count=114):
     names = [f"Fruit {index:03d} Golden Delicious" for index in range(count)]
     names[0] = '<img src=x onerror="alert(1)"> & Co'
     names[1] = "Tom | Jerry *bold* [link](x)"
+    names[2] = "x $\\frac$ costs $5"  # matplotlib would read $...$ as math
     colours = rng.integers(0, 256, (count, 3))
 
     def split(per_class, seed):
@@ -219,3 +220,78 @@ def test_tensorboard_gets_a_validation_confusion_matrix_per_epoch(single_report)
     width, height, png = images[1][0], images[1][1], images[1][2]
     picture = tf.io.decode_png(png).numpy()
     assert picture.shape[:2] == (int(height), int(width)) and picture.shape[0] > 300
+
+
+def _small_dataset(count=6, seed=9):
+    """Six classes of 8x8 colour patches: quick to train and to report on."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(0, 256, (count, 3))
+
+    def split(per_class, offset):
+        labels = np.repeat(np.arange(count), per_class).astype(np.int32)
+        noise = np.random.default_rng(seed + offset).integers(-40, 40, (labels.size, 8, 8, 3))
+        return Split(np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8), labels)
+
+    return Dataset(
+        "small", split(20, 1), split(6, 2), split(6, 3), tuple(f"colour {i}" for i in range(count))
+    )
+
+
+@pytest.mark.parametrize(
+    "arch_changes, train_changes",
+    [({}, {"tta": "flip"}), ({"bn_batch_stats_at_inference": True}, {}), ({}, {"test_each_epoch": False})],
+    ids=["tta-flip", "bn-batch-statistics", "test-only-at-the-end"],
+)
+def test_report_evaluates_as_training_did(tmp_path, arch_changes, train_changes):
+    dataset = _small_dataset()
+    arch = ArchConfig(layers=parse_layers("conv(8,3) bn relu gap"), **arch_changes)
+    train_config = TrainConfig(**{**FAST.__dict__, "batch_size": 16, **train_changes})
+    config = RunConfig(data=DataConfig(dataset="small"), arch=arch, train=train_config)
+    run = train(config, dataset=dataset, run_dir=tmp_path / "run", verbose=0)
+    report = build_report(run.run_dir, dataset=dataset, **QUIET)
+    for split in ("val", "test"):
+        assert report.splits[split].accuracy == pytest.approx(run.metrics[f"{split}_accuracy"], abs=1e-6)
+    page = report.html.read_text()
+    assert "differs from the one training recorded" not in page
+    if not config.train.test_each_epoch:  # no test curve: the history's test columns are empty
+        assert all(row["test_accuracy"] == "" for row in runs.read_csv(run.run_dir / "history.csv"))
+        assert "<h2>Learning curves</h2>" in page
+
+
+def test_report_of_a_resumed_run_and_of_a_run_without_environment(tmp_path):
+    import keras
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    dataset = _small_dataset()
+    arch = ArchConfig(layers=parse_layers("conv(8,3) relu gap"))
+    train_config = TrainConfig(**{**FAST.__dict__, "batch_size": 16})
+    config = RunConfig(data=DataConfig(dataset="small"), arch=arch, train=train_config)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, dataset=dataset, run_dir=tmp_path / "run", verbose=0, callbacks=[StopAfterFirstEpoch()])
+    train(config, dataset=dataset, run_dir=tmp_path / "run", resume=True, verbose=0)
+    sessions = json.loads((tmp_path / "run" / runs.ENVIRONMENT_FILE).read_text())["sessions"]
+    assert [session["kind"] for session in sessions] == ["start", "resume"]
+    report = build_report(tmp_path / "run", dataset=dataset, **QUIET)
+    page = report.html.read_text()
+    assert sessions[0]["time"] in page and ">resume<" in page and ">report<" in page
+    # a run from before environment.json: the start is taken from history.csv
+    (tmp_path / "run" / runs.ENVIRONMENT_FILE).unlink()
+    page = build_report(tmp_path / "run", dataset=dataset, **QUIET).html.read_text()
+    assert "(from history.csv)" in page
+
+
+def test_grid_table_names_the_images_of_the_grids(single_report, small_line):
+    run, report = single_report
+    table = pd.read_csv(report.folder / "grid-val.csv")
+    result = report.splits["val"].heads["class"]
+    labels, names = small_line.val.labels, small_line.class_names
+    assert set(table["kind"]) <= {"correct", "mistake"} and len(table) > 0
+    for row in table.itertuples():
+        assert names[labels[row.image]] == row.true  # the image really is of that class
+        assert result.class_names[result.predictions[row.image]] == row.predicted
+        assert (row.true == row.predicted) == (row.kind == "correct")
+        assert row.probability == pytest.approx(result.confidence[row.image], abs=1e-6)
+    assert table.groupby(["true", "kind"])["rank"].max().max() <= 5

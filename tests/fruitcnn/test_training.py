@@ -376,3 +376,28 @@ def test_training_stream_ends_with_the_last_epoch(small_line):
     batches = [images.numpy() for images, _ in finite]
     assert len(batches) == 2 * steps
     assert all(np.array_equal(a, b) for a, b in zip(_first_batches(endless, 3 * steps)[steps:], batches))
+
+
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_validation_confusion_matrix_is_that_of_the_evaluated_predictions(small_line, tta):
+    from fruitcnn import evaluation
+    from fruitcnn.model import build_model
+    from fruitcnn.training import _Validation, batches, evaluation_model, head_specs, training_model
+    from heads import compile_arguments
+
+    config = _config()
+    specs = head_specs(config, small_line)
+    model = build_model(config.arch, input_shape=small_line.image_shape, heads=specs, seed=1)
+    trainer = training_model(model, specs)
+    trainer.compile("adam", **compile_arguments(specs))
+    evaluator = evaluation_model(trainer, specs, tta)
+    validation = _Validation(evaluator, batches(small_line.val, specs, 64)[0])
+    logs = {}
+    validation.on_epoch_end(0, logs)
+    outputs = evaluation.predict(model, small_line.val.images, specs, batch_size=64, tta=tta)
+    expected = evaluation.evaluate_split("val", specs, outputs, {"class": small_line.val.labels})
+    np.testing.assert_array_equal(validation.confusions["class"], expected.heads["class"].confusion)
+    assert logs["val_macro_f1"] == pytest.approx(
+        expected.heads["class"].averages.loc["macro", "f1"], abs=1e-6
+    )
+    assert logs["val_accuracy"] == pytest.approx(expected.accuracy, abs=1e-6)
