@@ -1,44 +1,275 @@
-"""Explain a trained model's predictions: not implemented yet.
+"""Explain a trained model's predictions: python explain.py [--model RUN] --image x.png.
 
-The explanation methods (occlusion sensitivity, gradient saliency, Grad-CAM,
-intermediate activations, filter visualisation) arrive with the explanations issue.
-Until then this command accepts the planned flags and says so, so scripts and muscle
-memory fail clearly instead of strangely.
+For every image (files given with --image, or --samples N drawn from the run's own
+data split) it prints the top predictions of every head, then writes per method a PNG
+(the image, the heatmap with its colour bar, the overlay; titled with the prediction
+and, when known, the true class) and the raw float32 arrays as .npy, named
+``<image stem>_<method>[_<variant>][_<head>]`` (``_<head>`` for four-head models),
+e.g. ``x_occlusion_prob.npy``, ``x_occlusion_loss.npy``, ``x_saliency.npy``,
+``x_gradcam.npy``, ``x_activations_conv2.png``, ``x_filters_conv2.png``. Without
+--model the most recently finished run under saved_models/ is used (and named).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from pathlib import Path
 
-NOT_YET = (
-    "explain.py: explanations are not implemented yet in this version of fruitcnn; "
-    "they arrive with the explanations issue (occlusion, saliency, Grad-CAM, activations, "
-    "filters). Training and evaluation work now: python train.py --help."
-)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
+
+METHODS = ("occlusion", "saliency", "gradcam", "activations", "filters")
+DEFAULT_METHODS = "occlusion,saliency,gradcam"
+FILLS = ("mean", "gray", "zero", "blur")
+SPLITS = ("train", "val", "test")
+# Top predictions printed per head.
+TOP = 3
+
+EXAMPLES = """examples:
+  python explain.py --layer conv2 --image x.png            # the latest run, default methods
+  python explain.py --model saved_models/<run> --image a.png --image b.jpg --method all
+  python explain.py --samples 10 --split test --method occlusion --patch 10 --stride 2 --fill blur
+  python explain.py --image x.png --target len15_w3_ang045_red       # explain another class
+  python explain.py --model saved_models/<multi run> --image x.png --target angle:45
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Parser of the planned command line (parsed, then refused)."""
+    """The command-line parser."""
     parser = argparse.ArgumentParser(
         prog="explain.py",
-        description="NOT IMPLEMENTED YET: will explain a saved model's predictions for image "
-        "files (occlusion, saliency, Grad-CAM, activations, filters). It currently only "
-        "prints that it is not implemented and exits with status 2.",
-        epilog="planned use: python explain.py --layer conv2 --image x.png",
+        description=__doc__.split("\n\n")[0],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", help="run folder (planned; default: latest run)")
-    parser.add_argument("--image", action="append", help="image file (planned; repeatable)")
-    parser.add_argument("--layer", help="layer name such as conv2 (planned)")
-    parser.add_argument("--method", help="explanation method(s) (planned)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="RUN",
+        help="run folder or .keras file (default: the latest finished run)",
+    )
+    parser.add_argument(
+        "--image", action="append", default=[], metavar="FILE", help="image file (repeatable)"
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="explain N images of the run's own data split instead",
+    )
+    parser.add_argument("--split", choices=SPLITS, default="test", help="split of --samples (default: test)")
+    parser.add_argument(
+        "--method",
+        default=DEFAULT_METHODS,
+        help=f"comma list of {', '.join(METHODS)}, or all (default: {DEFAULT_METHODS})",
+    )
+    parser.add_argument(
+        "--layer",
+        default=None,
+        help="layer of gradcam, activations and filters (default: the last conv layer)",
+    )
+    parser.add_argument(
+        "--target",
+        default="auto",
+        help="auto (the predicted class; the true class for --samples), a class name, the number in "
+        "a class name (45 for ang045) or a class index, or HEAD:CLASS (default: auto)",
+    )
+    parser.add_argument(
+        "--patch", type=int, default=10, metavar="N", help="occlusion square side in pixels (default: 10)"
+    )
+    parser.add_argument(
+        "--stride", type=int, default=1, metavar="S", help="occlusion: every S-th pixel (default: 1)"
+    )
+    parser.add_argument(
+        "--fill",
+        default="mean",
+        help="occlusion fill: mean, gray, zero, blur or a number 0-255 (default: mean)",
+    )
+    parser.add_argument(
+        "--out", default=None, metavar="DIR", help="output folder (default: <run>/explanations)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of --samples (default: 0)")
     return parser
 
 
+def _methods(text: str) -> list[str]:
+    chosen = list(METHODS) if text == "all" else [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [item for item in chosen if item not in METHODS]
+    if unknown or not chosen:
+        raise ValueError(
+            f"unknown method {', '.join(unknown) or text!r}; choose from {', '.join(METHODS)} or all."
+        )
+    return chosen
+
+
+def _fill(text: str):
+    if text in FILLS:
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(
+            f"--fill {text!r}: expected one of {', '.join(FILLS)} or a number of pixel units 0-255."
+        ) from None
+    if not 0 <= value <= 255:
+        raise ValueError(f"--fill {value}: a number must be a pixel value in 0..255.")
+    return value
+
+
+def _run_folder(model_arg: str | None) -> Path:
+    from fruitcnn import runs
+
+    if model_arg:
+        return Path(model_arg)
+    finished = [run for run in runs.find_runs() if (run / runs.MODEL_FILE).is_file()]
+    if not finished:
+        raise ValueError(
+            f"no trained model under {runs.DEFAULT_ROOT}/; train one (python train.py) or pass "
+            "--model saved_models/<run>."
+        )
+    print(f"model: {finished[-1]} (the latest finished run; choose another with --model)")
+    return finished[-1]
+
+
+def _classes(run: Path, model) -> dict[str, list[str]]:
+    from visualize.targets import head_classes, head_names
+
+    path = run / "classes.json" if run.is_dir() else run.parent / "classes.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return {head: [str(index) for index in range(head_classes(model, head))] for head in head_names(model)}
+
+
+def _parse_target(text: str, classes: dict[str, list[str]]) -> tuple[str | None, int | None]:
+    """(head or None, class index or None for auto)."""
+    if text == "auto":
+        return None, None
+    heads = list(classes)
+    head, _, name = text.rpartition(":") if ":" in text else ("", "", text)
+    if head and head not in heads:
+        raise ValueError(
+            f"--target {text!r}: unknown head {head!r}; this model's heads are {', '.join(heads)}."
+        )
+    if not head:
+        if len(heads) > 1:
+            example = f"{heads[-1]}:{classes[heads[-1]][0]}"
+            raise ValueError(
+                f"--target {text!r}: this model has heads {', '.join(heads)}; write HEAD:CLASS, e.g. "
+                f"{example}."
+            )
+        head = heads[0]
+    names = classes[head]
+    if name in names:
+        return head, names.index(name)
+    if name.isdigit():
+        # the number in a class name first (angle:45 -> ang045), else a class index
+        numbered = [index for index, text in enumerate(names) if _number_in(text) == int(name)]
+        if len(numbered) == 1:
+            return head, numbered[0]
+        if int(name) < len(names):
+            return head, int(name)
+    shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+    raise ValueError(f"--target {text!r}: head {head!r} has no class {name!r}; its classes are {shown}.")
+
+
+def _number_in(text: str) -> int | None:
+    digits = "".join(char for char in text if char.isdigit())
+    return int(digits) if digits else None
+
+
+def _inputs(args, run: Path, model):
+    """(images uint8 (N,H,W,C), stems, true class per head or None)."""
+    import numpy as np
+
+    from fruitcnn.data.images import read_image_file
+
+    if args.samples is not None:
+        if args.image:
+            raise ValueError("give either --image files or --samples N, not both.")
+        if args.samples < 1:
+            raise ValueError(f"--samples must be at least 1, got {args.samples}.")
+        return _samples(args, run)
+    if not args.image:
+        raise ValueError("nothing to explain: give --image FILE (repeatable) or --samples N.")
+    height, width, channels = (int(size) for size in model.inputs[0].shape[1:])
+    images = np.stack([read_image_file(path, (height, width), channels) for path in args.image])
+    return images, [Path(path).stem for path in args.image], None
+
+
+def _samples(args, run: Path):
+    import numpy as np
+
+    from fruitcnn import runs
+    from fruitcnn.config import RunConfig
+    from fruitcnn.data import load_dataset
+    from fruitcnn.training import head_specs
+    from heads import head_targets
+
+    config = RunConfig.from_dict(runs.read_json(run / runs.CONFIG_FILE))
+    dataset = load_dataset(config.data)
+    split = dataset.splits[args.split]
+    rng = np.random.default_rng(args.seed)
+    chosen = np.sort(rng.choice(len(split), size=min(args.samples, len(split)), replace=False))
+    specs = head_specs(config, dataset)
+    targets = head_targets(
+        specs, split.labels[chosen], None if split.attributes is None else split.attributes[chosen]
+    )
+    truth = {spec.name: np.asarray(targets[spec.name]).reshape(-1).astype(int) for spec in specs}
+    return split.images[chosen], [f"{args.split}{int(index):05d}" for index in chosen], truth
+
+
+def _print_predictions(model, images, stems, classes) -> None:
+    import numpy as np
+
+    from visualize.targets import logits_model
+
+    for head, names in classes.items():
+        logits = logits_model(model, head).predict(images.astype(np.float32), verbose=0)
+        if logits.shape[-1] == 1:
+            positive = 1 / (1 + np.exp(-logits[:, 0]))
+            probabilities = np.stack([1 - positive, positive], axis=1)
+        else:
+            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+        for stem, row in zip(stems, probabilities):
+            best = np.argsort(-row)[:TOP]
+            listed = ", ".join(f"{names[index]} {row[index]:.3f}" for index in best)
+            print(f"{stem}{' [' + head + ']' if len(classes) > 1 else ''}: {listed}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse the flags and report that explanations are not implemented yet."""
-    build_parser().parse_args(argv)
-    print(NOT_YET, file=sys.stderr)
-    return 2
+    """Parse flags, explain the images, print where the results went."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        methods = _methods(args.method)
+        fill = _fill(args.fill)
+        run = _run_folder(args.model)
+        from fruitcnn import load_model
+
+        model = load_model(run)
+        classes = _classes(run, model)
+        head, target = _parse_target(args.target, classes)
+        if args.layer:
+            from visualize.gradcam import check_layer
+
+            check_layer(model, args.layer)
+        images, stems, truth = _inputs(args, run, model)
+        out = Path(args.out) if args.out else (run if run.is_dir() else run.parent) / "explanations"
+        _print_predictions(model, images, stems, classes)
+        from visualize.explain_run import explain_images
+
+        written = explain_images(
+            model, images, stems, classes, methods=methods, head=head, target=target, truth=truth,
+            layer=args.layer, patch=args.patch, stride=args.stride, fill=fill, out=out,
+        )  # fmt: skip
+    except ValueError as error:
+        parser.exit(2, f"explain.py: error: {error}\n")
+    print(f"wrote {written} files to {out}/")
+    return 0
 
 
 if __name__ == "__main__":

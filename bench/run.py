@@ -8,6 +8,10 @@ Tasks:
   mnist            MNIST IDX files, target >= 99.4% within 60 s
   cifar10          CIFAR-10 (JPEG folders/archive or python batches), target >= 85%
                    within 300 s
+  occlusion        occlusion of a 100x100 image (patch 10, stride 1: 10,000 positions)
+                   with a Fruits-360-sized model against plain batched re-inference of
+                   all occluded copies (``occlusion_s``, ``batched_reference_s``), and
+                   saliency / Grad-CAM in ms per image (single and batched)
 
 The data tasks read ``--data PATH`` (default: the copy in ``../shared/data`` when it
 exists) with a fresh, empty decoded-image cache (``--warm-cache`` uses the normal
@@ -54,7 +58,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-TASKS = {"line": "single", "line-multihead": "multi", "fruits": "data", "mnist": "data", "cifar10": "data"}
+TASKS = {
+    "line": "single",
+    "line-multihead": "multi",
+    "fruits": "data",
+    "mnist": "data",
+    "cifar10": "data",
+    "occlusion": "explain",
+}
+# The explanation benchmark: a Fruits-360-sized model (preset ``fruits``, 100x100x3,
+# 24 classes, seeded random weights: speed does not depend on the weights), occlusion
+# with patch 10 and stride 1 (10,000 positions), and gradient timings.
+_EXPLAIN_SHAPE, _EXPLAIN_CLASSES, _EXPLAIN_PATCH = (100, 100, 3), 24, 10
+_GRADIENT_REPEATS, _GRADIENT_BATCH, _OCCLUSION_ROUNDS = 20, 64, 2
 _SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 # The data tasks: train.py flags (the recipe), default data, target and time budget.
 RECIPES = {
@@ -184,6 +200,95 @@ def run_line(task: str, keep: bool) -> dict:
     report["run_dir"] = str(run_dir) if keep else None
     if scratch is not None:
         scratch.cleanup()
+    return report
+
+
+def _explain_model():
+    """The fruits preset on 100x100x3 with 24 classes, seeded random weights."""
+    from fruitcnn.config import preset
+    from fruitcnn.model import build_model
+    from heads import single_head_specs
+
+    specs = single_head_specs([f"class{index}" for index in range(_EXPLAIN_CLASSES)])
+    return build_model(preset("fruits"), input_shape=_EXPLAIN_SHAPE, heads=specs, seed=0)
+
+
+def _batched_reference(model, image: np.ndarray, fill: np.ndarray, target: int) -> tuple[np.ndarray, float]:
+    """Plain batched re-inference: every occluded copy built in NumPy, predicted in
+    batches of 256 with one compiled forward pass; returns the probability map and seconds."""
+    import tensorflow as tf
+
+    height, width = image.shape[:2]
+    forward = tf.function(lambda batch: model(batch, training=False)["class"])
+    half = _EXPLAIN_PATCH // 2
+    centres = [(row, column) for row in range(height) for column in range(width)]
+    forward(tf.constant(np.repeat(image[None], 256, axis=0)))
+    forward(tf.constant(np.repeat(image[None], len(centres) % 256 or 256, axis=0)))
+    start = time.perf_counter()
+    values = []
+    for first in range(0, len(centres), 256):
+        batch = np.repeat(image[None], len(centres[first : first + 256]), axis=0)
+        for copy, (row, column) in zip(batch, centres[first : first + 256]):
+            top, left = max(row - half, 0), max(column - half, 0)
+            copy[top : row - half + _EXPLAIN_PATCH, left : column - half + _EXPLAIN_PATCH] = fill
+        values.append(forward(tf.constant(batch)).numpy()[:, target])
+    return np.concatenate(values).reshape(height, width), time.perf_counter() - start
+
+
+def _gradient_milliseconds(function, model, images) -> dict[str, float]:
+    """ms per image of a compiled explanation, one image at a time and batched."""
+    function(model, images[:1], target=0)  # compile both shapes first
+    function(model, images, target=0, batch_size=_GRADIENT_BATCH)
+    start = time.perf_counter()
+    for _ in range(_GRADIENT_REPEATS):
+        function(model, images[:1], target=0)
+    single = (time.perf_counter() - start) / _GRADIENT_REPEATS * 1000
+    start = time.perf_counter()
+    function(model, images, target=0, batch_size=_GRADIENT_BATCH)
+    batched = (time.perf_counter() - start) / len(images) * 1000
+    return {"single_ms": round(single, 2), "batched_ms_per_image": round(batched, 3)}
+
+
+def run_explain() -> dict:
+    """Occlusion against plain batched re-inference, and saliency/Grad-CAM timings."""
+    from fruitcnn.model import flops_per_image
+    from visualize.gradcam import gradcam
+    from visualize.occlusion import fill_image, occlusion
+    from visualize.saliency import saliency
+
+    model = _explain_model()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, _EXPLAIN_SHAPE).astype(np.float32)
+    fill = fill_image(model, image, "mean", _EXPLAIN_PATCH)[0, 0]
+    # both sides are compiled before their clocks start
+    occlusion(model, image, patch=_EXPLAIN_PATCH, stride=50, target=0)
+    occlusion_s = reference_s = float("inf")
+    for _ in range(_OCCLUSION_ROUNDS):  # interleaved, best of each: the host's load varies
+        start = time.perf_counter()
+        maps = occlusion(model, image, patch=_EXPLAIN_PATCH, stride=1, fill="mean", target=0)
+        occlusion_s = min(occlusion_s, time.perf_counter() - start)
+        reference, seconds = _batched_reference(model, image, fill, 0)
+        reference_s = min(reference_s, seconds)
+    positions = _EXPLAIN_SHAPE[0] * _EXPLAIN_SHAPE[1]
+    flops = flops_per_image(model) * positions
+    images = rng.integers(0, 256, (_GRADIENT_BATCH, *_EXPLAIN_SHAPE)).astype(np.float32)
+    report = {
+        "task": "occlusion",
+        "positions": positions,
+        "patch": _EXPLAIN_PATCH,
+        "occlusion_s": round(occlusion_s, 3),
+        "batched_reference_s": round(reference_s, 3),
+        "speedup_vs_batched": round(reference_s / occlusion_s, 2),
+        "max_abs_difference": float(np.abs(maps.probability[0] - reference).max()),
+        "occlusion_gflops": round(flops / occlusion_s / 1e9, 1),
+        "forward_mflop_per_image": round(flops_per_image(model) / 1e6, 2),
+        "matmul_peak_gflops": round(matmul_peak_gflops(), 1),
+    }
+    report["flop_limit_s"] = round(flops / 1e9 / report["matmul_peak_gflops"], 2)
+    for name, function in (("saliency", saliency), ("gradcam", gradcam)):
+        for key, value in _gradient_milliseconds(function, model, images).items():
+            report[f"{name}_{key}"] = value
+    report["wall_s"] = round(occlusion_s, 3)
     return report
 
 
@@ -389,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     if TASKS[args.task] != "data":
         if args.data is not None:
             parser.error(f"task {args.task} generates its data; --data is not used (got {args.data!r}).")
-        report = run_line(args.task, args.keep)
+        report = run_explain() if TASKS[args.task] == "explain" else run_line(args.task, args.keep)
     else:
         data = args.data or str(RECIPES[args.task]["data"])
         if not Path(data).exists():

@@ -137,16 +137,6 @@ def test_resume_without_checkpoint_is_explained(tmp_path, capsys):
     assert "has no checkpoint to resume" in _fails(["--resume", str(tmp_path)], capsys)
 
 
-def test_explain_says_it_is_not_implemented_yet(capsys):
-    import explain
-
-    assert explain.main(["--layer", "conv2", "--image", "x.png"]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        explain.main(["--help"])
-    assert "NOT IMPLEMENTED YET" in capsys.readouterr().out
-
-
 def test_train_on_a_downloaded_archive_with_a_skipped_file(tmp_path, capsys):
     top = tmp_path / "src" / "fruits"
     formats.class_tree(top / "Training", {"Apple Braeburn": 12, "Banana": 12}, size=16)

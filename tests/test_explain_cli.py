@@ -1,0 +1,110 @@
+"""explain.py end to end on models trained by train.py; its errors name the fix."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import explain as cli
+import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A single-head and a four-head line run under <tmp>/saved_models/, trained by train.py."""
+    root = tmp_path_factory.mktemp("explain")
+    common = [
+        "--images-per-class",
+        "6",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--verbose",
+        "0",
+        "--no-report",
+    ]
+    for name, extra in (("multi", ["--multihead"]), ("single", [])):
+        assert train.main([*common, *extra, "--out", str(root / "saved_models" / name)]) == 0
+    image = np.zeros((28, 28, 3), np.uint8)
+    image[10:13, 4:20] = (255, 0, 0)  # a red horizontal line, width 3, length 16
+    Image.fromarray(image).save(root / "line.png")
+    return root
+
+
+def test_design_card_command_uses_the_latest_run(trained, monkeypatch, capsys):
+    monkeypatch.chdir(trained)
+    assert cli.main(["--layer", "conv2", "--image", "line.png"]) == 0
+    out = capsys.readouterr().out
+    assert "model: saved_models/single (the latest finished run" in out
+    top = next(line for line in out.splitlines() if line.startswith("line: "))
+    assert len(top.split(", ")) == 3 and top.split(", ")[0].split()[1].startswith("len")  # top 3 printed
+    written = trained / "saved_models" / "single" / "explanations"
+    for name in ("line_occlusion_prob", "line_occlusion_loss", "line_saliency", "line_gradcam"):
+        assert (written / f"{name}.png").is_file()
+        maps = np.load(written / f"{name}.npy")
+        assert maps.shape == (28, 28) and maps.dtype == np.float32 and np.isfinite(maps).all()
+
+
+def test_all_methods_on_a_four_head_model_with_a_chosen_target(trained, tmp_path, capsys):
+    run = trained / "saved_models" / "multi"
+    argv = [
+        "--model",
+        str(run),
+        "--image",
+        str(trained / "line.png"),
+        "--method",
+        "all",
+        "--out",
+        str(tmp_path),
+    ]
+    assert cli.main([*argv, "--target", "angle:45", "--stride", "2", "--fill", "blur"]) == 0
+    out = capsys.readouterr().out
+    assert "line [angle]:" in out and "line [colour]:" in out
+    names = {path.name for path in tmp_path.iterdir()}
+    assert {"line_occlusion_prob_angle.npy", "line_saliency_angle.png", "line_gradcam_angle.npy"} <= names
+    assert {"line_activations_conv3.png", "line_filters_conv3.png", "line_filters_weights.png"} <= names
+    assert not any(name.endswith("_colour.npy") for name in names)  # only the chosen head
+
+
+def test_samples_from_the_runs_own_split_use_their_true_labels(trained, tmp_path, capsys):
+    run = trained / "saved_models" / "single"
+    argv = [
+        "--model",
+        str(run),
+        "--samples",
+        "2",
+        "--split",
+        "test",
+        "--method",
+        "saliency",
+        "--out",
+        str(tmp_path),
+    ]
+    assert cli.main(argv) == 0
+    files = sorted(path.name for path in tmp_path.glob("test*_saliency.npy"))
+    assert len(files) == 2
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--layer", "conv9"], "unknown layer 'conv9'; this model's conv layers are conv1, conv2, conv3"),
+        (["--target", "purple"], "head 'class' has no class 'purple'; its classes are len7_w1_ang000_red"),
+        (["--method", "xray"], "unknown method 'xray'; choose from occlusion, saliency"),
+        (["--fill", "pink"], "expected one of mean, gray, zero, blur or a number"),
+        ([], "nothing to explain: give --image FILE"),
+        (["--image", "missing.png"], "cannot read image missing.png"),
+    ],
+)
+def test_errors_say_what_to_do(trained, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(trained)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--model", "saved_models/single", *argv])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_four_head_target_needs_the_head(trained, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--model", str(trained / "saved_models" / "multi"), "--image", "x.png", "--target", "45"])
+    assert "write HEAD:CLASS, e.g. angle:" in capsys.readouterr().err

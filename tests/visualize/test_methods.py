@@ -1,0 +1,202 @@
+"""Explanation methods against tiny models with hand-set weights whose maps are known."""
+
+import keras
+import numpy as np
+import pytest
+
+from visualize.activations import activations
+from visualize.filters import filter_patterns, first_layer_weights
+from visualize.gradcam import gradcam
+from visualize.occlusion import fill_image, occlusion
+from visualize.saliency import saliency
+from visualize.targets import resolve_head
+
+REGION = (slice(2, 4), slice(5, 7))  # the only pixels the region model looks at
+SCALE = 0.05
+
+
+def _region_model(size=8):
+    """logit1 = SCALE * sum of the 2x2 region, logit0 = 0: p1 depends on that region only."""
+    inputs = keras.Input((size, size, 1), name="image")
+    logits = keras.layers.Dense(2, name="class_logits")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, {"class": keras.layers.Activation("softmax", name="class")(logits)})
+    weights = np.zeros((size, size, 2), np.float32)
+    weights[REGION[0], REGION[1], 1] = SCALE
+    model.get_layer("class_logits").set_weights([weights.reshape(-1, 2), np.zeros(2, np.float32)])
+    return model
+
+
+def _region_oracle(image, patch, fill):
+    """Brute force: hide each square, evaluate the model by hand."""
+    size = image.shape[0]
+    probability, loss = np.zeros((size, size)), np.zeros((size, size))
+    for row in range(size):
+        for column in range(size):
+            hidden = image.copy()
+            top, left = row - patch // 2, column - patch // 2
+            hidden[max(top, 0) : max(top + patch, 0), max(left, 0) : max(left + patch, 0)] = fill
+            logit = SCALE * hidden[REGION[0], REGION[1]].sum()
+            probability[row, column] = 1 / (1 + np.exp(-logit))
+            loss[row, column] = -np.log(probability[row, column])
+    return probability, loss
+
+
+@pytest.mark.parametrize("patch", [1, 3, 4])
+def test_occlusion_matches_brute_force_on_a_model_that_sees_one_region(patch):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 8, 8, 1)).astype(np.float32)
+    model = _region_model()
+    maps = occlusion(model, images, target=1, patch=patch, fill=7.0, batch_size=5)
+    for index in range(2):
+        probability, loss = _region_oracle(images[index, ..., 0], patch, 7.0)
+        np.testing.assert_allclose(maps.probability[index], probability, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(maps.loss[index], loss, rtol=1e-5, atol=1e-5)
+    # squares that miss the region change nothing: the unoccluded probability
+    far = maps.probability[0, 7, 0]
+    assert far == pytest.approx(maps.baseline_probability[0], abs=1e-6)
+
+
+def test_occlusion_is_the_same_for_any_batch_size_and_exact_at_strided_positions():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (1, 8, 8, 1)).astype(np.float32)
+    model = _region_model()
+    full = occlusion(model, images, target=1, patch=3, fill="zero", batch_size=64)
+    small = occlusion(model, images, target=1, patch=3, fill="zero", batch_size=3)
+    np.testing.assert_allclose(full.probability, small.probability, atol=1e-7)
+    strided = occlusion(model, images, target=1, patch=3, fill="zero", stride=3)
+    # evaluated positions (every third row and column) are exact
+    np.testing.assert_allclose(strided.probability[0, ::3, ::3], full.probability[0, ::3, ::3], atol=1e-7)
+    # every pixel holds the value of its nearest evaluated position
+    assert strided.probability[0, 1, 1] == strided.probability[0, 0, 0]
+    assert strided.probability[0, 2, 2] == strided.probability[0, 3, 3]
+
+
+def test_fills_are_in_pixel_units():
+    inputs = keras.Input((4, 4, 3), name="image")
+    normalized = keras.layers.Normalization(
+        mean=[10.0, 20.0, 30.0], variance=[1.0, 1.0, 1.0], name="normalize"
+    )
+    logits = keras.layers.Dense(2, name="class_logits")(keras.layers.Flatten()(normalized(inputs)))
+    model = keras.Model(inputs, {"class": keras.layers.Softmax(name="class")(logits)})
+    image = np.arange(48, dtype=np.float32).reshape(4, 4, 3)
+    np.testing.assert_allclose(fill_image(model, image, "mean", 2)[1, 2], [10, 20, 30])
+    assert (fill_image(model, image, "gray", 2) == 128).all() and (fill_image(model, image, 5, 2) == 5).all()
+    assert (fill_image(model, image, "zero", 2) == 0).all()
+    blurred = fill_image(model, image, "blur", 3)
+    assert blurred[1, 1, 0] == pytest.approx(image[0:3, 0:3, 0].mean())
+    with pytest.raises(ValueError, match="unknown fill 'pink'"):
+        fill_image(model, image, "pink", 2)
+    with pytest.raises(ValueError, match="lacks; use --fill gray"):
+        fill_image(_region_model(), image[..., :1], "mean", 2)
+
+
+def _linear_model(shape=(5, 4, 3), classes=3, seed=2):
+    inputs = keras.Input(shape, name="image")
+    logits = keras.layers.Dense(classes, name="class_logits")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, {"class": keras.layers.Softmax(name="class")(logits)})
+    weights = np.random.default_rng(seed).normal(size=(int(np.prod(shape)), classes)).astype(np.float32)
+    model.get_layer("class_logits").set_weights([weights, np.zeros(classes, np.float32)])
+    return model, weights.reshape(*shape, classes)
+
+
+def test_saliency_of_a_linear_model_is_its_weights():
+    model, weights = _linear_model()
+    images = np.random.default_rng(3).uniform(0, 255, (4, 5, 4, 3)).astype(np.float32)
+    logit_map = saliency(model, images, target=2, of="logit", batch_size=3)
+    np.testing.assert_allclose(logit_map[1], np.abs(weights[..., 2]).max(axis=-1), rtol=1e-5)
+    times = saliency(model, images, target=2, of="logit", times_input=True)
+    np.testing.assert_allclose(times[0], np.abs(weights[..., 2] * images[0]).max(axis=-1), rtol=1e-4)
+    # loss = -log softmax: its gradient is sum_k (p_k - y_k) w_k
+    logits = np.einsum("nhwc,hwck->nk", images.astype(np.float64), weights)
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    coefficient = probabilities - np.eye(3)[[0, 0, 0, 0]]
+    expected = np.abs(np.einsum("nk,hwck->nhwc", coefficient, weights)).max(axis=-1)
+    np.testing.assert_allclose(saliency(model, images, target=0), expected, rtol=1e-4, atol=1e-7)
+    # SmoothGrad of a linear model: every noisy copy has the same logit gradient
+    smooth = saliency(model, images, target=2, of="logit", smoothgrad=4)
+    np.testing.assert_allclose(smooth, logit_map, rtol=1e-5)
+
+
+def _one_filter_model(tmp_path=None):
+    inputs = keras.Input((6, 6, 1), name="image")
+    features = keras.layers.Conv2D(1, 1, name="conv1")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D(name="gap")(features)
+    logits = keras.layers.Dense(2, name="class_logits")(pooled)
+    model = keras.Model(inputs, {"class": keras.layers.Softmax(name="class")(logits)})
+    model.get_layer("conv1").set_weights([np.ones((1, 1, 1, 1), np.float32), np.zeros(1, np.float32)])
+    model.get_layer("class_logits").set_weights(
+        [np.array([[-1.0, 2.0]], np.float32), np.zeros(2, np.float32)]
+    )
+    if tmp_path is not None:  # through a .keras file, as explain.py loads models
+        model.save(tmp_path / "m.keras")
+        model = keras.models.load_model(tmp_path / "m.keras")
+    return model
+
+
+@pytest.mark.parametrize("saved", [False, True], ids=["built", "loaded-from-keras-file"])
+def test_gradcam_of_one_conv_filter_is_the_weighted_feature_map(tmp_path, saved):
+    model = _one_filter_model(tmp_path if saved else None)
+    images = np.random.default_rng(4).uniform(0, 255, (3, 6, 6, 1)).astype(np.float32)
+    # d logit1 / d A_ij = 2 / 36 everywhere, so the map is relu(2/36 * A) with A = the image
+    cam = gradcam(model, images, target=1, layer="conv1", batch_size=2)
+    np.testing.assert_allclose(cam, images[..., 0] * 2 / 36, rtol=1e-5)
+    assert not gradcam(model, images, target=0).any()  # weight -1/36: all negative, ReLU'd away
+    np.testing.assert_allclose(activations(model, images, layer="conv1")[..., 0], images[..., 0], rtol=1e-6)
+
+
+def _two_head_model():
+    inputs = keras.Input((3, 3, 1), name="image")
+    flat = keras.layers.Flatten()(inputs)
+    colour = keras.layers.Dense(1, name="colour_logits")(flat)
+    angle = keras.layers.Dense(3, name="angle_logits")(flat)
+    outputs = {
+        "colour": keras.layers.Activation("sigmoid", name="colour")(colour),
+        "angle": keras.layers.Softmax(name="angle")(angle),
+    }
+    model = keras.Model(inputs, outputs)
+    weights = np.arange(9, dtype=np.float32).reshape(9, 1) / 10
+    model.get_layer("colour_logits").set_weights([weights, np.zeros(1, np.float32)])
+    return model, weights.reshape(3, 3)
+
+
+def test_multi_head_targets_name_the_head_and_sigmoid_classes_are_symmetric():
+    model, weights = _two_head_model()
+    images = np.ones((2, 3, 3, 1), np.float32)
+    positive = saliency(model, images, head="colour", target=1, of="logit")
+    negative = saliency(model, images, head="colour", target=0, of="logit")
+    np.testing.assert_allclose(positive[0], np.abs(weights), rtol=1e-6)
+    np.testing.assert_allclose(negative, positive, rtol=1e-6)  # class 0 has logit -z
+    with pytest.raises(ValueError, match="several heads \\(angle, colour\\); choose one"):
+        saliency(model, images)
+    with pytest.raises(ValueError, match="unknown head 'shape'; this model's heads are angle, colour"):
+        resolve_head(model, "shape")
+    with pytest.raises(ValueError, match="target class 3 does not exist; head 'angle' has classes 0..2"):
+        saliency(model, images, head="angle", target=3)
+
+
+def test_layer_errors_list_the_model_layers():
+    model = _one_filter_model()
+    with pytest.raises(ValueError, match="unknown layer 'conv9'; this model's conv layers are conv1"):
+        gradcam(model, np.zeros((1, 6, 6, 1)), layer="conv9")
+    with pytest.raises(ValueError, match="not feature maps; choose a conv layer: conv1"):
+        gradcam(model, np.zeros((1, 6, 6, 1)), layer="gap")
+    with pytest.raises(ValueError, match="patch must be at least 1"):
+        occlusion(model, np.zeros((1, 6, 6, 1)), patch=0)
+
+
+def test_filter_visualisation_raises_the_filter_activation_from_grey():
+    inputs = keras.Input((8, 8, 1), name="image")
+    conv = keras.layers.Conv2D(2, 3, padding="same", name="conv1")(inputs)
+    logits = keras.layers.Dense(2, name="class_logits")(keras.layers.GlobalAveragePooling2D()(conv))
+    model = keras.Model(inputs, {"class": keras.layers.Softmax(name="class")(logits)})
+    kernel = np.zeros((3, 3, 1, 2), np.float32)
+    kernel[1, 1, 0, 0] = 1.0  # filter 0: the pixel itself (brighter is better)
+    kernel[1, 1, 0, 1] = -1.0  # filter 1: darker is better
+    model.get_layer("conv1").set_weights([kernel, np.zeros(2, np.float32)])
+    patterns = filter_patterns(model, layer="conv1", steps=20, jitter=0, blur_every=0, decay=0.0)
+    assert patterns.shape == (2, 8, 8, 1)
+    assert patterns[0].mean() > 128 + 40 and patterns[1].mean() < 128 - 40
+    np.testing.assert_array_equal(first_layer_weights(model), np.transpose(kernel, (3, 0, 1, 2)))
+    with pytest.raises(ValueError, match="has filters 0..1"):
+        filter_patterns(model, layer="conv1", filters=[5])

@@ -1,0 +1,93 @@
+"""Drawing of explanations: every function returns a matplotlib Figure (no pyplot).
+
+Heatmaps are scaled to their own range for display; a constant map (all zeros, say)
+is drawn as zeros instead of dividing by a zero range.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+# Inches per panel of a heatmap figure and per tile of a grid.
+PANEL_INCHES, TILE_INCHES = 3.2, 0.9
+# Share of the heatmap in the overlay panel (the rest is the image).
+OVERLAY_ALPHA = 0.5
+# Tiles per row of activation and filter grids.
+GRID_COLUMNS = 8
+
+
+def unit_range(values: np.ndarray) -> np.ndarray:
+    """``values`` scaled to 0..1 by their own minimum and maximum; 0 when constant."""
+    values = np.asarray(values, np.float64)
+    low, high = float(values.min()), float(values.max())
+    if high - low <= 0:
+        return np.zeros_like(values)
+    return (values - low) / (high - low)
+
+
+def _show_image(axis, image: np.ndarray) -> None:
+    picture = np.clip(np.asarray(image, np.float64) / 255.0, 0, 1)
+    if picture.shape[-1] == 1:
+        axis.imshow(picture[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        axis.imshow(picture, interpolation="nearest")
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def heatmap_figure(
+    image: np.ndarray, heatmap: np.ndarray, *, title: str, label: str, cmap: str = "inferno"
+) -> Figure:
+    """The image, the heatmap with a colour bar in its own units, and their overlay.
+
+    Args:
+        image: (H, W, C) pixel units.
+        heatmap: (H, W) the explanation.
+        title: the figure's title (e.g. the prediction and the true label).
+        label: the colour bar's label (what the map measures).
+        cmap: matplotlib colour map of the heatmap.
+    """
+    figure = Figure(figsize=(3 * PANEL_INCHES, PANEL_INCHES + 0.5), layout="constrained")
+    left, middle, right = figure.subplots(1, 3)
+    _show_image(left, image)
+    left.set_title("image", fontsize=9)
+    shown = middle.imshow(heatmap, cmap=cmap, interpolation="nearest")
+    middle.set_xticks([])
+    middle.set_yticks([])
+    middle.set_title(label, fontsize=9, parse_math=False)
+    figure.colorbar(shown, ax=middle, shrink=0.8)
+    _show_image(right, image)
+    right.imshow(unit_range(heatmap), cmap=cmap, alpha=OVERLAY_ALPHA, vmin=0, vmax=1, interpolation="nearest")
+    right.set_title("overlay (map scaled to 0..1)", fontsize=9)
+    figure.suptitle(title, fontsize=10, parse_math=False)
+    return figure
+
+
+def tile_figure(
+    tiles: np.ndarray, *, title: str, labels: Sequence[str] | None = None, cmap: str = "viridis"
+) -> Figure:
+    """A grid of tiles: (T, h, w) maps (each scaled to its own range, colour map) or
+    (T, h, w, 3) colour images (each scaled to its own range)."""
+    count = tiles.shape[0]
+    columns = min(GRID_COLUMNS, count)
+    rows = math.ceil(count / columns)
+    figure = Figure(figsize=(columns * TILE_INCHES, rows * TILE_INCHES + 0.5), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).reshape(-1)
+    for index, axis in enumerate(axes):
+        axis.set_xticks([])
+        axis.set_yticks([])
+        if index >= count:
+            axis.axis("off")
+            continue
+        tile = unit_range(tiles[index])
+        if tile.ndim == 3 and tile.shape[-1] == 3:
+            axis.imshow(tile, interpolation="nearest")
+        else:
+            axis.imshow(tile.reshape(tile.shape[:2]), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        axis.set_title(labels[index] if labels else str(index), fontsize=6, parse_math=False)
+    figure.suptitle(title, fontsize=10, parse_math=False)
+    return figure

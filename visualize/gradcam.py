@@ -1,0 +1,100 @@
+"""Grad-CAM: where in a conv layer's feature maps the target class's evidence lies.
+
+The weights of the feature maps are the spatial means of the target logit's gradient
+with respect to them; the map is the ReLU of the weighted sum, resized (bilinear) to
+the input. The sub-model is built from the layers' symbolic outputs, so models loaded
+from .keras files work as freshly built ones do.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from visualize.targets import as_images, class_logit, compiled, logits_model, resolve_head, resolve_targets
+
+DEFAULT_BATCH = 64
+
+
+def conv_layers(model: keras.Model) -> list[str]:
+    """Names of the model's layers with a 4-D (image-like) output, convolutions first."""
+    convs = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    return convs
+
+
+def check_layer(model: keras.Model, layer: str, *, spatial: bool = True) -> None:
+    """A clear error for a layer name that is not in the model (or not spatial)."""
+    names = [item.name for item in model.layers]
+    if layer not in names:
+        convs = conv_layers(model)
+        raise ValueError(
+            f"unknown layer {layer!r}; this model's conv layers are {', '.join(convs) or 'none'} "
+            f"(all layers: {', '.join(names)})."
+        )
+    if spatial and len(model.get_layer(layer).output.shape) != 4:
+        shape = tuple(model.get_layer(layer).output.shape)
+        raise ValueError(
+            f"layer {layer!r} has output shape {shape}, not feature maps; choose a conv layer: "
+            f"{', '.join(conv_layers(model))}."
+        )
+
+
+def default_layer(model: keras.Model) -> str:
+    """The last conv layer."""
+    convs = conv_layers(model)
+    if not convs:
+        raise ValueError("this model has no conv layer for Grad-CAM.")
+    return convs[-1]
+
+
+def _cam_function(model: keras.Model, head: str, layer: str, shape):
+    explained = logits_model(model, head, [layer])
+
+    @tf.function(
+        jit_compile=True,  # XLA, as for saliency: fewer, fused ops per call
+        input_signature=[tf.TensorSpec((None, *shape), tf.float32), tf.TensorSpec([None], tf.int32)],
+    )
+    def cam(batch, chosen):
+        with tf.GradientTape() as tape:
+            features, logits = explained(batch, training=False)
+            tape.watch(features)
+            score = class_logit(logits, chosen)
+        gradients = tape.gradient(score, features)
+        weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
+        maps = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1, keepdims=True))
+        return tf.image.resize(maps, shape[:2], method="bilinear")[..., 0]
+
+    return cam
+
+
+def gradcam(
+    model: keras.Model,
+    images,
+    *,
+    head: str | None = None,
+    target=None,
+    layer: str | None = None,
+    batch_size: int = DEFAULT_BATCH,
+) -> np.ndarray:
+    """Grad-CAM maps at input resolution, float32 (N, H, W), not normalised (>= 0).
+
+    Args:
+        model, images, head, target: see ``visualize.targets``.
+        layer: a conv layer's name (default: the last conv layer).
+        batch_size: images per compiled call (the maps do not depend on it).
+    """
+    images = as_images(images)
+    head = resolve_head(model, head)
+    layer = layer or default_layer(model)
+    check_layer(model, layer)
+    targets = resolve_targets(model, images, head, target).astype(np.int32)
+    shape = tuple(images.shape[1:])
+    cam = compiled(model, ("gradcam", head, layer, shape), lambda: _cam_function(model, head, layer, shape))
+    parts = [
+        cam(
+            tf.constant(images[start : start + batch_size]), tf.constant(targets[start : start + batch_size])
+        ).numpy()
+        for start in range(0, images.shape[0], batch_size)
+    ]
+    return np.concatenate(parts).astype(np.float32)

@@ -1,0 +1,199 @@
+"""Occlusion sensitivity: what the prediction loses when a square of the image is hidden.
+
+For each evaluated pixel (i, j) the N x N square centred on it (rows i - N//2 ...
+i - N//2 + N - 1, likewise columns, clipped at the border) is filled, and the
+target class's probability and cross-entropy loss are recorded at (i, j). With
+stride s only every s-th row and column is evaluated and every pixel takes the value
+of the nearest evaluated one. Occluded copies are built inside the compiled graph
+from the image and the centres, a batch at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from visualize.targets import (
+    as_images,
+    class_loss,
+    class_probability,
+    compiled,
+    logits_model,
+    resolve_head,
+    resolve_targets,
+)
+
+FILLS = ("mean", "gray", "zero", "blur")
+DEFAULT_PATCH = 10
+DEFAULT_FILL = "mean"
+# Positions evaluated per batch.
+DEFAULT_BATCH = 256
+# "gray" in pixel units.
+GRAY = 128.0
+NORMALIZE_LAYER = "normalize"
+# Compile the occluder with XLA: 10,000 positions of the Fruits-360 model took 4.0-4.4 s
+# instead of 4.7-4.9 s (bench/run.py occlusion).
+JIT = True
+
+
+@dataclass(frozen=True)
+class OcclusionMaps:
+    """Both occlusion maps of a batch of images, float32 (N, H, W).
+
+    Attributes:
+        probability: the target class's probability with the square hidden.
+        loss: the target class's cross-entropy with the square hidden.
+        baseline_probability: (N,) the probability without occlusion.
+        targets: (N,) the class explained in each image.
+    """
+
+    probability: np.ndarray
+    loss: np.ndarray
+    baseline_probability: np.ndarray
+    targets: np.ndarray
+
+
+def training_mean_colour(model: keras.Model) -> np.ndarray:
+    """The training split's mean colour (pixel units) stored in the model's
+    ``normalize`` layer: after normalisation it is exactly zero, "no information"."""
+    try:
+        layer = model.get_layer(NORMALIZE_LAYER)
+    except ValueError:
+        raise ValueError(
+            f"fill 'mean' needs the training data's mean colour from a '{NORMALIZE_LAYER}' layer, which this "
+            "model lacks; use --fill gray, zero, blur or a number."
+        ) from None
+    return np.asarray(keras.ops.convert_to_numpy(layer.mean), np.float32).reshape(-1)
+
+
+def fill_image(model: keras.Model, image: np.ndarray, fill, patch: int) -> np.ndarray:
+    """What an occluded square shows, as a whole (H, W, C) image in pixel units.
+
+    ``mean`` (the training mean colour), ``gray`` (128), ``zero`` (0), a number (pixel
+    units 0-255), or ``blur`` (the image averaged over ``patch`` x ``patch`` windows).
+    """
+    if isinstance(fill, (int, float)) and not isinstance(fill, bool):
+        return np.full(image.shape, float(fill), np.float32)
+    if fill == "mean":
+        colour = training_mean_colour(model)
+        return np.broadcast_to(colour, image.shape).astype(np.float32)
+    if fill == "gray":
+        return np.full(image.shape, GRAY, np.float32)
+    if fill == "zero":
+        return np.zeros(image.shape, np.float32)
+    if fill == "blur":
+        blurred = tf.nn.avg_pool2d(image[None], ksize=patch, strides=1, padding="SAME")
+        return blurred.numpy()[0].astype(np.float32)
+    raise ValueError(f"unknown fill {fill!r}; expected one of {', '.join(FILLS)} or a number of pixel units.")
+
+
+def _occluder(model: keras.Model, head: str, patch: int, shape):
+    """A compiled function: (image, fill, centres (B, 2), target) -> (probability, loss)."""
+    explained = logits_model(model, head)
+    height, width = shape[0], shape[1]
+    rows, columns = tf.range(height), tf.range(width)
+    before = patch // 2
+
+    @tf.function(
+        jit_compile=JIT,
+        input_signature=[
+            tf.TensorSpec(shape, tf.float32),
+            tf.TensorSpec(shape, tf.float32),
+            tf.TensorSpec([None, 2], tf.int32),
+            tf.TensorSpec([], tf.int32),
+        ],
+    )
+    def occlude(image, fill, centres, target):
+        top = centres[:, 0:1] - before
+        left = centres[:, 1:2] - before
+        in_rows = tf.cast((rows[None] >= top) & (rows[None] < top + patch), tf.float32)  # (B, H)
+        in_columns = tf.cast((columns[None] >= left) & (columns[None] < left + patch), tf.float32)  # (B, W)
+        hidden = tf.einsum("bh,bw->bhw", in_rows, in_columns)[..., None]  # (B, H, W, 1): 1 inside
+        batch = image[None] + hidden * (fill - image)[None]
+        logits = explained(batch, training=False)
+        targets = tf.fill(tf.shape(centres)[:1], target)
+        return class_probability(logits, targets), class_loss(logits, targets)
+
+    return occlude
+
+
+def _centres(height: int, width: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.arange(0, height, stride), np.arange(0, width, stride)
+
+
+def _to_input_resolution(coarse: np.ndarray, height: int, width: int, stride: int) -> np.ndarray:
+    """Each pixel takes the value of the nearest evaluated position."""
+    rows = np.clip(np.rint(np.arange(height) / stride).astype(int), 0, coarse.shape[0] - 1)
+    columns = np.clip(np.rint(np.arange(width) / stride).astype(int), 0, coarse.shape[1] - 1)
+    return coarse[np.ix_(rows, columns)]
+
+
+def occlusion(
+    model: keras.Model,
+    images,
+    *,
+    head: str | None = None,
+    target=None,
+    patch: int = DEFAULT_PATCH,
+    stride: int = 1,
+    fill=DEFAULT_FILL,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Callable[[int, int], None] | None = None,
+) -> OcclusionMaps:
+    """Occlusion sensitivity maps (probability and loss) of ``images``.
+
+    Args:
+        model: a fruitcnn model (raw 0-255 images in, ``{head: probabilities}`` out).
+        images: (N, H, W, C) or (H, W, C) in pixel units.
+        head: the head to explain (default: the only one).
+        target: class index (or one per image); default each image's predicted class.
+        patch: side N of the occluded square in pixels of the input.
+        stride: evaluate every ``stride``-th row and column.
+        fill: ``mean``, ``gray``, ``zero``, ``blur`` or a number (pixel units).
+        batch_size: occluded copies per forward pass (the maps do not depend on it).
+        progress: called with (positions done, positions in all) after each batch.
+
+    Returns:
+        :class:`OcclusionMaps`.
+    """
+    for name, value in (("patch", patch), ("stride", stride), ("batch_size", batch_size)):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be at least 1 pixel/position, got {value}.")
+    images = as_images(images)
+    head = resolve_head(model, head)
+    targets = resolve_targets(model, images, head, target)
+    count, height, width = images.shape[:3]
+    shape = tuple(images.shape[1:])
+    occlude = compiled(
+        model, ("occlusion", head, int(patch), shape), lambda: _occluder(model, head, int(patch), shape)
+    )
+    rows, columns = _centres(height, width, int(stride))
+    centres = np.stack(np.meshgrid(rows, columns, indexing="ij"), axis=-1).reshape(-1, 2).astype(np.int32)
+    probability = np.zeros((count, height, width), np.float32)
+    loss = np.zeros((count, height, width), np.float32)
+    baseline = np.zeros(count, np.float32)
+    total, done = count * len(centres), 0
+    for index in range(count):
+        image = tf.constant(images[index])
+        fill_pixels = tf.constant(fill_image(model, images[index], fill, int(patch)))
+        target_index = tf.constant(int(targets[index]), tf.int32)
+        parts = []
+        for start in range(0, len(centres), batch_size):
+            chunk = tf.constant(centres[start : start + batch_size])
+            parts.append([value.numpy() for value in occlude(image, fill_pixels, chunk, target_index)])
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+        shape = (len(rows), len(columns))
+        coarse_probability = np.concatenate([part[0] for part in parts]).reshape(shape)
+        coarse_loss = np.concatenate([part[1] for part in parts]).reshape(shape)
+        probability[index] = _to_input_resolution(coarse_probability, height, width, int(stride))
+        loss[index] = _to_input_resolution(coarse_loss, height, width, int(stride))
+        # far outside the image nothing is hidden: the unoccluded prediction
+        untouched = tf.constant([[-2 * int(patch) - height, -2 * int(patch) - width]], tf.int32)
+        baseline[index] = occlude(image, fill_pixels, untouched, target_index)[0].numpy()[0]
+    return OcclusionMaps(probability, loss, baseline, targets)
