@@ -6,7 +6,8 @@ data split) it prints the top predictions of every head, then writes per method 
 and, when known, the true class) and the raw float32 arrays as .npy, named
 ``<image stem>_<method>[_<variant>][_<head>]`` (``_<head>`` for four-head models),
 e.g. ``x_occlusion_prob.npy``, ``x_occlusion_loss.npy``, ``x_saliency.npy``,
-``x_gradcam.npy``, ``x_activations_conv2.png``, ``x_filters_conv2.png``. Without
+``x_gradcam.npy``, ``x_activations_conv2.png``, ``x_filters_conv2.png``, and
+explained.csv (per image and head the predicted, true and explained class). Without
 --model the most recently finished run under saved_models/ is used (and named).
 """
 
@@ -89,6 +90,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="occlusion fill: mean, gray, zero, blur or a number 0-255 (default: mean)",
     )
     parser.add_argument(
+        "--saliency",
+        choices=("loss", "logit"),
+        default="loss",
+        help="saliency of the class's loss or of its logit (default: loss)",
+    )
+    parser.add_argument(
+        "--smoothgrad",
+        type=int,
+        default=0,
+        metavar="N",
+        help="saliency: average over N noisy copies (default: 0, off)",
+    )
+    parser.add_argument("--times-input", action="store_true", help="saliency: gradient x input")
+    parser.add_argument(
+        "--filters",
+        default=None,
+        metavar="LIST",
+        help="filters: all, or indices such as 0,3,7 (default: the first 32)",
+    )
+    parser.add_argument(
         "--out", default=None, metavar="DIR", help="output folder (default: <run>/explanations)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --samples (default: 0)")
@@ -102,6 +123,32 @@ def _methods(text: str) -> list[str]:
         raise ValueError(
             f"unknown method {', '.join(unknown) or text!r}; choose from {', '.join(METHODS)} or all."
         )
+    return chosen
+
+
+def _positive(name: str, value: int) -> int:
+    if value < 1:
+        raise ValueError(f"--{name} must be at least 1 pixel, got {value}.")
+    return value
+
+
+def _filters(text: str | None, model, layer: str | None, methods) -> tuple[int, ...] | None:
+    """The filter indices of --filters (None: the default first ones)."""
+    if text is None or "filters" not in methods:
+        return None
+    from visualize.gradcam import default_layer
+
+    count = int(model.get_layer(layer or default_layer(model)).output.shape[-1])
+    if text == "all":
+        return tuple(range(count))
+    try:
+        chosen = tuple(int(item) for item in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--filters {text!r}: expected all or comma-separated indices such as 0,3,7."
+        ) from None
+    if any(index < 0 or index >= count for index in chosen):
+        raise ValueError(f"--filters {text!r}: the layer has filters 0..{count - 1}.")
     return chosen
 
 
@@ -247,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         methods = _methods(args.method)
         fill = _fill(args.fill)
+        _positive("patch", args.patch)
+        _positive("stride", args.stride)
+        if args.smoothgrad < 0:
+            raise ValueError(
+                f"--smoothgrad must be 0 (off) or a number of noisy copies, got {args.smoothgrad}."
+            )
         run = _run_folder(args.model)
         from fruitcnn import load_model
 
@@ -256,15 +309,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.layer:
             from visualize.gradcam import check_layer
 
-            check_layer(model, args.layer)
+            # activations take any layer; Grad-CAM and filters need feature maps
+            check_layer(model, args.layer, spatial=bool({"gradcam", "filters"} & set(methods)))
         images, stems, truth = _inputs(args, run, model)
         out = Path(args.out) if args.out else (run if run.is_dir() else run.parent) / "explanations"
         _print_predictions(model, images, stems, classes)
-        from visualize.explain_run import explain_images
+        from visualize.explain_run import Options, explain_images
+
+        options = Options(
+            layer=args.layer,
+            patch=args.patch,
+            stride=args.stride,
+            fill=fill,
+            saliency_of=args.saliency,
+            smoothgrad=args.smoothgrad,
+            times_input=args.times_input,
+            filters=_filters(args.filters, model, args.layer, methods),
+        )
 
         written = explain_images(
             model, images, stems, classes, methods=methods, head=head, target=target, truth=truth,
-            layer=args.layer, patch=args.patch, stride=args.stride, fill=fill, out=out,
+            options=options, out=out,
         )  # fmt: skip
     except ValueError as error:
         parser.exit(2, f"explain.py: error: {error}\n")

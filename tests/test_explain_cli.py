@@ -1,33 +1,31 @@
 """explain.py end to end on models trained by train.py; its errors name the fix."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 import explain as cli
 import train
 
+# Trained in this order: the newer run's name sorts first.
+RUNS = {"multi": "z-multi", "single": "a-single"}
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A single-head and a four-head line run under <tmp>/saved_models/, trained by train.py."""
+    """A four-head and then a single-head line run under <tmp>/saved_models/ (the newer
+    one's name sorts first, so "latest" cannot be mistaken for "last name")."""
     root = tmp_path_factory.mktemp("explain")
-    common = [
-        "--images-per-class",
-        "6",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "32",
-        "--verbose",
-        "0",
-        "--no-report",
-    ]
+    common = "--images-per-class 6 --epochs 1 --batch-size 32 --verbose 0 --no-report".split()
     for name, extra in (("multi", ["--multihead"]), ("single", [])):
-        assert train.main([*common, *extra, "--out", str(root / "saved_models" / name)]) == 0
+        assert train.main([*common, *extra, "--out", str(root / "saved_models" / RUNS[name])]) == 0
     image = np.zeros((28, 28, 3), np.uint8)
     image[10:13, 4:20] = (255, 0, 0)  # a red horizontal line, width 3, length 16
     Image.fromarray(image).save(root / "line.png")
+    # the same picture twice the size with an alpha channel: converted as the training data was
+    big = np.kron(image, np.ones((2, 2, 1), np.uint8))
+    Image.fromarray(np.dstack([big, np.full((56, 56), 255, np.uint8)])).save(root / "big.png")
     return root
 
 
@@ -35,10 +33,10 @@ def test_design_card_command_uses_the_latest_run(trained, monkeypatch, capsys):
     monkeypatch.chdir(trained)
     assert cli.main(["--layer", "conv2", "--image", "line.png"]) == 0
     out = capsys.readouterr().out
-    assert "model: saved_models/single (the latest finished run" in out
+    assert f"model: saved_models/{RUNS['single']} (the latest finished run" in out
     top = next(line for line in out.splitlines() if line.startswith("line: "))
     assert len(top.split(", ")) == 3 and top.split(", ")[0].split()[1].startswith("len")  # top 3 printed
-    written = trained / "saved_models" / "single" / "explanations"
+    written = trained / "saved_models" / RUNS["single"] / "explanations"
     for name in ("line_occlusion_prob", "line_occlusion_loss", "line_saliency", "line_gradcam"):
         assert (written / f"{name}.png").is_file()
         maps = np.load(written / f"{name}.npy")
@@ -46,7 +44,7 @@ def test_design_card_command_uses_the_latest_run(trained, monkeypatch, capsys):
 
 
 def test_all_methods_on_a_four_head_model_with_a_chosen_target(trained, tmp_path, capsys):
-    run = trained / "saved_models" / "multi"
+    run = trained / "saved_models" / RUNS["multi"]
     argv = [
         "--model",
         str(run),
@@ -62,12 +60,12 @@ def test_all_methods_on_a_four_head_model_with_a_chosen_target(trained, tmp_path
     assert "line [angle]:" in out and "line [colour]:" in out
     names = {path.name for path in tmp_path.iterdir()}
     assert {"line_occlusion_prob_angle.npy", "line_saliency_angle.png", "line_gradcam_angle.npy"} <= names
-    assert {"line_activations_conv3.png", "line_filters_conv3.png", "line_filters_weights.png"} <= names
+    assert {"line_activations_relu3.png", "line_filters_relu3.png", "line_filters_weights.png"} <= names
     assert not any(name.endswith("_colour.npy") for name in names)  # only the chosen head
 
 
 def test_samples_from_the_runs_own_split_use_their_true_labels(trained, tmp_path, capsys):
-    run = trained / "saved_models" / "single"
+    run = trained / "saved_models" / RUNS["single"]
     argv = [
         "--model",
         str(run),
@@ -80,9 +78,22 @@ def test_samples_from_the_runs_own_split_use_their_true_labels(trained, tmp_path
         "--out",
         str(tmp_path),
     ]
-    assert cli.main(argv) == 0
-    files = sorted(path.name for path in tmp_path.glob("test*_saliency.npy"))
-    assert len(files) == 2
+    assert cli.main([*argv, "--saliency", "logit", "--smoothgrad", "2", "--times-input"]) == 0
+    assert len(list(tmp_path.glob("test*_saliency.npy"))) == 2
+    explained = pd.read_csv(tmp_path / "explained.csv")
+    assert (
+        list(explained["explained"]) == list(explained["true"])
+        and explained["true"].str.startswith("len").all()
+    )
+
+
+def test_images_of_any_size_and_mode_and_chosen_filters(trained, tmp_path, capsys):
+    run = trained / "saved_models" / RUNS["single"]
+    argv = ["--model", str(run), "--image", str(trained / "big.png"), "--out", str(tmp_path)]
+    assert cli.main([*argv, "--method", "activations,filters", "--layer", "conv2", "--filters", "0,5"]) == 0
+    assert np.load(tmp_path / "big_filters_conv2.npy").shape == (2, 28, 28, 3)
+    assert cli.main([*argv, "--method", "activations", "--layer", "gmp"]) == 0  # any layer, also not spatial
+    assert np.load(tmp_path / "big_activations_gmp.npy").shape == (64,)
 
 
 @pytest.mark.parametrize(
@@ -93,18 +104,25 @@ def test_samples_from_the_runs_own_split_use_their_true_labels(trained, tmp_path
         (["--method", "xray"], "unknown method 'xray'; choose from occlusion, saliency"),
         (["--fill", "pink"], "expected one of mean, gray, zero, blur or a number"),
         ([], "nothing to explain: give --image FILE"),
+        (["--image", "line.png", "--stride", "0"], "--stride must be at least 1 pixel, got 0"),
+        (
+            ["--image", "line.png", "--layer", "gmp"],
+            "layer 'gmp' has output shape (None, 64), not feature maps",
+        ),
         (["--image", "missing.png"], "cannot read image missing.png"),
     ],
 )
 def test_errors_say_what_to_do(trained, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(trained)
     with pytest.raises(SystemExit) as stop:
-        cli.main(["--model", "saved_models/single", *argv])
+        cli.main(["--model", f"saved_models/{RUNS['single']}", *argv])
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
 
 
 def test_four_head_target_needs_the_head(trained, capsys):
     with pytest.raises(SystemExit):
-        cli.main(["--model", str(trained / "saved_models" / "multi"), "--image", "x.png", "--target", "45"])
+        cli.main(
+            ["--model", str(trained / "saved_models" / RUNS["multi"]), "--image", "x.png", "--target", "45"]
+        )
     assert "write HEAD:CLASS, e.g. angle:" in capsys.readouterr().err

@@ -22,6 +22,7 @@ DEFAULT_STEP_SIZE = 4.0
 DEFAULT_JITTER = 2  # pixels
 DEFAULT_BLUR_EVERY = 8  # steps; 0 never
 DEFAULT_DECAY = 0.01  # share of the distance to grey removed per step
+_TINY = 1e-8  # keeps the step finite where the gradient is zero
 
 
 def filter_patterns(
@@ -66,7 +67,7 @@ def filter_patterns(
             outputs = probe(moved, training=False)
             score = tf.reduce_sum(tf.reduce_mean(outputs, axis=[1, 2]) * picks)
         gradient = tf.roll(tape.gradient(score, moved), -shift, axis=[1, 2])
-        gradient /= tf.sqrt(tf.reduce_mean(tf.square(gradient), axis=[1, 2, 3], keepdims=True)) + 1e-8
+        gradient /= tf.sqrt(tf.reduce_mean(tf.square(gradient), axis=[1, 2, 3], keepdims=True)) + _TINY
         images = images + step_size * gradient
         images = GRAY + (images - GRAY) * (1.0 - decay)
         return tf.clip_by_value(images, 0.0, 255.0)

@@ -12,15 +12,22 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from visualize.targets import as_images, class_logit, compiled, logits_model, resolve_head, resolve_targets
+from visualize.targets import (
+    as_images,
+    check_per_image,
+    class_logit,
+    compiled,
+    logits_model,
+    resolve_head,
+    resolve_targets,
+)
 
 DEFAULT_BATCH = 64
 
 
 def conv_layers(model: keras.Model) -> list[str]:
-    """Names of the model's layers with a 4-D (image-like) output, convolutions first."""
-    convs = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
-    return convs
+    """Names of the model's Conv2D layers, in order."""
+    return [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
 
 
 def check_layer(model: keras.Model, layer: str, *, spatial: bool = True) -> None:
@@ -41,11 +48,14 @@ def check_layer(model: keras.Model, layer: str, *, spatial: bool = True) -> None
 
 
 def default_layer(model: keras.Model) -> str:
-    """The last conv layer."""
+    """The last layer with feature maps (4-D output) from the last conv layer on: with
+    ``conv bn relu`` blocks the rectified maps (``relu3``), as Grad-CAM intends."""
     convs = conv_layers(model)
     if not convs:
-        raise ValueError("this model has no conv layer for Grad-CAM.")
-    return convs[-1]
+        raise ValueError("this model has no conv layer; Grad-CAM, activations and filters need one.")
+    names = [layer.name for layer in model.layers]
+    after = names[names.index(convs[-1]) :]
+    return [name for name in after if len(model.get_layer(name).output.shape) == 4][-1]
 
 
 def _cam_function(model: keras.Model, head: str, layer: str, shape):
@@ -81,11 +91,12 @@ def gradcam(
 
     Args:
         model, images, head, target: see ``visualize.targets``.
-        layer: a conv layer's name (default: the last conv layer).
+        layer: a layer with feature maps (default: :func:`default_layer`, e.g. ``relu3``).
         batch_size: images per compiled call (the maps do not depend on it).
     """
     images = as_images(images)
     head = resolve_head(model, head)
+    check_per_image(model)
     layer = layer or default_layer(model)
     check_layer(model, layer)
     targets = resolve_targets(model, images, head, target).astype(np.int32)

@@ -3,9 +3,9 @@
 For each evaluated pixel (i, j) the N x N square centred on it (rows i - N//2 ...
 i - N//2 + N - 1, likewise columns, clipped at the border) is filled, and the
 target class's probability and cross-entropy loss are recorded at (i, j). With
-stride s only every s-th row and column is evaluated and every pixel takes the value
-of the nearest evaluated one. Occluded copies are built inside the compiled graph
-from the image and the centres, a batch at a time.
+stride s only every s-th row and column is evaluated, and each evaluated value fills
+its s x s block (the pixels up to the next evaluated row and column). Occluded copies
+are built inside the compiled graph from the image and the centres, a batch at a time.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from visualize.targets import (
     as_images,
+    check_per_image,
     class_loss,
     class_probability,
     compiled,
@@ -36,7 +37,7 @@ DEFAULT_BATCH = 256
 GRAY = 128.0
 NORMALIZE_LAYER = "normalize"
 # Compile the occluder with XLA: 10,000 positions of the Fruits-360 model took 4.0-4.4 s
-# instead of 4.7-4.9 s (bench/run.py occlusion).
+# instead of 4.7-4.9 s in one comparison (3.2 s in bench/run.py occlusion).
 JIT = True
 
 
@@ -126,10 +127,9 @@ def _centres(height: int, width: int, stride: int) -> tuple[np.ndarray, np.ndarr
 
 
 def _to_input_resolution(coarse: np.ndarray, height: int, width: int, stride: int) -> np.ndarray:
-    """Each pixel takes the value of the nearest evaluated position."""
-    rows = np.clip(np.rint(np.arange(height) / stride).astype(int), 0, coarse.shape[0] - 1)
-    columns = np.clip(np.rint(np.arange(width) / stride).astype(int), 0, coarse.shape[1] - 1)
-    return coarse[np.ix_(rows, columns)]
+    """Each pixel takes the value of the evaluated pixel at the top-left corner of its
+    stride x stride block (equal blocks; no rounding ties)."""
+    return coarse[np.ix_(np.arange(height) // stride, np.arange(width) // stride)]
 
 
 def occlusion(
@@ -165,6 +165,7 @@ def occlusion(
             raise ValueError(f"{name} must be at least 1 pixel/position, got {value}.")
     images = as_images(images)
     head = resolve_head(model, head)
+    check_per_image(model)
     targets = resolve_targets(model, images, head, target)
     count, height, width = images.shape[:3]
     shape = tuple(images.shape[1:])

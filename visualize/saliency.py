@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from visualize.targets import (
     as_images,
+    check_per_image,
     class_logit,
     class_loss,
     compiled,
@@ -78,20 +79,29 @@ def saliency(
         raise ValueError(f"smoothgrad must be 0 (off) or a number of noisy copies, got {smoothgrad}.")
     images = as_images(images)
     head = resolve_head(model, head)
+    check_per_image(model)
     targets = resolve_targets(model, images, head, target).astype(np.int32)
     shape = tuple(images.shape[1:])
     gradient = compiled(
         model, ("saliency", head, of, shape), lambda: _gradient_function(model, head, of, shape)
     )
-    rng = np.random.default_rng(seed)
     maps = []
     for start in range(0, images.shape[0], batch_size):
         batch, chosen = images[start : start + batch_size], targets[start : start + batch_size]
         if smoothgrad:
+            # each image draws its noise from its own generator: the same for any batch size
+            draws = np.stack(
+                [
+                    np.random.default_rng([seed, start + offset]).normal(
+                        0.0, noise * PIXEL_RANGE, (smoothgrad, *batch.shape[1:])
+                    )
+                    for offset in range(batch.shape[0])
+                ],
+                axis=1,
+            ).astype(np.float32)  # (copies, batch, H, W, C)
             total = np.zeros_like(batch)
-            for _ in range(smoothgrad):
-                noisy = batch + rng.normal(0.0, noise * PIXEL_RANGE, batch.shape).astype(np.float32)
-                total += gradient(tf.constant(noisy), tf.constant(chosen)).numpy()
+            for draw in draws:
+                total += gradient(tf.constant(batch + draw), tf.constant(chosen)).numpy()
             grads = total / smoothgrad
         else:
             grads = gradient(tf.constant(batch), tf.constant(chosen)).numpy()

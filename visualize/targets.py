@@ -49,6 +49,18 @@ def resolve_head(model: keras.Model, head: str | None) -> str:
     return head
 
 
+def check_per_image(model: keras.Model) -> None:
+    """Refuse models whose output for an image depends on the other images of its batch
+    (batch norm with batch statistics at inference): their maps would mix images."""
+    mixed = [layer.name for layer in model.layers if getattr(layer, "batch_stats_at_inference", False)]
+    if mixed:
+        raise ValueError(
+            f"this model's batch norm ({', '.join(mixed)}) uses the statistics of the evaluated batch at "
+            "inference (trained with --bn-test-batch-stats), so an image's prediction depends on the other "
+            "images of its batch and no explanation is per image; explain a model trained without it."
+        )
+
+
 def head_units(model: keras.Model, head: str) -> int:
     """Width of a head's logits layer (1 for a sigmoid head)."""
     return int(model.get_layer(head + LOGITS_SUFFIX).output.shape[-1])

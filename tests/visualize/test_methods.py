@@ -58,17 +58,18 @@ def test_occlusion_matches_brute_force_on_a_model_that_sees_one_region(patch):
 
 def test_occlusion_is_the_same_for_any_batch_size_and_exact_at_strided_positions():
     rng = np.random.default_rng(1)
-    images = rng.integers(0, 256, (1, 8, 8, 1)).astype(np.float32)
+    images = rng.integers(1, 20, (1, 8, 8, 1)).astype(np.float32)  # no zero pixel; unsaturated
     model = _region_model()
     full = occlusion(model, images, target=1, patch=3, fill="zero", batch_size=64)
     small = occlusion(model, images, target=1, patch=3, fill="zero", batch_size=3)
     np.testing.assert_allclose(full.probability, small.probability, atol=1e-7)
-    strided = occlusion(model, images, target=1, patch=3, fill="zero", stride=3)
-    # evaluated positions (every third row and column) are exact
-    np.testing.assert_allclose(strided.probability[0, ::3, ::3], full.probability[0, ::3, ::3], atol=1e-7)
-    # every pixel holds the value of its nearest evaluated position
-    assert strided.probability[0, 1, 1] == strided.probability[0, 0, 0]
-    assert strided.probability[0, 2, 2] == strided.probability[0, 3, 3]
+    for stride in (2, 3):
+        strided = occlusion(model, images, target=1, patch=3, fill="zero", stride=stride)
+        # every pixel holds the exact value of the evaluated pixel at the top-left of its block
+        blocks = (np.arange(8) // stride) * stride
+        expected = full.probability[0][np.ix_(blocks, blocks)]
+        np.testing.assert_allclose(strided.probability[0], expected, atol=1e-7)
+        assert np.unique(strided.probability[0]).size > 1  # the region changes some blocks
 
 
 def test_fills_are_in_pixel_units():
@@ -200,3 +201,66 @@ def test_filter_visualisation_raises_the_filter_activation_from_grey():
     np.testing.assert_array_equal(first_layer_weights(model), np.transpose(kernel, (3, 0, 1, 2)))
     with pytest.raises(ValueError, match="has filters 0..1"):
         filter_patterns(model, layer="conv1", filters=[5])
+
+
+def _bn_model(batch_stats_at_inference=False):
+    from fruitcnn.layers import BatchNorm
+
+    inputs = keras.Input((6, 6, 1), name="image")
+    features = keras.layers.Conv2D(2, 3, padding="same", name="conv1")(inputs)
+    normalised = BatchNorm(batch_stats_at_inference=batch_stats_at_inference, name="bn1")(features)
+    rectified = keras.layers.ReLU(name="relu1")(normalised)
+    logits = keras.layers.Dense(2, name="class_logits")(
+        keras.layers.GlobalAveragePooling2D(name="gap")(rectified)
+    )
+    model = keras.Model(inputs, {"class": keras.layers.Softmax(name="class")(logits)})
+    bn = model.get_layer("bn1")
+    bn.set_weights([np.array([1.5, 0.5]), np.array([0.1, -0.2]), np.array([3.0, -1.0]), np.array([4.0, 9.0])])
+    return model
+
+
+def test_batch_norm_models_give_the_same_maps_for_any_batch_size_and_smoothgrad_too():
+    from visualize.gradcam import default_layer
+
+    model = _bn_model()
+    images = np.random.default_rng(5).uniform(0, 255, (5, 6, 6, 1)).astype(np.float32)
+    one = occlusion(model, images[:2], target=1, patch=2, batch_size=1, fill="gray")
+    many = occlusion(model, images[:2], target=1, patch=2, batch_size=64, fill="gray")
+    np.testing.assert_allclose(one.probability, many.probability, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        saliency(model, images, target=1, smoothgrad=3, batch_size=1),
+        saliency(model, images, target=1, smoothgrad=3, batch_size=4),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    assert default_layer(model) == "relu1"  # Grad-CAM's default: the rectified maps, not the raw conv
+    with pytest.raises(ValueError, match="depends on the other images of its batch"):
+        occlusion(_bn_model(batch_stats_at_inference=True), images, patch=2)
+
+
+def test_occlusion_of_a_sigmoid_head_class_zero_is_one_minus_class_one():
+    model, _ = _two_head_model()
+    images = np.random.default_rng(6).uniform(0, 255, (1, 3, 3, 1)).astype(np.float32)
+    positive = occlusion(model, images, head="colour", target=1, patch=1, fill=0.0)
+    negative = occlusion(model, images, head="colour", target=0, patch=1, fill=0.0)
+    np.testing.assert_allclose(positive.probability + negative.probability, 1.0, rtol=1e-6)
+    hidden = images.copy()
+    hidden[0, 1, 2] = 0.0
+    logit = float((hidden.reshape(-1) * np.arange(9) / 10).sum())
+    assert positive.probability[0, 1, 2] == pytest.approx(1 / (1 + np.exp(-logit)), rel=1e-5)
+
+
+def test_explain_images_of_a_model_without_conv_layers_runs_occlusion(tmp_path):
+    from visualize.explain_run import Options, explain_images
+
+    model = _region_model()
+    images = np.random.default_rng(7).uniform(0, 255, (1, 8, 8, 1)).astype(np.float32)
+    classes = {"class": ["a", "b"]}
+    written = explain_images(
+        model, images, ["x"], classes, methods=["occlusion", "saliency"], head=None, target=None,
+        truth=None, options=Options(patch=3, fill=0.0), out=tmp_path,
+    )  # fmt: skip
+    assert written == 3 * 2 + 1 and (tmp_path / "x_occlusion_loss.npy").is_file()
+    with pytest.raises(ValueError, match="no conv layer; Grad-CAM, activations and filters need one"):
+        explain_images(model, images, ["x"], classes, methods=["gradcam"], head=None, target=None,
+                       truth=None, options=Options(), out=tmp_path)  # fmt: skip
