@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--layer",
         default=None,
-        help="layer of gradcam, activations and filters (default: the last conv layer)",
+        help="layer of gradcam, activations and filters (default: the last feature maps, e.g. relu3)",
     )
     parser.add_argument(
         "--target",
@@ -82,7 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--patch", type=int, default=10, metavar="N", help="occlusion square side in pixels (default: 10)"
     )
     parser.add_argument(
-        "--stride", type=int, default=1, metavar="S", help="occlusion: every S-th pixel (default: 1)"
+        "--stride",
+        type=int,
+        default=1,
+        metavar="S",
+        help="occlusion: every S-th row and column, each value filling its SxS block (default: 1)",
     )
     parser.add_argument(
         "--fill",
