@@ -175,7 +175,7 @@ def _run_folder(model_arg: str | None) -> Path:
 
     if model_arg:
         return Path(model_arg)
-    finished = [run for run in runs.find_runs() if (run / runs.MODEL_FILE).is_file()]
+    finished = runs.finished_runs()
     if not finished:
         raise ValueError(
             f"no trained model under {runs.DEFAULT_ROOT}/; train one (python train.py) or pass "
@@ -272,20 +272,11 @@ def _samples(args, run: Path):
     return split.images[chosen], [f"{args.split}{int(index):05d}" for index in chosen], truth
 
 
-def _print_predictions(model, images, stems, classes) -> None:
+def _print_predictions(probabilities, stems, classes) -> None:
     import numpy as np
 
-    from visualize.targets import logits_model
-
     for head, names in classes.items():
-        logits = logits_model(model, head).predict(images.astype(np.float32), verbose=0)
-        if logits.shape[-1] == 1:
-            positive = 1 / (1 + np.exp(-logits[:, 0]))
-            probabilities = np.stack([1 - positive, positive], axis=1)
-        else:
-            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            probabilities = shifted / shifted.sum(axis=1, keepdims=True)
-        for stem, row in zip(stems, probabilities):
+        for stem, row in zip(stems, probabilities[head]):
             best = np.argsort(-row)[:TOP]
             listed = ", ".join(f"{names[index]} {row[index]:.3f}" for index in best)
             print(f"{stem}{' [' + head + ']' if len(classes) > 1 else ''}: {listed}")
@@ -317,8 +308,11 @@ def main(argv: list[str] | None = None) -> int:
             check_layer(model, args.layer, spatial=bool({"gradcam", "filters"} & set(methods)))
         images, stems, truth = _inputs(args, run, model)
         out = Path(args.out) if args.out else (run if run.is_dir() else run.parent) / "explanations"
-        _print_predictions(model, images, stems, classes)
         from visualize.explain_run import Options, explain_images
+        from visualize.targets import class_probabilities
+
+        probabilities = class_probabilities(model, images, classes)
+        _print_predictions(probabilities, stems, classes)
 
         options = Options(
             layer=args.layer,
@@ -332,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         written = explain_images(
-            model, images, stems, classes, methods=methods, head=head, target=target, truth=truth,
-            options=options, out=out,
+            model, images, stems, classes, probabilities, methods=methods, head=head, target=target,
+            truth=truth, options=options, out=out,
         )  # fmt: skip
     except ValueError as error:
         parser.exit(2, f"explain.py: error: {error}\n")

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 def _latest_run() -> Path:
     from fruitcnn import runs
 
-    finished = [run for run in runs.find_runs() if (run / runs.MODEL_FILE).is_file()]
+    finished = runs.finished_runs()
     if not finished:
         raise ValueError(
             f"no run with a {runs.MODEL_FILE} under {runs.DEFAULT_ROOT}/; train one (python train.py) "

@@ -263,6 +263,11 @@ def find_runs(root: Path = DEFAULT_ROOT) -> list[Path]:
     return sorted(runs, key=lambda path: (path / CONFIG_FILE).stat().st_mtime)
 
 
+def finished_runs(root: Path = DEFAULT_ROOT) -> list[Path]:
+    """Run folders under ``root`` that hold a trained model.keras, oldest first."""
+    return [run for run in find_runs(root) if (run / MODEL_FILE).is_file()]
+
+
 def latest_resumable_run(root: Path = DEFAULT_ROOT) -> Path:
     """The most recent run under ``root`` that has a checkpoint and no final metrics."""
     candidates = [

@@ -18,7 +18,6 @@ from visualize.filters import filter_patterns, first_layer_weights
 from visualize.gradcam import default_layer, gradcam
 from visualize.occlusion import occlusion
 from visualize.saliency import saliency
-from visualize.targets import logits_model, predicted_classes
 
 # Filters drawn by the filters method when none are chosen (the first ones of the layer).
 SHOWN_FILTERS = 32
@@ -64,6 +63,7 @@ def explain_images(
     images: np.ndarray,
     stems: Sequence[str],
     classes: dict[str, list[str]],
+    probabilities: dict[str, np.ndarray],
     *,
     methods: Sequence[str],
     head: str | None,
@@ -73,13 +73,14 @@ def explain_images(
     out: Path,
 ) -> int:
     """Run ``methods`` on ``images`` for ``head`` (default: every head) and write the
-    files; returns how many were written."""
+    files; returns how many were written. ``probabilities`` are the model's, per head
+    (``visualize.targets.class_probabilities``): they give the predicted classes."""
     out.mkdir(parents=True, exist_ok=True)
     multi = len(classes) > 1
     written, rows = 0, []
     for name in [head] if head else list(classes):
         names = classes[name]
-        predicted = predicted_classes(logits_model(model, name).predict(images.astype(np.float32), verbose=0))
+        predicted = np.argmax(probabilities[name], axis=1)
         true = truth[name] if truth else None
         if target is not None:
             targets = np.full(len(images), target)

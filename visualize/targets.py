@@ -115,6 +115,22 @@ def predicted_classes(logits: np.ndarray) -> np.ndarray:
     return np.argmax(logits, axis=-1)
 
 
+def class_probabilities(model: keras.Model, images, classes) -> dict[str, np.ndarray]:
+    """Every head's class probabilities, ``{head: (N, K)}``, from one pass of the model
+    (a sigmoid head's output p becomes the two columns [1 - p, p])."""
+    from fruitcnn.evaluation import head_probabilities
+    from heads import HeadSpec
+
+    outputs = model.predict(as_images(images), verbose=0)
+    return {
+        head: head_probabilities(
+            outputs[head],
+            HeadSpec(head, "sigmoid" if head_units(model, head) == 1 else "softmax", tuple(names)),
+        )
+        for head, names in classes.items()
+    }
+
+
 def resolve_targets(model: keras.Model, images: np.ndarray, head: str, target) -> np.ndarray:
     """Class index per image: ``target`` broadcast, or each image's predicted class."""
     count = images.shape[0]

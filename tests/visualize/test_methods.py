@@ -252,15 +252,18 @@ def test_occlusion_of_a_sigmoid_head_class_zero_is_one_minus_class_one():
 
 def test_explain_images_of_a_model_without_conv_layers_runs_occlusion(tmp_path):
     from visualize.explain_run import Options, explain_images
+    from visualize.targets import class_probabilities
 
     model = _region_model()
     images = np.random.default_rng(7).uniform(0, 255, (1, 8, 8, 1)).astype(np.float32)
     classes = {"class": ["a", "b"]}
+    probabilities = class_probabilities(model, images, classes)
+    common = {"head": None, "target": None, "truth": None, "out": tmp_path}
     written = explain_images(
-        model, images, ["x"], classes, methods=["occlusion", "saliency"], head=None, target=None,
-        truth=None, options=Options(patch=3, fill=0.0), out=tmp_path,
+        model, images, ["x"], classes, probabilities, methods=["occlusion", "saliency"],
+        options=Options(patch=3, fill=0.0), **common,
     )  # fmt: skip
     assert written == 3 * 2 + 1 and (tmp_path / "x_occlusion_loss.npy").is_file()
     with pytest.raises(ValueError, match="no conv layer; Grad-CAM, activations and filters need one"):
-        explain_images(model, images, ["x"], classes, methods=["gradcam"], head=None, target=None,
-                       truth=None, options=Options(), out=tmp_path)  # fmt: skip
+        explain_images(model, images, ["x"], classes, probabilities, methods=["gradcam"], options=Options(),
+                       **common)  # fmt: skip
