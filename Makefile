@@ -33,6 +33,8 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/run.py fruits
 	$(BIN)/python bench/run.py mnist
 	$(BIN)/python bench/run.py cifar10
+	$(BIN)/python bench/run.py occlusion
+	$(BIN)/python bench/run.py study
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

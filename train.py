@@ -12,7 +12,6 @@ report/; see report.py).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -31,9 +30,9 @@ from fruitcnn.config import (  # noqa: E402
     DataConfig,
     RunConfig,
     TrainConfig,
-    default_preset,
-    resolve_arch,
+    config_from_settings,
 )
+from fruitcnn.config import SETTING_FIELDS as _FIELDS  # noqa: E402  (flag -> config field)
 
 EXAMPLES = """examples:
   python train.py                                  # line dataset, 96-class softmax
@@ -44,46 +43,13 @@ EXAMPLES = """examples:
   python train.py --arch cs671-part1 --epochs 5 --optimizer sgd --lr 0.05
   python train.py --arch "conv(32,3) bn relu maxpool(2) conv(64,3) bn relu gap fc(128) relu"
   python train.py --arch cs671-part1 --image-size 28 --num-classes 96 --summary
+  python train.py --arch ece4179-deep --image-size 96 --num-classes 10 --summary
+  python train.py --arch "3*[conv(32,3) bn relu maxpool(2)] flatten fc(128) relu"   # repeats
   python train.py --resume                         # continue the last interrupted run
   tensorboard --logdir saved_models                # learning curves, confusion matrices
   python report.py saved_models/<run>              # the report again, other options
 """
 
-# flag -> (config section, field); the section's dataclass default is the flag's default.
-_FIELDS = {
-    "dataset": ("data", "dataset"),
-    "image_size": ("data", "image_size"),
-    "images_per_class": ("data", "images_per_class"),
-    "split": ("data", "split"),
-    "val_fraction": ("data", "val_fraction"),
-    "data_seed": ("data", "seed"),
-    "data_dir": ("data", "data_dir"),
-    "strict": ("data", "strict"),
-    "flip": ("augment", "flip"),
-    "translate": ("augment", "translate"),
-    "rotate": ("augment", "rotate"),
-    "color_jitter": ("augment", "color_jitter"),
-    "l2": ("arch", "l2"),
-    "dropout": ("arch", "dropout"),
-    "bn_momentum": ("arch", "bn_momentum"),
-    "bn_test_batch_stats": ("arch", "bn_batch_stats_at_inference"),
-    "bn_layer": ("arch", "bn_layer"),
-    "epochs": ("train", "epochs"),
-    "batch_size": ("train", "batch_size"),
-    "optimizer": ("train", "optimizer"),
-    "lr": ("train", "learning_rate"),
-    "momentum": ("train", "momentum"),
-    "schedule": ("train", "schedule"),
-    "warmup_epochs": ("train", "warmup_epochs"),
-    "step_epochs": ("train", "step_epochs"),
-    "step_factor": ("train", "step_factor"),
-    "plateau_patience": ("train", "plateau_patience"),
-    "plateau_factor": ("train", "plateau_factor"),
-    "seed": ("train", "seed"),
-    "test_each_epoch": ("train", "test_each_epoch"),
-    "label_smoothing": ("train", "label_smoothing"),
-    "tta": ("train", "tta"),
-}
 _DEFAULTS = {
     "data": DataConfig(),
     "arch": ArchConfig(layers=["gap"]),
@@ -253,28 +219,28 @@ def _adder(group):
     return add
 
 
-def _base(args: argparse.Namespace) -> tuple[dict, str]:
-    """Sections and head to start from: ``--config`` or the defaults."""
-    if args.config:
-        from fruitcnn import runs
+def _base(args: argparse.Namespace) -> RunConfig | None:
+    """The run to start from: ``--config``, or None for the defaults."""
+    if not args.config:
+        return None
+    from fruitcnn import runs
 
-        base = RunConfig.from_dict(runs.read_json(Path(args.config)))
-        return {"data": base.data, "arch": base.arch, "train": base.train, "augment": base.augment}, base.head
-    return {"data": DataConfig(), "arch": None, "train": TrainConfig(), "augment": AugmentConfig()}, "single"
+    return RunConfig.from_dict(runs.read_json(Path(args.config)))
 
 
-def _changes(args: argparse.Namespace, section: str) -> dict:
-    return {
-        name: getattr(args, flag)
-        for flag, (part, name) in _FIELDS.items()
-        if part == section and getattr(args, flag) is not None
-    }
+def _settings(args: argparse.Namespace) -> dict:
+    """The flags given on the command line, by setting name (see config.SETTING_FIELDS)."""
+    settings = {flag: getattr(args, flag) for flag in _FIELDS if getattr(args, flag) is not None}
+    if args.arch:
+        settings["arch"] = args.arch
+    if args.multihead:
+        settings["multihead"] = True
+    return settings
 
 
 def data_config(args: argparse.Namespace) -> DataConfig:
     """The data section alone (to load the data before choosing the default model)."""
-    sections, _ = _base(args)
-    return dataclasses.replace(sections["data"], **_changes(args, "data"))
+    return make_config(args).data
 
 
 def make_config(args: argparse.Namespace, image_shape: tuple[int, int, int] | None = None) -> RunConfig:
@@ -283,18 +249,7 @@ def make_config(args: argparse.Namespace, image_shape: tuple[int, int, int] | No
     ``image_shape`` (of the loaded data) picks the default architecture when neither
     ``--arch`` nor ``--config`` gives one (see ``fruitcnn.config.default_preset``).
     """
-    sections, head = _base(args)
-    data = dataclasses.replace(sections["data"], **_changes(args, "data"))
-    if args.arch:
-        arch = resolve_arch(args.arch)
-    else:
-        arch = sections["arch"] or resolve_arch(default_preset(data.dataset, image_shape))
-    arch = dataclasses.replace(arch, **_changes(args, "arch"))
-    train = dataclasses.replace(sections["train"], **_changes(args, "train"))
-    augment = dataclasses.replace(sections["augment"], **_changes(args, "augment"))
-    if args.multihead:
-        head = "multi"
-    return RunConfig(data=data, arch=arch, train=train, augment=augment, head=head)
+    return config_from_settings(_settings(args), base=_base(args), image_shape=image_shape)
 
 
 def load_data(config: DataConfig):

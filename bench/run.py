@@ -8,6 +8,10 @@ Tasks:
   mnist            MNIST IDX files, target >= 99.4% within 60 s
   cifar10          CIFAR-10 (JPEG folders/archive or python batches), target >= 85%
                    within 300 s
+  study            the line-filters study (studies/line-filters.toml: 4 trials) through
+                   study.py's engine (Keras Tuner, tables, HParams) against the same four
+                   trainings in a plain loop of train() calls (``plain_loop_s``), both in
+                   this run: what the study machinery costs (``overhead_ratio``)
   occlusion        occlusion of a 100x100 image (patch 10, stride 1: 10,000 positions)
                    with a Fruits-360-sized model against plain batched re-inference of
                    all occluded copies (``occlusion_s``, ``batched_reference_s``), and
@@ -65,7 +69,10 @@ TASKS = {
     "mnist": "data",
     "cifar10": "data",
     "occlusion": "explain",
+    "study": "study",
 }
+# The study task's study file (small, generated data: no download).
+_STUDY_FILE = Path(__file__).resolve().parents[1] / "studies" / "line-filters.toml"
 # The explanation benchmark: a Fruits-360-sized model (preset ``fruits``, 100x100x3,
 # 24 classes, seeded random weights: speed does not depend on the weights), occlusion
 # with patch 10 and stride 1 (10,000 positions), and gradient timings.
@@ -464,6 +471,48 @@ def plain_baseline(dataset, seconds: float, target: float, data_s: float) -> dic
     }
 
 
+def run_study_task() -> dict:
+    """The line-filters study through run_study against a plain loop of the same
+    train() calls (the same configs and data, no tuner, tables or HParams)."""
+    import keras
+
+    from fruitcnn.study import best_row, load_study
+    from fruitcnn.training import train
+    from fruitcnn.tuning import TrialData, run_study
+
+    study = load_study(_STUDY_FILE)
+    with tempfile.TemporaryDirectory() as scratch:
+        started = time.monotonic()
+        data = TrialData(study, progress=lambda line: None)
+        for trial in study.trials:
+            config, dataset = data.prepare(trial)
+            keras.backend.clear_session()
+            train(config, dataset=dataset, run_dir=Path(scratch) / "plain" / str(trial.number), verbose=0)
+        plain_s = time.monotonic() - started
+        print(f"plain loop of {len(study.trials)} train() calls: {plain_s:.1f} s", file=sys.stderr)
+        started = time.monotonic()
+        outcome = run_study(
+            study, Path(scratch) / "study", verbose=0, reports="none", progress=lambda line: None
+        )
+        wall_s = time.monotonic() - started
+    rows = outcome.rows
+    best = best_row(rows)
+    return {
+        "task": "study",
+        "study": study.name,
+        "trials": len(rows),
+        "trials_done": sum(row["status"] == "done" for row in rows),
+        "best_trial": {parameter.name: best[parameter.name] for parameter in study.parameters},
+        "best_val_accuracy": best["best_val_accuracy"],
+        "test_accuracy": best["test_accuracy"],
+        "wall_s": round(wall_s, 1),
+        "plain_loop_s": round(plain_s, 1),
+        "overhead_ratio": round(wall_s / plain_s, 3),
+        "overhead_s_per_trial": round((wall_s - plain_s) / len(rows), 2),
+        "train_s_sum": round(sum(row["train_s"] for row in rows), 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one benchmark task and print its JSON line last."""
     parser = argparse.ArgumentParser(
@@ -494,7 +543,12 @@ def main(argv: list[str] | None = None) -> int:
     if TASKS[args.task] != "data":
         if args.data is not None:
             parser.error(f"task {args.task} generates its data; --data is not used (got {args.data!r}).")
-        report = run_explain() if TASKS[args.task] == "explain" else run_line(args.task, args.keep)
+        if TASKS[args.task] == "explain":
+            report = run_explain()
+        elif TASKS[args.task] == "study":
+            report = run_study_task()
+        else:
+            report = run_line(args.task, args.keep)
     else:
         data = args.data or str(RECIPES[args.task]["data"])
         if not Path(data).exists():

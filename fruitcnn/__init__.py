@@ -2,7 +2,9 @@
 
 The library: ``config`` (the one run configuration and the architecture presets),
 ``layers`` (the reduce_mean BatchNorm), ``model`` (``build_model``), ``training``
-(``train``, the one training path), ``runs`` (the run folder) and ``data`` (datasets).
+(``train``, the one training path), ``runs`` (the run folder), ``data`` (datasets),
+``evaluation``/``plots``/``report`` (the evaluation report), and ``study``/``tuning``
+(parameter studies: study files and tables; trials run through Keras Tuner).
 """
 
 from __future__ import annotations

@@ -30,11 +30,27 @@ fc        units (a fully connected layer; ``dense`` is the same)
 Separate layers by spaces, commas or semicolons. A ``.json`` file holding
 ``{"layers": [{"kind": "conv", "filters": 32}, ...]}`` or a list of such dicts works
 too (see :func:`resolve_arch`).
+
+Blocks and repetition make "add a block" or "one more conv layer" one edit:
+
+- ``N*layer`` and ``N*[layers ...]`` repeat a layer or a group N times (0: leave it
+  out): ``3*[conv(32) relu maxpool(2)] gap``.
+- A *block* is a named, reusable unit with ``{placeholders}``, called like a layer
+  with its arguments in the order the placeholders first appear (or by name).
+  ``BLOCKS`` holds the built-in ones, e.g. ``ece4179_block``::
+
+      ece4179_block(32) ece4179_block(64) ece4179_block(128) ece4179_block(192) gap
+
+  expands each call into ``conv(F,3,stride=2,padding=1) relu conv(F,1) relu
+  conv(F,3) relu``. Architecture files and study files may define their own
+  (``{"blocks": {"stage": "conv({filters}) bn relu maxpool(2)"}, "layers":
+  "stage(32) stage(64) gap"}``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import re
@@ -175,21 +191,81 @@ def _check_field_types(instance: Any) -> None:
             "str": isinstance(value, str),
         }.get(expected, True)
         if not ok:
+            wanted = _TYPE_WORDS.get(expected, expected)
+            hint = "; write it without quotes" if isinstance(value, str) else ""
             raise ValueError(
-                f"{type(instance).__name__}.{item.name} must be a {expected}, got {value!r} "
-                f"({type(value).__name__})."
+                f"{type(instance).__name__}.{item.name} must be {wanted}, got {value!r} "
+                f"({type(value).__name__}){hint}."
             )
 
 
-_TOKEN = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(([^()]*)\))?\s*[,;]?")
+_TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}
 
 
-def parse_layers(text: str) -> list[LayerSpec]:
+_TOKEN = re.compile(r"\s*(?:(\d+)\s*\*\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(([^()]*)\))?\s*[,;]?")
+_GROUP = re.compile(r"(\d+)\s*\*\s*\[([^\[\]]*)\]")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Blocks may call blocks; this deep is surely a block that calls itself.
+_MAX_BLOCK_DEPTH = 16
+
+# Built-in blocks: name -> (description, layer text with {placeholders}).
+BLOCKS: dict[str, tuple[str, str]] = {
+    "ece4179_block": (
+        "ECE4179 deep-CNN block: 3x3 conv stride 2 padding 1 (halves the side), ReLU, 1x1 conv, "
+        "ReLU, 3x3 conv padding 1 (written 'same': identical at stride 1), ReLU; all with bias",
+        "conv({filters},3,stride=2,padding=1) relu conv({filters},1) relu conv({filters},3) relu",
+    ),
+}
+
+
+def block_parameters(text: str) -> list[str]:
+    """The ``{placeholders}`` of a block's layer text, in order of first appearance."""
+    return list(dict.fromkeys(_PLACEHOLDER.findall(text)))
+
+
+def parse_layers(text: str, blocks: dict[str, str] | None = None) -> list[LayerSpec]:
     """Parse the compact layer syntax (see the module docstring) into specs.
+
+    Args:
+        text: the layer list, e.g. ``"2*[conv(32) relu] maxpool(2) gap"``.
+        blocks: blocks of this architecture (name -> layer text with
+            ``{placeholders}``) besides the built-in ``BLOCKS``.
 
     Raises:
         ValueError: naming the part that could not be read.
     """
+    known = {name: body for name, (_, body) in BLOCKS.items()}
+    for name, body in (blocks or {}).items():
+        _check_block(name, body)
+        known[name] = body
+    specs = _parse(text, known, depth=0)
+    if not specs:
+        raise ValueError("the layer list is empty; give at least one layer, e.g. 'conv(32) gap'.")
+    return specs
+
+
+def _check_block(name: str, body: Any) -> None:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name)):
+        raise ValueError(f"block name {name!r} must be a word of letters, digits and _, e.g. 'stage'.")
+    kind = _ALIASES.get(str(name).lower(), str(name).lower())
+    if kind in LAYER_KINDS or kind in ACTIVATIONS:
+        raise ValueError(f"block name {name!r} is a layer kind; call the block something else.")
+    if not isinstance(body, str) or not body.strip():
+        raise ValueError(
+            f"block {name!r} must be a layer list as text, e.g. 'conv({{filters}}) relu'; got {body!r}."
+        )
+
+
+def _parse(text: str, blocks: dict[str, str], depth: int) -> list[LayerSpec]:
+    if depth > _MAX_BLOCK_DEPTH:
+        raise ValueError(f"blocks nest deeper than {_MAX_BLOCK_DEPTH} levels; does a block call itself?")
+    text = _expand_groups(text)
+    stray = _PLACEHOLDER.search(text)
+    if stray:
+        raise ValueError(
+            f"the layer list still holds the placeholder {stray.group(0)} at {text[stray.start() :][:30]!r}; "
+            "placeholders belong in block definitions or study templates, which fill them in."
+        )
     specs, position = [], 0
     text = text.strip()
     while position < len(text):
@@ -199,26 +275,74 @@ def parse_layers(text: str) -> list[LayerSpec]:
                 f"cannot read the layer list at {text[position : position + 20]!r} "
                 f"(character {position}); expected e.g. 'conv(32,3) relu maxpool(2)'."
             )
-        kind, args = match.group(1), match.group(2)
-        specs.append(LayerSpec(_canonical_kind(kind), _parse_args(kind, args or "")))
+        repeat, kind, args = match.group(1), match.group(2), match.group(3)
+        times = int(repeat) if repeat is not None else 1  # 0*layer: none (checked all the same)
+        if kind in blocks:
+            one = _parse(_fill_block(kind, blocks[kind], args or ""), blocks, depth + 1)
+        else:
+            one = [LayerSpec(_canonical_kind(kind, blocks), _parse_args(kind, args or ""))]
+        for _ in range(times):
+            specs.extend(LayerSpec(spec.kind, dict(spec.params)) for spec in one)
         position = match.end()
-    if not specs:
-        raise ValueError("the layer list is empty; give at least one layer, e.g. 'conv(32) gap'.")
     return specs
 
 
-def _canonical_kind(kind: str) -> str:
+def _expand_groups(text: str) -> str:
+    """``N*[layers]`` written out N times, innermost groups first."""
+    chained = re.search(r"\d+\s*\*\s*\d+\s*\*", text)
+    if chained:
+        raise ValueError(
+            f"cannot read {chained.group(0)!r}: write one count per group and nest groups, e.g. "
+            "'2*[3*[relu]]' for six."
+        )
+    while True:
+        expanded = _GROUP.sub(lambda match: " ".join([match.group(2)] * int(match.group(1))), text)
+        if expanded == text:
+            break
+        text = expanded
+    if "[" in text or "]" in text:
+        raise ValueError(
+            f"cannot read the group in {text!r}: write a repeated group as N*[layers], e.g. "
+            "'3*[conv(32) relu] gap', with matching brackets."
+        )
+    return text
+
+
+def _fill_block(name: str, body: str, args_text: str) -> str:
+    """A block's layer text with its placeholders replaced by the call's arguments."""
+    names = block_parameters(body)
+    values = _arguments(args_text, names, f"block {name!r}")
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        listed = ", ".join(names) or "(none)"
+        raise ValueError(f"block {name!r} has no parameter {unknown[0]!r}; its parameters are {listed}.")
+    missing = [key for key in names if key not in values]
+    if missing:
+        raise ValueError(
+            f"block {name!r} needs {', '.join(missing)}: call it as {name}({', '.join(names)}), "
+            f"e.g. {name}({', '.join('32' for _ in names)})."
+        )
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], body)
+
+
+def _canonical_kind(kind: str, blocks: dict[str, str] | None = None) -> str:
     kind = _ALIASES.get(kind.lower(), kind.lower())
     if kind not in LAYER_KINDS and kind not in ACTIVATIONS:
         known = ", ".join(sorted(set(LAYER_KINDS) | set(ACTIVATIONS)))
-        raise ValueError(f"unknown layer kind {kind!r}; known kinds: {known}.")
+        names = ", ".join(sorted(blocks if blocks is not None else (name for name in BLOCKS)))
+        raise ValueError(f"unknown layer kind {kind!r}; known kinds: {known}; blocks: {names or '(none)'}.")
     return kind
 
 
 def _parse_args(kind: str, text: str) -> dict[str, Any]:
     kind = _canonical_kind(kind)
     names = list(LAYER_KINDS.get(kind, {}))
-    params: dict[str, Any] = {}
+    return {name: _parse_value(value) for name, value in _arguments(text, names, f"layer {kind!r}").items()}
+
+
+def _arguments(text: str, names: list[str], owner: str) -> dict[str, str]:
+    """``8, 3, stride=2`` as {name: text}: positional arguments take ``names`` in order."""
+    values: dict[str, str] = {}
     positional = 0
     for raw in [part.strip() for part in text.split(",") if part.strip()]:
         if "=" in raw:
@@ -226,13 +350,15 @@ def _parse_args(kind: str, text: str) -> dict[str, Any]:
         else:
             if positional >= len(names):
                 raise ValueError(
-                    f"layer {kind!r} takes at most {len(names)} positional arguments "
-                    f"({', '.join(names) or 'none'}), got {text!r}."
+                    f"{owner} takes at most {len(names)} positional argument(s) "
+                    f"({', '.join(names) or 'none'}), got ({text})."
                 )
             name, value = names[positional], raw
             positional += 1
-        params[name] = _parse_value(value)
-    return params
+        if name in values:
+            raise ValueError(f"{owner}: argument {name!r} is given twice in ({text}).")
+        values[name] = value
+    return values
 
 
 def _parse_value(text: str) -> Any:
@@ -330,6 +456,21 @@ PRESETS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "conv(32,7,padding=valid) relu bn maxpool(2,stride=2) flatten fc(1024) relu",
         {},
     ),
+    "ece4179-shallow": (
+        "ECE4179 shallow CNN for 96x96x3 (e.g. STL-10): conv 96 7x7 stride 2 no padding, ReLU; "
+        "conv 64 5x5 stride 2, ReLU; conv 128 3x3 stride 2, ReLU; 3x3 max-pool stride 3; "
+        "flatten (3x3x128 = 1152); fc 128, ReLU; then the output layer (fc 10 on STL-10)",
+        "conv(96,7,stride=2,padding=valid) relu conv(64,5,stride=2,padding=valid) relu "
+        "conv(128,3,stride=2,padding=valid) relu maxpool(3,stride=3) flatten fc(128) relu",
+        {},
+    ),
+    "ece4179-deep": (
+        "ECE4179 deep CNN for 96x96x3: four ece4179_block conv-blocks (each halves the side, "
+        "96 -> 48 -> 24 -> 12 -> 6) with 32, 64, 128, 192 channels, global average pooling, "
+        "then the output layer (fc 192 -> 10 on STL-10); add or remove a block in this one line",
+        "ece4179_block(32) ece4179_block(64) ece4179_block(128) ece4179_block(192) gap",
+        {},
+    ),
     "fruits": (
         "Fruits-360-sized photos (about 100x100): a 4x4 stride-4 stem, then three "
         "conv-bn-relu stages that double the width",
@@ -382,12 +523,13 @@ def preset(name: str) -> ArchConfig:
     return ArchConfig(name=name, layers=parse_layers(text), **settings)
 
 
-def resolve_arch(value: str) -> ArchConfig:
+def resolve_arch(value: str, blocks: dict[str, str] | None = None) -> ArchConfig:
     """Turn a ``--arch`` value into an :class:`ArchConfig`.
 
     Args:
-        value: a preset name, a path to a ``.json`` file (an ArchConfig dict or a
-            list of layer dicts), or a compact layer list.
+        value: a preset name, a path to a ``.json`` file (an ArchConfig dict, which
+            may define ``blocks``, or a list of layer dicts), or a compact layer list.
+        blocks: blocks the layer list may call besides the built-in ``BLOCKS``.
     """
     if value in PRESETS:
         return preset(value)
@@ -402,19 +544,24 @@ def resolve_arch(value: str) -> ArchConfig:
         if isinstance(loaded, list):
             loaded = {"layers": loaded}
         return arch_from_dict(loaded)
-    single_layer = set(LAYER_KINDS) | set(ACTIVATIONS) | set(_ALIASES)
-    if "(" not in value and " " not in value and value.lower() not in single_layer:
+    single_layer = set(LAYER_KINDS) | set(ACTIVATIONS) | set(_ALIASES) | set(BLOCKS) | set(blocks or {})
+    bare_word = not any(character in value for character in "( *[")
+    if bare_word and value.lower() not in single_layer:
         # A single bare word that is no preset is most likely a mistyped preset name.
         return preset(value)
-    return ArchConfig(name="custom", layers=parse_layers(value))
+    return ArchConfig(name="custom", layers=parse_layers(value, blocks))
 
 
 def arch_from_dict(data: dict[str, Any]) -> ArchConfig:
-    """An :class:`ArchConfig` from its JSON form (layers as dicts or compact text)."""
+    """An :class:`ArchConfig` from its JSON form (layers as dicts or compact text,
+    optionally ``blocks`` that the text calls)."""
     data = dict(data)
     layers = data.pop("layers", [])
+    blocks = data.pop("blocks", None)
+    if blocks is not None and not isinstance(blocks, dict):
+        raise ValueError(f"'blocks' must map block names to layer text, got {blocks!r}.")
     if isinstance(layers, str):
-        layers = parse_layers(layers)
+        layers = parse_layers(layers, blocks)
     return ArchConfig(layers=layers, **_known_fields(ArchConfig, data, "architecture"))
 
 
@@ -633,3 +780,112 @@ def _known_fields(cls, data: dict[str, Any], section: str) -> dict[str, Any]:
             f"unknown {section} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}."
         )
     return data
+
+
+# Settings by their train.py flag name (without --, '-' as '_') -> (RunConfig section, field).
+# The section's dataclass default is the flag's default; study files use the same names.
+SETTING_FIELDS: dict[str, tuple[str, str]] = {
+    "dataset": ("data", "dataset"),
+    "image_size": ("data", "image_size"),
+    "images_per_class": ("data", "images_per_class"),
+    "split": ("data", "split"),
+    "val_fraction": ("data", "val_fraction"),
+    "data_seed": ("data", "seed"),
+    "data_dir": ("data", "data_dir"),
+    "strict": ("data", "strict"),
+    "flip": ("augment", "flip"),
+    "translate": ("augment", "translate"),
+    "rotate": ("augment", "rotate"),
+    "color_jitter": ("augment", "color_jitter"),
+    "l2": ("arch", "l2"),
+    "dropout": ("arch", "dropout"),
+    "bn_momentum": ("arch", "bn_momentum"),
+    "bn_test_batch_stats": ("arch", "bn_batch_stats_at_inference"),
+    "bn_layer": ("arch", "bn_layer"),
+    "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"),
+    "optimizer": ("train", "optimizer"),
+    "lr": ("train", "learning_rate"),
+    "momentum": ("train", "momentum"),
+    "schedule": ("train", "schedule"),
+    "warmup_epochs": ("train", "warmup_epochs"),
+    "step_epochs": ("train", "step_epochs"),
+    "step_factor": ("train", "step_factor"),
+    "plateau_patience": ("train", "plateau_patience"),
+    "plateau_factor": ("train", "plateau_factor"),
+    "seed": ("train", "seed"),
+    "test_each_epoch": ("train", "test_each_epoch"),
+    "label_smoothing": ("train", "label_smoothing"),
+    "tta": ("train", "tta"),
+}
+# Settings that are not a single field: the architecture and the head choice.
+SETTING_EXTRAS = ("arch", "multihead")
+
+
+def setting_hint(name: str) -> str:
+    """``did you mean 'lr'? `` for a near miss of a setting name (or a config field
+    name such as ``learning_rate``), else an empty string."""
+    known = [*SETTING_FIELDS, *SETTING_EXTRAS]
+    by_field = {field_name: flag for flag, (_, field_name) in SETTING_FIELDS.items()}
+    close = [by_field[name]] if name in by_field else difflib.get_close_matches(name, known, n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def config_from_settings(
+    settings: dict[str, Any],
+    *,
+    base: RunConfig | None = None,
+    image_shape: tuple[int, int, int] | None = None,
+    blocks: dict[str, str] | None = None,
+) -> RunConfig:
+    """A :class:`RunConfig` from settings named like train.py's flags.
+
+    This is how train.py turns its flags and study files turn their entries into a
+    run, so both accept the same names and values.
+
+    Args:
+        settings: ``SETTING_FIELDS`` names (``lr``, ``epochs``, ``flip`` ...) plus
+            ``arch`` (preset, layer list or .json file) and ``multihead`` (bool).
+        base: the run to change (default: the dataclass defaults).
+        image_shape: (H, W, C) of the data; picks the default architecture when
+            neither ``arch`` nor ``base`` gives one (see :func:`default_preset`).
+        blocks: blocks that an ``arch`` layer list may call besides ``BLOCKS``.
+
+    Raises:
+        ValueError: an unknown name (with the closest known one) or a bad value.
+    """
+    known = [*SETTING_FIELDS, *SETTING_EXTRAS]
+    for name in settings:
+        if name not in known:
+            raise ValueError(
+                f"unknown setting {name!r}; {setting_hint(name)}settings are train.py's flag names with '_' "
+                f"for '-': {', '.join(known)}."
+            )
+    changes: dict[str, dict[str, Any]] = {"data": {}, "arch": {}, "train": {}, "augment": {}}
+    for name, value in settings.items():
+        if name in SETTING_FIELDS:
+            section, field_name = SETTING_FIELDS[name]
+            changes[section][field_name] = value
+    data = dataclasses.replace(base.data if base else DataConfig(), **changes["data"])
+    if settings.get("arch"):
+        if not isinstance(settings["arch"], str):
+            raise ValueError(
+                f"arch must be a preset name, layer list or .json path, got {settings['arch']!r}."
+            )
+        arch = resolve_arch(settings["arch"], blocks)
+    elif base is not None:
+        arch = base.arch
+    else:
+        arch = resolve_arch(default_preset(data.dataset, image_shape))
+    head = base.head if base else "single"
+    if "multihead" in settings:
+        if not isinstance(settings["multihead"], bool):
+            raise ValueError(f"multihead must be true or false, got {settings['multihead']!r}.")
+        head = "multi" if settings["multihead"] else "single"
+    return RunConfig(
+        data=data,
+        arch=dataclasses.replace(arch, **changes["arch"]),
+        train=dataclasses.replace(base.train if base else TrainConfig(), **changes["train"]),
+        augment=dataclasses.replace(base.augment if base else AugmentConfig(), **changes["augment"]),
+        head=head,
+    )

@@ -9,6 +9,7 @@ one to PNG and releases it.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,11 @@ SPLIT_LABELS = {"train": "train", "val": "validation", "test": "test"}
 # seconds get their time axis in minutes.
 CURVE_PANEL_INCHES = (4.6, 3.6)
 MINUTES_AFTER_S = 120
+# Study plots: panels per row, inches per panel (width, height), and how far the
+# points of trials with the same value spread sideways (in units of one value).
+STUDY_COLUMNS, STUDY_PANEL_INCHES, STUDY_SPREAD = 3, (4.0, 3.2), 0.15
+# Tick labels of a panel longer than this many characters in all are slanted by this angle.
+STUDY_FLAT_TICK_CHARS, STUDY_TICK_DEGREES = 40, 35
 # Confusion matrices: cell numbers are written up to this many classes.
 ANNOTATE_CLASSES = 25
 # Confusion-matrix tick labels: font size in points, falling linearly from
@@ -147,6 +153,70 @@ def learning_curves(
         for axis in axes:
             axis.xaxis.get_major_locator().set_params(integer=True)
     return figure
+
+
+def study_figure(parameters: Sequence[tuple[str, Sequence[str]]], rows: Sequence[Mapping]) -> Figure:
+    """Accuracy against each varied parameter of a study, one panel per parameter.
+
+    Every finished trial is a point at its value of the parameter (validation: dots,
+    test: crosses, spread sideways a little so equal values stay visible); the line
+    joins the mean validation accuracy of each value, the parameter's main effect.
+
+    Args:
+        parameters: (name, labels in plan order) of each varied parameter.
+        rows: finished rows of study.csv (``best_val_accuracy``, ``test_accuracy`` and
+            each parameter's label).
+    """
+    if not rows:
+        raise ValueError("no finished trial: there is nothing to plot yet.")
+    count = len(parameters)
+    columns = min(count, STUDY_COLUMNS)
+    lines = math.ceil(count / columns)
+    figure = Figure(
+        figsize=(STUDY_PANEL_INCHES[0] * columns, STUDY_PANEL_INCHES[1] * lines), layout="constrained"
+    )
+    axes = figure.subplots(lines, columns, squeeze=False).ravel()
+    for axis, (name, labels) in zip(axes, parameters):
+        _study_panel(axis, name, list(labels), rows)
+    for axis in axes[count:]:
+        axis.set_visible(False)
+    return figure
+
+
+def _study_panel(axis, name: str, labels: list[str], rows: Sequence[Mapping]) -> None:
+    """One parameter's panel: each trial's accuracies at its value, and the mean line."""
+    for split, marker in (("val", "o"), ("test", "x")):
+        column = "best_val_accuracy" if split == "val" else "test_accuracy"
+        legend = SPLIT_LABELS[split]  # on the first points drawn only
+        for position, label in enumerate(labels):
+            values = [100 * float(row[column]) for row in rows if row[name] == label]
+            if not values:
+                continue
+            offsets = np.linspace(-STUDY_SPREAD, STUDY_SPREAD, len(values)) if len(values) > 1 else [0.0]
+            axis.plot(
+                position + np.asarray(offsets),
+                values,
+                marker,
+                linestyle="none",
+                color=SPLIT_COLOURS[split],
+                label=legend,
+            )
+            legend = None
+    means = [
+        np.mean([100 * float(row["best_val_accuracy"]) for row in rows if row[name] == label] or [np.nan])
+        for label in labels
+    ]
+    axis.plot(range(len(labels)), means, "-", color=SPLIT_COLOURS["val"], alpha=0.6, label="validation mean")
+    names = [short_name(label or "(none)") for label in labels]
+    if sum(len(text) for text in names) > STUDY_FLAT_TICK_CHARS:  # long variant names: slanted
+        axis.set_xticks(range(len(labels)), names, rotation=STUDY_TICK_DEGREES, ha="right")
+    else:
+        axis.set_xticks(range(len(labels)), names)
+    axis.set_xlim(-0.5, len(labels) - 0.5)
+    axis.set_xlabel(name)
+    axis.set_ylabel("accuracy (%)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
 
 
 def _label_points(count: int) -> float:

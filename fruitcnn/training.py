@@ -38,7 +38,7 @@ from fruitcnn.config import AugmentConfig, RunConfig, TrainConfig
 from fruitcnn.data import Dataset, Split, load_dataset
 from fruitcnn.data.augment import augment_batch
 from fruitcnn.layers import HorizontalFlip
-from fruitcnn.model import build_model
+from fruitcnn.model import build_model, plan_layers
 from heads import (
     AGGREGATE,
     SINGLE_HEAD,
@@ -466,6 +466,22 @@ def _fresh_state() -> dict[str, Any]:
     }
 
 
+def check_run(config: RunConfig, dataset: Dataset) -> list[HeadSpec]:
+    """Everything :func:`train` checks before it builds anything: the heads fit the
+    data, the architecture fits the images, the batch fits the training split.
+
+    Returns:
+        The head specs of the run.
+
+    Raises:
+        ValueError: what does not fit and how to fix it.
+    """
+    specs = head_specs(config, dataset)
+    _check_sizes(config, dataset)
+    plan_layers(config.arch, dataset.image_shape)
+    return specs
+
+
 def _check_sizes(config: RunConfig, dataset: Dataset) -> None:
     if len(dataset.train) < config.train.batch_size:
         raise ValueError(
@@ -482,6 +498,7 @@ def train(
     resume: bool = False,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = "auto",
+    interrupt_advice: str | None = None,
 ) -> TrainResult:
     """Train (or resume) the run that ``config`` declares.
 
@@ -492,6 +509,8 @@ def train(
         resume: continue the run in ``run_dir`` from its last finished epoch.
         callbacks: extra Keras callbacks (run after fruitcnn's own).
         verbose: Keras ``fit`` verbosity (1 progress bars, 2 one line per epoch).
+        interrupt_advice: what to tell the user after Ctrl-C (default: how to
+            resume this run with train.py; "": nothing, the caller explains).
 
     Returns:
         A :class:`TrainResult`; the model has the best validation epoch's weights.
@@ -502,8 +521,7 @@ def train(
     if resume and run_dir is None:
         raise ValueError("resume=True needs the run folder (run_dir) to continue.")
     dataset = dataset if dataset is not None else load_dataset(config.data)
-    specs = head_specs(config, dataset)
-    _check_sizes(config, dataset)
+    specs = check_run(config, dataset)
     run = (
         Path(run_dir)
         if run_dir is not None
@@ -515,7 +533,9 @@ def train(
     else:
         trainer, state, history = _start(run, config, dataset, specs)
     model = heads_model(trainer, specs)
-    return _fit(config, dataset, specs, run, trainer, model, state, history, callbacks, verbose)
+    return _fit(
+        config, dataset, specs, run, trainer, model, state, history, callbacks, verbose, interrupt_advice
+    )
 
 
 def _start(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[HeadSpec]):
@@ -572,7 +592,9 @@ def _restore(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[Hea
     return trainer, state, [row for row in rows if row["epoch"] <= state["epoch"]]
 
 
-def _fit(config, dataset, specs, run, trainer, model, state, history, callbacks, verbose) -> TrainResult:
+def _fit(
+    config, dataset, specs, run, trainer, model, state, history, callbacks, verbose, interrupt_advice
+) -> TrainResult:
     settings = config.train
     train_data, steps = batches(
         dataset.train,
@@ -622,11 +644,14 @@ def _fit(config, dataset, specs, run, trainer, model, state, history, callbacks,
                 verbose=verbose,
             )
         except KeyboardInterrupt:
-            if state["epoch"] == 0:
+            if interrupt_advice is not None:
+                advice = interrupt_advice
+            elif state["epoch"] == 0:
                 advice = "no epoch had finished, so there is nothing to resume; run the same command again"
             else:
                 advice = f"continue with: python train.py --resume {run}"
-            print(f"\ninterrupted after epoch {state['epoch']}; {advice}", file=sys.stderr)
+            if advice:
+                print(f"\ninterrupted after epoch {state['epoch']}; {advice}", file=sys.stderr)
             raise
     if recorder.best_weights is not None:
         model.set_weights(recorder.best_weights)

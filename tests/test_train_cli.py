@@ -6,6 +6,7 @@ import tarfile
 import pytest
 
 import train as cli
+from fruitcnn.config import config_from_settings
 from tests.fruitcnn.data import formats
 
 
@@ -31,6 +32,25 @@ def test_summary_of_cs671_needs_no_dataset(capsys):
         assert name in out
     assert "4,069,216 parameters" in out
     assert "(None, 22, 22, 32)" in out
+
+
+@pytest.mark.parametrize(
+    ("preset", "parameters", "last_map"),
+    [("ece4179-shallow", "390,602", "(None, 3, 3, 128)"), ("ece4179-deep", "901,066", "(None, 6, 6, 192)")],
+)
+def test_summary_of_the_ece4179_presets(capsys, preset, parameters, last_map):
+    code, out, _ = _run(["--arch", preset, "--image-size", "96", "--num-classes", "10", "--summary"], capsys)
+    assert code == 0
+    assert f"architecture {preset}: input 96x96x3, {parameters} parameters" in out
+    assert last_map in out and "(None, 10)" in out
+
+
+def test_the_shallow_net_on_cifar_sized_images_names_the_image_size_to_use(capsys):
+    err = _fails(
+        ["--arch", "ece4179-shallow", "--image-size", "32", "--num-classes", "10", "--summary"], capsys
+    )
+    assert "receives a 2x2 map from relu3 but needs at least 3x3" in err
+    assert "pass --image-size 39 or larger" in err
 
 
 def test_summary_of_the_multihead_model(capsys):
@@ -102,6 +122,18 @@ def test_flags_map_to_config_fields():
     assert config.arch.l2 == 0.001 and config.arch.bn_batch_stats_at_inference
     assert config.data.split == "70/30" and config.arch.name == "custom"
     assert cli.make_config(cli.build_parser().parse_args([])).arch.name == "line"
+    # A study file's settings are the same names with the same meaning.
+    same = {
+        "multihead": True,
+        "epochs": 7,
+        "lr": 0.2,
+        "optimizer": "sgd",
+        "l2": 0.001,
+        "split": "70/30",
+        "bn_test_batch_stats": True,
+        "arch": "conv(8) gap",
+    }
+    assert config_from_settings(same) == config
 
 
 def test_end_to_end_run_and_resume_of_a_finished_run(tmp_path, capsys):

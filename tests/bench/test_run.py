@@ -43,3 +43,18 @@ def test_line_task_refuses_data(capsys):
     with pytest.raises(SystemExit):
         bench.main(["line", "--data", "x"])
     assert "generates its data" in capsys.readouterr().err
+
+
+def test_study_task_compares_the_study_engine_with_a_plain_loop(tmp_path, capsys, monkeypatch):
+    study = tmp_path / "tiny.toml"
+    study.write_text(
+        'name = "tiny"\n[base]\ndataset = "line"\nimages_per_class = 12\nepochs = 1\nbatch_size = 32\n'
+        'arch = "conv({filters},3) bn relu gap"\n[grid]\nfilters = [4, 8]\n'
+    )
+    monkeypatch.setattr(bench, "_STUDY_FILE", study)
+    assert bench.main(["study"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["task"] == "study" and report["trials"] == report["trials_done"] == 2
+    assert report["best_trial"]["filters"] in ("4", "8") and 0.0 <= report["test_accuracy"] <= 1.0
+    assert report["overhead_ratio"] == pytest.approx(report["wall_s"] / report["plain_loop_s"], abs=0.01)
+    assert report["wall_s"] >= report["train_s_sum"] > 0

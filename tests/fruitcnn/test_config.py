@@ -10,6 +10,7 @@ from fruitcnn.config import (
     LayerSpec,
     RunConfig,
     TrainConfig,
+    config_from_settings,
     layers_to_text,
     parse_layers,
     preset,
@@ -52,6 +53,84 @@ def test_text_round_trip():
 def test_bad_layer_lists_are_explained(text, message):
     with pytest.raises(ValueError, match=message):
         parse_layers(text)
+
+
+def test_repeats_groups_and_blocks_expand_to_layers():
+    assert layers_to_text(parse_layers("2*[conv(8) relu] 0*[fc(4) relu] 2*maxpool gap")) == (
+        "conv(filters=8) relu conv(filters=8) relu maxpool maxpool gap"
+    )
+    blocks = {"stage": "conv({width},{kernel}) bn relu", "pair": "stage({w},3) stage(width={w},kernel=1)"}
+    assert layers_to_text(parse_layers("pair(16) 2*stage(8,5) gap", blocks)) == (
+        "conv(filters=16) bn relu conv(filters=16,kernel=1) bn relu "
+        "conv(filters=8,kernel=5) bn relu conv(filters=8,kernel=5) bn relu gap"
+    )
+    deep = preset("ece4179-deep")
+    assert layers_to_text(deep.layers[:6]) == (
+        "conv(filters=32,stride=2,padding=1) relu conv(filters=32,kernel=1) relu conv(filters=32) relu"
+    )
+    assert len(deep.layers) == 4 * 6 + 1
+    assert [spec.kind for spec in resolve_arch("2*[3*[relu]]").layers] == ["act"] * 6
+    assert len(resolve_arch("2*gap").layers) == 2 and len(resolve_arch("ece4179_block(8)").layers) == 6
+    # Removing a block is one edit of the preset's text.
+    assert len(parse_layers("ece4179_block(32) ece4179_block(64) gap")) == 2 * 6 + 1
+
+
+@pytest.mark.parametrize(
+    ("text", "blocks", "message"),
+    [
+        ("stage gap", {"stage": "conv({width})"}, r"block 'stage' needs width: call it as stage\(width\)"),
+        (
+            "stage(8, 3) gap",
+            {"stage": "conv({width})"},
+            r"block 'stage' takes at most 1 positional argument\(s\) \(width\), got \(8, 3\)",
+        ),
+        ("stage(depth=3) gap", {"stage": "conv({width})"}, "block 'stage' has no parameter 'depth'"),
+        ("loop gap", {"loop": "loop"}, "blocks nest deeper than 16 levels"),
+        ("conv({filters}) gap", None, "still holds the placeholder {filters}"),
+        ("2*[conv(8) gap", None, "write a repeated group as N\\*\\[layers\\]"),
+        ("gap", {"conv": "relu"}, "block name 'conv' is a layer kind"),
+        ("stage(8) gap", None, "unknown layer kind 'stage'.*blocks: ece4179_block"),
+        (
+            "2*3*[relu] gap",
+            None,
+            "write one count per group and nest groups, e.g. '2\\*\\[3\\*\\[relu\\]\\]'",
+        ),
+        ("conv(8,3,kernel=5) gap", None, "layer 'conv': argument 'kernel' is given twice"),
+        (
+            "stage(8, width=16) gap",
+            {"stage": "conv({width})"},
+            "block 'stage': argument 'width' is given twice",
+        ),
+    ],
+)
+def test_bad_blocks_are_explained(text, blocks, message):
+    with pytest.raises(ValueError, match=message):
+        parse_layers(text, blocks)
+
+
+def test_arch_file_may_define_blocks(tmp_path):
+    path = tmp_path / "arch.json"
+    path.write_text(
+        json.dumps({"blocks": {"stage": "conv({f}) relu maxpool(2)"}, "layers": "stage(8) stage(16) gap"})
+    )
+    arch = resolve_arch(str(path))
+    assert [spec.kind for spec in arch.layers] == ["conv", "act", "maxpool"] * 2 + ["gap"]
+
+
+def test_settings_make_the_same_config_as_train_flags():
+    config = config_from_settings(
+        {"lr": 0.05, "epochs": 3, "arch": "ece4179-deep", "multihead": True, "flip": "both"}
+    )
+    assert (config.train.learning_rate, config.train.epochs, config.head) == (0.05, 3, "multi")
+    assert config.arch.name == "ece4179-deep" and config.augment.flip == "both"
+    default = config_from_settings({"dataset": "some/folder"}, image_shape=(32, 32, 3))
+    assert default.arch.name == "cifar10"  # the default preset by image size, as train.py picks it
+    with pytest.raises(ValueError, match="unknown setting 'learning_rate'; did you mean 'lr'"):
+        config_from_settings({"learning_rate": 0.1})
+    with pytest.raises(
+        ValueError, match="epochs must be a whole number, got '3' \\(str\\); write it without quotes"
+    ):
+        config_from_settings({"epochs": "3"})
 
 
 def test_presets_and_resolve():

@@ -53,6 +53,68 @@ def test_cs671_part1_matches_hand_counts():
     assert isinstance(model.get_layer("bn1"), BatchNorm)
 
 
+SPECS_10 = single_head_specs([f"c{index}" for index in range(10)])
+
+
+def test_ece4179_shallow_matches_the_handout():
+    model = build_model(preset("ece4179-shallow"), input_shape=(96, 96, 3), heads=SPECS_10)
+    # 96 -(7x7 s2)-> 45 -(5x5 s2)-> 21 -(3x3 s2)-> 10 -(pool 3 s3)-> 3; 3*3*128 = 1152.
+    shapes = {name: model.get_layer(name).output.shape[1:] for name in ("conv1", "conv2", "conv3", "pool1")}
+    assert shapes == {
+        "conv1": (45, 45, 96),
+        "conv2": (21, 21, 64),
+        "conv3": (10, 10, 128),
+        "pool1": (3, 3, 128),
+    }
+    assert model.get_layer("flatten").output.shape == (None, 1152)
+    assert model.get_layer("fc1").output.shape == (None, 128)
+    assert model.get_layer("class_logits").output.shape == (None, 10)
+    conv1 = 7 * 7 * 3 * 96 + 96
+    conv2 = 5 * 5 * 96 * 64 + 64
+    conv3 = 3 * 3 * 64 * 128 + 128
+    fc1 = 1152 * 128 + 128
+    fc2 = 128 * 10 + 10
+    assert model.count_params() == conv1 + conv2 + conv3 + fc1 + fc2 == 390_602
+    multiply_adds = 45 * 45 * 96 * 147 + 21 * 21 * 64 * 2400 + 10 * 10 * 128 * 576 + 1152 * 128 + 1280
+    assert flops_per_image(model) == 2 * multiply_adds
+
+
+def test_ece4179_deep_matches_the_handout():
+    model = build_model(preset("ece4179-deep"), input_shape=(96, 96, 3), heads=SPECS_10)
+    convs = conv_layer_names(model)
+    assert len(convs) == 12  # four blocks of three convs
+    # Each block: 3x3 stride 2 padding 1 (96 -> 48 -> 24 -> 12 -> 6), then 1x1 and 3x3 keep the side.
+    sides = [model.get_layer(name).output.shape[1] for name in convs]
+    assert sides == [48] * 3 + [24] * 3 + [12] * 3 + [6] * 3
+    assert [model.get_layer(name).output.shape[3] for name in convs[::3]] == [32, 64, 128, 192]
+    assert model.get_layer("conv1_pad").output.shape == (None, 98, 98, 3)
+    assert model.get_layer("gap").output.shape == (None, 192)
+
+    def block(channels_in, channels_out):
+        return (
+            (9 * channels_in + 1) * channels_out
+            + (channels_out + 1) * channels_out
+            + (9 * channels_out + 1) * channels_out
+        )
+
+    expected = block(3, 32) + block(32, 64) + block(64, 128) + block(128, 192) + 192 * 10 + 10
+    assert model.count_params() == expected == 901_066
+    assert [layer.name for layer in model.layers if layer.name.startswith("relu")] == [
+        f"relu{i}" for i in range(1, 13)
+    ]
+
+
+def test_ece4179_shallow_on_cifar_sized_images_names_the_way_out():
+    with pytest.raises(ValueError) as error:
+        plan_layers(preset("ece4179-shallow"), (32, 32, 3))
+    message = str(error.value)
+    # 32 -> 13 -> 5 -> 2: the 3x3 pool gets a 2x2 map.
+    assert "layer pool1 (maxpool(size=3,stride=3), window 3x3) receives a 2x2 map from relu3" in message
+    assert "smallest input this architecture accepts is 39x39 (got 32x32): pass --image-size 39" in message
+    plan_layers(preset("ece4179-shallow"), (39, 39, 3))
+    plan_layers(preset("ece4179-deep"), (32, 32, 3))  # strided convs end at 2x2: fine
+
+
 def test_conv_bias_is_dropped_before_bn_and_padding_numbers_work():
     model = build_model(
         _arch("conv(4,3,padding=1) bn relu conv(4,3,stride=2) gap"), input_shape=(9, 9, 3), heads=SPECS_96

@@ -1,0 +1,605 @@
+"""Parameter studies: a base run plus a grid or list of variations, as one table.
+
+A study file (TOML, or the same structure as JSON) declares::
+
+    name = "fruits-dropout-bn"            # folder name (default: the file's stem)
+    description = "what the study asks"
+
+    [base]                                # settings of every trial: train.py's flag
+    dataset = "line"                      # names with '_' for '-', plus arch and
+    epochs = 3                            # multihead
+    arch = "conv(32) {bn} relu maxpool(2) conv(64) {bn} relu gap"
+
+    [blocks]                              # optional: blocks the arch text may call;
+    stage = "conv({filters}) relu maxpool(2)"   # their {names} are block parameters
+
+    [grid]                                # every combination, first key slowest
+    dropout = [0.0, 0.5]                  # a setting: its values
+    bn = { with = "bn", without = "" }    # labelled values: the table shows the labels
+
+    [[variants]]                          # optional: a list of named alternatives,
+    label = "cs671"                       # each a set of settings; crossed with
+    arch = "cs671-part1"                  # the grid when both are given
+
+An entry whose name is a setting sets it; any other name is a template variable
+that string settings use as ``{name}`` (the architecture above). [base] gives every
+trial's settings and variables, a variant or grid value overrides them, and
+``N*[layers]`` with a variable N varies the number of layers (``0*`` leaves them out).
+Every trial is one ordinary ``fruitcnn.training.train`` run; ``fruitcnn.tuning``
+runs them through Keras Tuner. This module is plain Python: reading study files,
+planning the trials and writing the result tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fruitcnn import runs
+from fruitcnn.config import SETTING_EXTRAS, SETTING_FIELDS, config_from_settings, setting_hint
+
+# Files of a study folder.
+STUDY_SPEC = "study.json"  # the study as planned (to notice a changed study file)
+STUDY_CSV = "study.csv"
+STUDY_MD = "study.md"
+STUDY_PLOT = "study.png"
+TUNER_PROJECT = "tuner"  # Keras Tuner's own state: oracle.json, trial_*/trial.json
+RUNS_DIR = "runs"  # one ordinary run folder per trial (also TensorBoard's logdir)
+DEFAULT_ROOT = runs.DEFAULT_ROOT / "studies"
+# The parameter that a [[variants]] list becomes.
+VARIANT = "variant"
+_TOP_LEVEL = ("name", "description", "base", "blocks", "grid", "variants")
+# Template variables may expand to text holding further variables, this deep.
+_MAX_TEMPLATE_DEPTH = 8
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Hex digits of a plan's fingerprint.
+_HASH_CHARS = 16
+# Longest trial folder name (the trial number and its values, shortened beyond this).
+_FOLDER_CHARS = 80
+# Statuses of a planned trial in the tables.
+DONE, FAILED, RUNNING, PENDING = "done", "failed", "running", "pending"
+# Which trials get an evaluation report (study.py --reports).
+REPORT_CHOICES = ("best", "all", "none")
+# Result columns of study.csv besides the varied parameters (no parameter may take these names).
+RESULT_COLUMNS = (
+    "trial",
+    "parameters",
+    "mflop_per_image",
+    "best_val_accuracy",
+    "best_val_loss",
+    "test_accuracy",
+    "best_epoch",
+    "epochs_trained",
+    "train_s",
+    "wall_s",
+    "status",
+    "run",
+    "message",
+)
+# study.csv units: FLOPs per image in millions, seconds to this many decimals.
+MFLOP, FLOP_DIGITS, SECOND_DIGITS = 1e-6, 2, 1
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One varied parameter: its name and its values, each with the label the table shows."""
+
+    name: str
+    labels: tuple[str, ...]
+    values: tuple[Any, ...]
+
+    def value(self, label: str) -> Any:
+        """The value behind a label (for a [[variants]] entry: its settings)."""
+        return self.values[self.labels.index(label)]
+
+
+@dataclass(frozen=True)
+class PlannedTrial:
+    """One trial of the plan: its number (from 1, in plan order), the label of each
+    parameter and its settings."""
+
+    number: int
+    labels: dict[str, str]
+    settings: dict[str, Any]
+
+
+@dataclass
+class Study:
+    """A parsed study file (see the module docstring)."""
+
+    name: str
+    description: str
+    base: dict[str, Any]
+    blocks: dict[str, str]
+    parameters: list[Parameter]
+    source: Path | None = None
+    trials: list[PlannedTrial] = field(default_factory=list)
+
+    def spec(self) -> dict[str, Any]:
+        """What the trials depend on, JSON-ready (compared when a study is re-run)."""
+        return {
+            "name": self.name,
+            "blocks": self.blocks,
+            "trials": [{"labels": trial.labels, "settings": trial.settings} for trial in self.trials],
+        }
+
+    def plan_hash(self) -> str:
+        """A short fingerprint of :meth:`spec` (machines of one distributed study compare it)."""
+        text = json.dumps(self.spec(), sort_keys=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:_HASH_CHARS]
+
+    def trial_for(self, labels: dict[str, str]) -> PlannedTrial:
+        """The planned trial with these labels."""
+        for trial in self.trials:
+            if trial.labels == labels:
+                return trial
+        raise ValueError(f"no trial of study {self.name!r} has the values {labels}.")
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and plan a study file (``.toml`` or ``.json``).
+
+    Raises:
+        ValueError: naming the entry that is wrong and what it should be.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"study file {path} does not exist; example study files are in studies/.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
+        kind = "JSON" if path.suffix == ".json" else "TOML"
+        raise ValueError(f"study file {path} is not valid {kind}: {error}.") from error
+    return study_from_dict(data, default_name=path.stem, source=path)
+
+
+def study_from_dict(
+    data: dict[str, Any], *, default_name: str = "study", source: Path | None = None
+) -> Study:
+    """A :class:`Study` from the parsed file (see the module docstring)."""
+    unknown = sorted(set(data) - set(_TOP_LEVEL))
+    if unknown:
+        raise ValueError(
+            f"unknown study entr{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; a study has "
+            f"{', '.join(_TOP_LEVEL)} (settings belong under [base], varied ones under [grid])."
+        )
+    name = str(data.get("name", default_name))
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        where = "" if "name" in data else f' (taken from the file name; add name = "{_safe_name(name)}")'
+        raise ValueError(
+            f"study name {name!r} must be letters, digits, '.', '_' or '-' (it names a folder){where}."
+        )
+    base = _settings_table(data.get("base", {}), "[base]")
+    blocks = data.get("blocks", {})
+    if not isinstance(blocks, dict) or not all(isinstance(body, str) for body in blocks.values()):
+        raise ValueError(f"[blocks] must map block names to layer text, got {blocks!r}.")
+    parameters = [_parameter(key, values) for key, values in _table(data.get("grid", {}), "[grid]").items()]
+    variants = data.get("variants", [])
+    if variants:
+        parameters.insert(0, _variants(variants))
+    if not parameters:
+        raise ValueError("the study varies nothing: give a [grid] of values or a list of [[variants]].")
+    _check_names(parameters)
+    study = Study(name, str(data.get("description", "")), base, dict(blocks), parameters, source)
+    study.trials = _plan(study)
+    return study
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._") or "study"
+
+
+def _check_names(parameters: Sequence[Parameter]) -> None:
+    """No parameter may shadow a result column, and no name may be set twice (by a
+    variant and by the grid), which would leave one of them without effect."""
+    for parameter in parameters:
+        if parameter.name in RESULT_COLUMNS:
+            raise ValueError(
+                f"[grid] {parameter.name}: the name of a result column of study.csv; call the parameter "
+                "otherwise (or, for a setting, use its train.py name)."
+            )
+    if parameters and parameters[0].name == VARIANT:
+        in_variants = set(_names(parameters[0]))
+        twice = sorted(in_variants & {parameter.name for parameter in parameters[1:]})
+        if twice:
+            raise ValueError(
+                f"{', '.join(twice)} is set by [[variants]] and varied by [grid]; the grid would override "
+                "the variants' values. Set it in one place only."
+            )
+
+
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a table of name = value entries, got {value!r}.")
+    return {str(key).replace("-", "_"): item for key, item in value.items()}
+
+
+def _settings_table(value: Any, where: str) -> dict[str, Any]:
+    table = _table(value, where)
+    for key, item in table.items():
+        if isinstance(item, (dict, list)):
+            raise ValueError(f"{where} {key} = {item!r}: takes one value; put varied values under [grid].")
+    return table
+
+
+def _parameter(name: str, values: Any) -> Parameter:
+    if name == VARIANT:
+        raise ValueError(f"'{VARIANT}' is the name of the [[variants]] list; call the grid entry otherwise.")
+    if isinstance(values, dict):
+        labels, items = tuple(str(label) for label in values), tuple(values.values())
+    elif isinstance(values, list):
+        labels, items = tuple(_label(value) for value in values), tuple(values)
+    else:
+        raise ValueError(
+            f"[grid] {name} = {values!r}: give a list of values, e.g. {name} = [1, 2], or labelled values, "
+            f"e.g. {name} = {{ small = 1, large = 2 }}."
+        )
+    if not items:
+        raise ValueError(f"[grid] {name} has no values; give at least one.")
+    if any(isinstance(item, (dict, list)) for item in items):
+        raise ValueError(f"[grid] {name}: each value must be a number, text or true/false, got {values!r}.")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"[grid] {name} lists a value twice: {list(labels)}.")
+    return Parameter(name, labels, items)
+
+
+def _variants(variants: Any) -> Parameter:
+    if not isinstance(variants, list) or not all(isinstance(item, dict) for item in variants):
+        raise ValueError("[[variants]] must be a list of tables, each with a label and its settings.")
+    labels, values = [], []
+    for number, variant in enumerate(variants, start=1):
+        settings = _settings_table(variant, f"[[variants]] #{number}")
+        labels.append(str(settings.pop("label", f"variant{number}")))
+        values.append(settings)
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"[[variants]] labels must differ, got {labels}.")
+    return Parameter(VARIANT, tuple(labels), tuple(values))
+
+
+def _label(value: Any) -> str:
+    """How a value is shown (and keyed): true/false, integers, shortest float text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.1f}" if math.isfinite(value) and value.is_integer() else repr(value)
+    return str(value)
+
+
+def _plan(study: Study) -> list[PlannedTrial]:
+    """Every combination, in file order (the first parameter changes slowest)."""
+    settings_names = {*SETTING_FIELDS, *SETTING_EXTRAS}
+    variables: set[str] = set()
+    trials = []
+    for number, combination in enumerate(
+        itertools.product(*(parameter.labels for parameter in study.parameters)), start=1
+    ):
+        labels = dict(zip((parameter.name for parameter in study.parameters), combination))
+        settings = {key: value for key, value in study.base.items() if key in settings_names}
+        template: dict[str, Any] = dict(study.base)  # non-settings in [base]: variable defaults
+        for parameter in study.parameters:
+            value = parameter.value(labels[parameter.name])
+            entries = value if parameter.name == VARIANT else {parameter.name: value}
+            for key, item in entries.items():
+                template[key] = item
+                if key in settings_names:
+                    settings[key] = item
+        settings, used = _fill(settings, template)
+        variables |= used
+        trials.append(PlannedTrial(number, labels, settings))
+    varied = {name for parameter in study.parameters for name in _names(parameter)} | set(study.base)
+    unused = sorted(varied - settings_names - variables)
+    if unused:
+        hint = setting_hint(unused[0])
+        raise ValueError(
+            f"study entr{'y' if len(unused) == 1 else 'ies'} {', '.join(unused)} neither name a setting nor "
+            f"appear as {{{unused[0]}}} in a setting such as arch; {hint}settings are train.py's flag names: "
+            f"{', '.join(sorted(settings_names))}."
+        )
+    return trials
+
+
+def _names(parameter: Parameter) -> list[str]:
+    if parameter.name != VARIANT:
+        return [parameter.name]
+    return sorted({key for settings in parameter.values for key in settings})
+
+
+def _fill(settings: dict[str, Any], template: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """Settings with their ``{variables}`` replaced; also the variables used."""
+    filled, used = {}, set()
+    for key, value in settings.items():
+        depth = 0
+        while isinstance(value, str) and _PLACEHOLDER.search(value):
+            if depth == _MAX_TEMPLATE_DEPTH:
+                raise ValueError(
+                    f"setting {key}: template variables nest deeper than {_MAX_TEMPLATE_DEPTH} levels "
+                    "(does a value contain its own {name}?)."
+                )
+            missing = sorted({name for name in _PLACEHOLDER.findall(value) if name not in template})
+            if missing:
+                raise ValueError(
+                    f"setting {key} = {value!r} uses {{{missing[0]}}}, which no [grid] entry or variant "
+                    f"gives; add {missing[0]} = [...] under [grid] (or write the value in)."
+                )
+            used |= set(_PLACEHOLDER.findall(value))
+            value = _PLACEHOLDER.sub(lambda match: _text(template[match.group(1)]), value)
+            depth += 1
+        filled[key] = value
+    return filled, used
+
+
+def _text(value: Any) -> str:
+    return _label(value) if not isinstance(value, str) else value
+
+
+def check_settings(study: Study) -> None:
+    """Every trial's settings make a valid run configuration (the data is not read).
+
+    Raises:
+        ValueError: naming the first trial whose settings are wrong.
+    """
+    for trial in study.trials:
+        try:
+            config_from_settings(trial.settings, blocks=study.blocks)
+        except ValueError as error:
+            raise ValueError(f"trial {trial_title(trial)}: {error}") from error
+
+
+def check_folder(study: Study, folder: Path) -> bool:
+    """Whether ``folder`` already holds this study (False: it holds none).
+
+    Raises:
+        ValueError: the folder holds a study with other trials.
+    """
+    spec_file = Path(folder) / STUDY_SPEC
+    if not spec_file.is_file():
+        return False
+    saved = runs.read_json(spec_file)
+    if saved != study.spec():
+        difference = _first_difference(saved, study.spec())
+        raise ValueError(
+            f"{folder} holds study {saved.get('name')!r} with other trials ({difference}); run its own "
+            "study file again to continue it, add --restart to discard its trials, or give --out NEW."
+        )
+    return True
+
+
+def _first_difference(saved: dict, planned: dict) -> str:
+    if saved.get("blocks") != planned.get("blocks"):
+        return "its [blocks] differ"
+    before, now = saved.get("trials", []), planned.get("trials", [])
+    if len(before) != len(now):
+        return f"{len(before)} trials before, {len(now)} now"
+    for number, (old, new) in enumerate(zip(before, now), start=1):
+        if old != new:
+            return (
+                f"trial {number} was {old['labels']} {old['settings']}, now {new['labels']} {new['settings']}"
+            )
+    return "its name differs"
+
+
+def trial_title(trial: PlannedTrial) -> str:
+    """``3 (filters=32, pool=gap)``: how messages name a trial."""
+    return f"{trial.number} ({', '.join(f'{name}={label}' for name, label in trial.labels.items())})"
+
+
+def trial_folder(study: Study, trial: PlannedTrial) -> str:
+    """The run folder of a trial under ``runs/``: its number and its values, file-safe
+    (``03-filters=32-pool=gap``). Every attempt at a trial uses the same folder."""
+    width = len(str(len(study.trials)))
+    parts = [f"{trial.number:0{width}d}"] + [f"{name}={label}" for name, label in trial.labels.items()]
+    name = re.sub(r"[^A-Za-z0-9._=+-]+", "_", "-".join(parts))
+    return name[:_FOLDER_CHARS].rstrip("_-")
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What the tuner's state says about one trial."""
+
+    trial_id: str
+    labels: dict[str, str]
+    status: str
+    metrics: dict[str, float]
+    message: str = ""
+
+
+def study_rows(study: Study, results: Sequence[TrialResult]) -> list[dict[str, Any]]:
+    """One row per planned trial, in plan order, from the tuner's trial results.
+
+    A plan entry tried more than once (a failed trial re-run later) shows its last try.
+    """
+    latest: dict[str, TrialResult] = {}
+    for result in sorted(results, key=lambda item: int(item.trial_id)):
+        latest[json.dumps(result.labels, sort_keys=True)] = result
+    rows = []
+    for trial in study.trials:
+        result = latest.get(json.dumps(trial.labels, sort_keys=True))
+        metrics = result.metrics if result else {}
+        row: dict[str, Any] = {"trial": trial.number, **trial.labels}
+        row.update(
+            {
+                "parameters": _integer(metrics.get("parameters")),
+                "mflop_per_image": _rounded(metrics.get("flops_per_image"), MFLOP, FLOP_DIGITS),
+                "best_val_accuracy": _rounded(metrics.get("val_accuracy"), 1.0, None),
+                "best_val_loss": _rounded(metrics.get("val_loss"), 1.0, None),
+                "test_accuracy": _rounded(metrics.get("test_accuracy"), 1.0, None),
+                "best_epoch": _integer(metrics.get("best_epoch")),
+                "epochs_trained": _integer(metrics.get("epochs")),
+                "train_s": _rounded(metrics.get("train_seconds"), 1.0, SECOND_DIGITS),
+                "wall_s": _rounded(metrics.get("wall_seconds"), 1.0, SECOND_DIGITS),
+                "status": result.status if result else PENDING,
+                "run": f"{RUNS_DIR}/{trial_folder(study, trial)}" if result else "",
+                "message": _last_line(result.message) if result and result.status == FAILED else "",
+            }
+        )
+        rows.append(row)
+    return rows
+
+
+def _integer(value: float | None) -> int | str:
+    return "" if value is None or math.isnan(value) else int(round(value))
+
+
+def _rounded(value: float | None, scale: float, digits: int | None) -> float | str:
+    """Scaled and rounded (``digits`` None: kept exact, e.g. accuracies, so every
+    table rounds them once, alike)."""
+    if value is None or math.isnan(value):
+        return ""
+    return value * scale if digits is None else round(value * scale, digits)
+
+
+def _last_line(message: str) -> str:
+    lines = [line.strip() for line in (message or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def best_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The finished trial with the highest validation accuracy (never chosen on test).
+
+    Ties (easy data saturates at 100%) go to the lower validation loss, as within a
+    run, then to the fewer parameters, then to the earlier trial.
+    """
+    done = [row for row in rows if row["status"] == DONE]
+    if not done:
+        return None
+
+    def rank(row):
+        loss = row["best_val_loss"] if row["best_val_loss"] != "" else math.inf
+        return (row["best_val_accuracy"], -loss, -row["parameters"], -row["trial"])
+
+    return max(done, key=rank)
+
+
+def write_tables(folder: Path, study: Study, rows: Sequence[dict[str, Any]], *, wall_s: float | None = None):
+    """Write study.csv, study.md and study.png (accuracy against each parameter).
+
+    Returns:
+        The paths written.
+    """
+    from fruitcnn.plots import png_bytes, study_figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    runs.write_csv(folder / STUDY_CSV, rows)
+    written = [folder / STUDY_CSV]
+    finished = [row for row in rows if row["status"] == DONE]
+    if finished:
+        parameters = [(parameter.name, list(parameter.labels)) for parameter in study.parameters]
+        picture = png_bytes(study_figure(parameters, finished))
+        runs.atomic_write(folder / STUDY_PLOT, lambda temporary: Path(temporary).write_bytes(picture))
+        written.append(folder / STUDY_PLOT)
+    elif (folder / STUDY_PLOT).exists():
+        (folder / STUDY_PLOT).unlink()
+    runs.write_text(folder / STUDY_MD, study_markdown(study, rows, folder, wall_s=wall_s))
+    written.append(folder / STUDY_MD)
+    return written
+
+
+def study_markdown(
+    study: Study, rows: Sequence[dict[str, Any]], folder: Path, *, wall_s: float | None
+) -> str:
+    """study.md: what was varied, the table, the plot and the best trial's run."""
+    lines = [f"# Study {study.name}", ""]
+    if study.description:
+        lines += [study.description.strip(), ""]
+    lines += _summary_lines(study, rows, folder, wall_s)
+    lines += _markdown_table(study, rows, folder, best_row(rows))
+    if (folder / STUDY_PLOT).exists() and any(row["status"] == DONE for row in rows):
+        lines += ["", f"![accuracy against each parameter]({STUDY_PLOT})"]
+    lines += _settings_lines(study)
+    failed = [row for row in rows if row["status"] == FAILED]
+    if failed:
+        lines += ["", "## Failed trials", ""]
+        lines += [f"- trial {row['trial']}: {row['message'] or 'see ' + row['run']}" for row in failed]
+    return "\n".join(lines) + "\n"
+
+
+def _summary_lines(study: Study, rows, folder: Path, wall_s: float | None) -> list[str]:
+    """Where the study came from, how far it is, and its best trial."""
+    counts = {
+        status: sum(row["status"] == status for row in rows) for status in (DONE, FAILED, RUNNING, PENDING)
+    }
+    state = ", ".join(f"{count} {status}" for status, count in counts.items() if count)
+    source = f"`{study.source}`" if study.source else "(no file)"
+    total = f"; {wall_s / 60:.1f} min of trials" if wall_s else ""
+    plural = "trial" if len(rows) == 1 else "trials"
+    lines = [f"Study file {source}; {len(rows)} {plural}: {state}{total}.", ""]
+    best = best_row(rows)
+    if best is not None:
+        labels = ", ".join(f"{parameter.name}={best[parameter.name]}" for parameter in study.parameters)
+        lines += [
+            f"**Best on validation: trial {best['trial']}** ({labels}): "
+            f"{100 * best['best_val_accuracy']:.2f}% validation, {100 * best['test_accuracy']:.2f}% test; "
+            f"run {_link(folder, best['run'])}.",
+            "",
+            "Trials are ranked on validation accuracy (ties: lower validation loss); test accuracy is "
+            "reported, never used to choose.",
+            "",
+        ]
+    return lines
+
+
+def _settings_lines(study: Study) -> list[str]:
+    """The base settings and what each labelled value or variant stands for."""
+    lines = ["", "## Settings", "", "Base of every trial (the varied values below replace these):", ""]
+    lines += [f"- `{key}` = `{_text(value)}`" for key, value in study.base.items()] or ["- (the defaults)"]
+    for name, body in study.blocks.items():
+        lines.append(f"- block `{name}` = `{body}`")
+    for parameter in study.parameters:
+        pairs = zip(parameter.labels, parameter.values)
+        described = [(label, value) for label, value in pairs if label != _text(value)]
+        if described:
+            lines += ["", f"Values of `{parameter.name}`:", ""]
+            lines += [f"- `{label}`: {_describe(value)}" for label, value in described]
+    return lines
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"`{key}` = `{_text(item)}`" for key, item in value.items()) or "(the base settings)"
+    return f"`{_text(value)}`" if value != "" else "(nothing)"
+
+
+def _link(folder: Path, run: str) -> str:
+    report = Path(run) / runs.REPORT_HTML
+    if (folder / report).is_file():
+        return f"[`{run}`]({run}) ([report]({report.as_posix()}))"
+    return f"[`{run}`]({run})"
+
+
+def _markdown_table(study: Study, rows, folder: Path, best) -> list[str]:
+    names = [parameter.name for parameter in study.parameters]
+    header = ["trial", *names, "parameters", "MFLOP/image", "best val acc", "val loss", "test acc"]
+    header += ["best epoch / epochs"]
+    header += ["train s", "wall s", "status", "run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        done = row["status"] == DONE
+        cells = [str(row["trial"]) + (" (best)" if row is best else "")]
+        cells += [f"`{row[name]}`" for name in names]
+        if done:
+            cells += [
+                f"{row['parameters']:,}",
+                f"{row['mflop_per_image']:.2f}",
+                f"{100 * row['best_val_accuracy']:.2f}%",
+                f"{row['best_val_loss']:.4f}",
+                f"{100 * row['test_accuracy']:.2f}%",
+                f"{row['best_epoch']} / {row['epochs_trained']}",
+                f"{row['train_s']:.0f}",
+                f"{row['wall_s']:.0f}",
+            ]
+        else:
+            cells += [""] * 8
+        cells += [row["status"], f"[{Path(row['run']).name}]({row['run']})" if row["run"] else ""]
+        if row is best:
+            cells = [f"**{cell}**" if cell else cell for cell in cells]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return lines

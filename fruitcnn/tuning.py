@@ -1,0 +1,507 @@
+"""Run a study's trials with Keras Tuner, each one an ordinary ``train(...)`` run.
+
+Keras Tuner brings what a study needs beyond a loop: the trial state on disk
+(``<study>/tuner/oracle.json`` and ``trial_*/trial.json``, so a re-run skips finished
+trials and restarts an interrupted one), and its chief/worker mode, which spreads
+one study over several machines (see :func:`distributed_role`). The oracle here hands
+out the study's own plan in order (a grid or list, see ``fruitcnn.study``) instead of
+sampling; the tuner's ``run_trial`` calls :func:`fruitcnn.training.train`.
+
+Per trial, TensorBoard's HParams dashboard gets the trial's values and its best
+validation and test accuracy (``tensorboard --logdir <study>/runs``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner
+from keras_tuner.engine.base_tuner import BaseTuner
+from keras_tuner.engine.trial import TrialStatus
+
+from fruitcnn import runs
+from fruitcnn.config import config_from_settings
+from fruitcnn.study import (
+    DONE,
+    FAILED,
+    PENDING,
+    REPORT_CHOICES,
+    RUNNING,
+    RUNS_DIR,
+    STUDY_CSV,
+    STUDY_MD,
+    STUDY_PLOT,
+    STUDY_SPEC,
+    TUNER_PROJECT,
+    Parameter,
+    PlannedTrial,
+    Study,
+    TrialResult,
+    best_row,
+    check_folder,
+    study_rows,
+    trial_folder,
+    trial_title,
+    write_tables,
+)
+
+# The tuner ranks trials on this metric (the best epoch's validation accuracy).
+OBJECTIVE = "val_accuracy"
+# A fixed entry of the search space holding the plan's fingerprint, so a worker with
+# another study file is refused (it would receive only the labels of the chief's plan).
+PLAN_ENTRY = "study_plan"
+# Keras Tuner's environment variables of its chief/worker mode, and its default tuner id.
+TUNER_ID_VARIABLE, ORACLE_IP_VARIABLE, ORACLE_PORT_VARIABLE = (
+    "KERASTUNER_TUNER_ID",
+    "KERASTUNER_ORACLE_IP",
+    "KERASTUNER_ORACLE_PORT",
+)
+SINGLE_TUNER_ID = "tuner0"
+_ORACLE_FILE = "oracle.json"
+_STATUS = {
+    TrialStatus.COMPLETED: DONE,
+    TrialStatus.FAILED: FAILED,
+    TrialStatus.INVALID: FAILED,
+    TrialStatus.RUNNING: RUNNING,
+}
+
+
+def distributed_role() -> str:
+    """``single`` (no chief/worker variables set), ``chief`` or ``worker``.
+
+    Keras Tuner's chief/worker mode: the chief serves the trial state over gRPC and
+    runs no trials; every worker asks it for the next trial, trains it and reports.
+    All of them run the same study command with ``KERASTUNER_ORACLE_IP`` and
+    ``KERASTUNER_ORACLE_PORT`` (the chief's address) and their own
+    ``KERASTUNER_TUNER_ID`` (``chief``, or a distinct name per worker).
+    """
+    if ORACLE_IP_VARIABLE not in os.environ:
+        return "single"
+    if ORACLE_PORT_VARIABLE not in os.environ or TUNER_ID_VARIABLE not in os.environ:
+        raise ValueError(
+            f"{ORACLE_IP_VARIABLE} is set but {ORACLE_PORT_VARIABLE} or {TUNER_ID_VARIABLE} is not; a "
+            "distributed study needs all three (study.py --oracle HOST:PORT --tuner-id chief|NAME sets them)."
+        )
+    return "chief" if "chief" in os.environ[TUNER_ID_VARIABLE] else "worker"
+
+
+def trial_labels(trial) -> dict[str, str]:
+    """A Keras Tuner trial's values: the label of each study parameter."""
+    return {name: str(value) for name, value in trial.hyperparameters.values.items() if name != PLAN_ENTRY}
+
+
+def _key(labels: dict[str, str]) -> str:
+    return json.dumps(labels, sort_keys=True)
+
+
+class StudyOracle(keras_tuner.Oracle):
+    """Hands out the planned trials in plan order; keeps Keras Tuner's on-disk state.
+
+    A grid search whose state is the set of trials already tried, so it survives a
+    restart: keras_tuner.GridSearch (1.4.8) keeps its position in memory only and fails
+    with a KeyError when a search is resumed (keras-team/keras-tuner#1055).
+
+    A plan entry is taken while one of its trials runs or after one completed. A
+    failed entry is tried again by the next run of the study, not in the same run, so
+    a trial that always fails is not repeated forever; failures never stop the study
+    (Keras Tuner's limit of consecutive failures is off: the other trials still run).
+    """
+
+    def __init__(self, study: Study):
+        space = keras_tuner.HyperParameters()
+        space.Fixed(PLAN_ENTRY, study.plan_hash())
+        for parameter in study.parameters:
+            space.Choice(parameter.name, list(parameter.labels))
+        super().__init__(
+            objective=keras_tuner.Objective(OBJECTIVE, direction="max"),
+            hyperparameters=space,
+            allow_new_entries=False,
+            tune_new_entries=False,
+            max_consecutive_failed_trials=None,
+        )
+        self.plan = [trial.labels for trial in study.trials]
+        self.failed_now: set[str] = set()
+        # Called after every trial's end (the tables), on the machine that keeps the state.
+        self.after_trial: Callable[[], None] | None = None
+
+    def populate_space(self, trial_id):
+        taken = {
+            _key(trial_labels(trial))
+            for trial in self.trials.values()
+            if trial.status in (TrialStatus.RUNNING, TrialStatus.COMPLETED)
+        }
+        for labels in self.plan:
+            key = _key(labels)
+            if key not in taken and key not in self.failed_now:
+                return {"status": TrialStatus.RUNNING, "values": dict(labels)}
+        return {"status": TrialStatus.STOPPED, "values": None}
+
+    def end_trial(self, trial):
+        super().end_trial(trial)
+        ended = self.trials[trial.trial_id]
+        if ended.status == TrialStatus.FAILED:
+            self.failed_now.add(_key(trial_labels(ended)))
+        if self.after_trial is not None:
+            try:
+                self.after_trial()
+            except Exception as error:  # the tables are rewritten after the next trial anyway
+                print(
+                    f"the study's tables could not be written: {type(error).__name__}: {error}",
+                    file=sys.stderr,
+                )
+
+
+class TrialData:
+    """The run configs and data of a study's trials; each distinct data config is read once."""
+
+    def __init__(self, study: Study, progress: Callable[[str], None] = print):
+        self.study, self.progress = study, progress
+        self.datasets: dict[str, Any] = {}
+
+    def prepare(self, trial: PlannedTrial):
+        """The run config and data of a trial (each distinct data config is read once)."""
+        from fruitcnn.training import check_run
+
+        try:
+            data = config_from_settings(trial.settings, blocks=self.study.blocks).data
+            dataset = self._dataset(data)
+            config = config_from_settings(
+                trial.settings, image_shape=dataset.image_shape, blocks=self.study.blocks
+            )
+            check_run(config, dataset)
+        except ValueError as error:
+            raise ValueError(f"trial {trial_title(trial)}: {error}") from error
+        return config, dataset
+
+    def _dataset(self, data):
+        from fruitcnn.data import load_dataset
+
+        key = json.dumps(dataclasses.asdict(data), sort_keys=True)
+        if key not in self.datasets:
+            dataset = load_dataset(data)
+            height, width, channels = dataset.image_shape
+            self.progress(
+                f"data: {dataset.name}: {len(dataset.class_names)} classes, {height}x{width}x{channels}; "
+                f"train {len(dataset.train)} / val {len(dataset.val)} / test {len(dataset.test)}"
+            )
+            self.datasets[key] = dataset
+        return self.datasets[key]
+
+    def check_all(self, trials: Sequence[PlannedTrial] | None = None) -> None:
+        """Prepare every trial (default: all planned), so a wrong one stops the study
+        before any training."""
+        for trial in self.study.trials if trials is None else trials:
+            self.prepare(trial)
+
+
+@dataclasses.dataclass
+class StudyOutcome:
+    """Where a study's results went."""
+
+    folder: Path
+    rows: list[dict[str, Any]]
+    role: str
+    best_report: Path | None = None
+
+
+class StudyTuner(BaseTuner):
+    """Runs a study's trials: each is ``fruitcnn.training.train`` on the trial's settings."""
+
+    def __init__(
+        self,
+        study: Study,
+        folder: Path,
+        *,
+        verbose: int = 2,
+        reports: str = "best",
+        progress: Callable[[str], None] = print,
+    ):
+        if reports not in REPORT_CHOICES:
+            raise ValueError(f"reports must be one of {', '.join(REPORT_CHOICES)}, got {reports!r}.")
+        self.study, self.folder = study, Path(folder)
+        self.verbose, self.reports, self.progress = verbose, reports, progress
+        self.data = TrialData(study, progress)
+        self.role = distributed_role()
+        project = self.folder / TUNER_PROJECT
+        tuner_file = project / f"{os.environ.get(TUNER_ID_VARIABLE, SINGLE_TUNER_ID)}.json"
+        had_tuner_file = tuner_file.is_file()
+        super().__init__(StudyOracle(study), directory=str(self.folder), project_name=TUNER_PROJECT)
+        if self.role == "worker":
+            return
+        if not had_tuner_file and (project / _ORACLE_FILE).is_file():
+            # Written under another tuner id (a single-machine study continued as a
+            # chief, or the other way round): Keras Tuner would start afresh and redo
+            # the finished trials. Keep them.
+            self.oracle.reload()
+        self.oracle.verbose = 0  # fruitcnn prints one line per trial instead
+        self.oracle.after_trial = self.write_tables
+
+    def on_search_begin(self):
+        """Save the state now, so a study stopped during its first trial reloads (and
+        restarts that trial) instead of starting over."""
+        self.save()
+
+    def run_trial(self, trial, *args, **kwargs):
+        """Train one trial (Keras Tuner calls this); returns its metrics for the state."""
+        planned = self.study.trial_for(trial_labels(trial))
+        run = self.folder / RUNS_DIR / trial_folder(self.study, planned)
+        if (run / runs.METRICS_FILE).is_file():
+            raise ValueError(
+                f"{run} holds a finished run that the study's state in {self.folder / TUNER_PROJECT} does "
+                "not list; move it away to train this trial again."
+            )
+        if run.exists():
+            shutil.rmtree(run)  # left by an interrupted or failed attempt: start this one clean
+        config, dataset = self.data.prepare(planned)
+        self.progress(f"trial {trial_title(planned)}, {planned.number} of {len(self.study.trials)}: {run}")
+        keras.backend.clear_session()  # each trial builds its model in an empty graph
+        started = time.monotonic()
+        result = self._train(planned, config, dataset, run)
+        metrics = trial_metrics(result, time.monotonic() - started)
+        write_trial_hparams(self.study, run, planned.labels, metrics)
+        self.progress(
+            f"trial {planned.number}: best validation {100 * metrics['val_accuracy']:.2f}% (epoch "
+            f"{int(metrics['best_epoch'])}), test {100 * metrics['test_accuracy']:.2f}%, "
+            f"{metrics['wall_seconds']:.0f} s"
+        )
+        return metrics
+
+    def _train(self, planned: PlannedTrial, config, dataset, run: Path):
+        from fruitcnn.training import train
+
+        try:
+            # Ctrl-C: train says nothing; study.py explains how to go on.
+            result = train(config, dataset=dataset, run_dir=run, verbose=self.verbose, interrupt_advice="")
+        except Exception as error:
+            self.progress(f"trial {planned.number} failed: {type(error).__name__}: {error}")
+            raise
+        if self.reports == "all":
+            self._report(run, dataset, result.model)
+        return result
+
+    # -- results ---------------------------------------------------------------------
+    def results(self) -> list[TrialResult]:
+        """Every trial in the tuner's state (not available on a worker)."""
+        results = []
+        for trial in self.oracle.trials.values():
+            metrics = {name: history.get_last_value() for name, history in trial.metrics.metrics.items()}
+            status = _STATUS.get(trial.status, PENDING)
+            results.append(
+                TrialResult(trial.trial_id, trial_labels(trial), status, metrics, trial.message or "")
+            )
+        return results
+
+    def write_tables(self) -> list[dict[str, Any]]:
+        """Rewrite study.csv, study.md and study.png from the state; returns the rows."""
+        rows = study_rows(self.study, self.results())
+        wall = sum(row["wall_s"] for row in rows if row["status"] == DONE)
+        write_tables(self.folder, self.study, rows, wall_s=wall)
+        return rows
+
+    def _report(self, run: Path, dataset, model=None) -> Path | None:
+        """The run's evaluation report; a failure is reported and leaves the trial done."""
+        from fruitcnn.report import build_report
+
+        try:
+            return build_report(run, dataset=dataset, model=model, progress=lambda line: None).html
+        except Exception as error:
+            self.progress(
+                f"the report of {run.name} failed ({type(error).__name__}: {error}); the trial is kept. "
+                f"Retry with: python report.py {run}"
+            )
+            return None
+
+    def best_report(self, rows) -> Path | None:
+        """The best trial's report (written now if it is missing and its run is here)."""
+        best = best_row(rows)
+        if best is None or self.reports == "none":
+            return None
+        run = self.folder / best["run"]
+        if (run / runs.REPORT_HTML).is_file():
+            return run / runs.REPORT_HTML
+        if not (run / runs.MODEL_FILE).is_file():
+            self.progress(
+                f"the best trial's run {run} is not on this machine; its report is not written here"
+            )
+            return None
+        planned = self.study.trials[best["trial"] - 1]
+        _, dataset = self.data.prepare(planned)
+        self.progress(f"report of the best trial ({trial_title(planned)})")
+        return self._report(run, dataset)
+
+
+def trial_metrics(result, wall_seconds: float) -> dict[str, float]:
+    """What Keras Tuner keeps of a finished trial (floats only) and the tables show."""
+    from fruitcnn.model import flops_per_image
+
+    kept = ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "parameters", "best_epoch", "epochs")
+    metrics = {name: float(result.metrics[name]) for name in kept}
+    metrics["flops_per_image"] = float(flops_per_image(result.model))
+    metrics["train_seconds"] = float(result.metrics["train_seconds"])
+    metrics["wall_seconds"] = wall_seconds
+    return metrics
+
+
+def hparam_values(parameter: Parameter) -> list:
+    """A parameter's values as the HParams dashboard shows them: numbers when all are
+    numbers (so it sorts and plots them as such), else the labels."""
+    numeric = all(
+        isinstance(value, (int, float)) and not isinstance(value, bool) for value in parameter.values
+    )
+    return [float(value) for value in parameter.values] if numeric else list(parameter.labels)
+
+
+def write_trial_hparams(study: Study, run: Path, labels: dict[str, str], metrics: dict[str, float]) -> None:
+    """The trial's values and results for TensorBoard's HParams dashboard (in the run's tb/)."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hparams_api
+
+    values = {
+        parameter.name: hparam_values(parameter)[parameter.labels.index(labels[parameter.name])]
+        for parameter in study.parameters
+    }
+    writer = tf.summary.create_file_writer(str(run / runs.TENSORBOARD_DIR))
+    with writer.as_default():
+        hparams_api.hparams(values, trial_id=run.name)
+        for name in ("val_accuracy", "test_accuracy"):
+            tf.summary.scalar(f"study/{name}", metrics[name], step=0)
+    writer.close()
+
+
+def write_hparams_config(folder: Path, study: Study) -> None:
+    """The HParams dashboard's columns: each parameter with its values, and the two accuracies."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hparams_api
+
+    logdir = folder / RUNS_DIR
+    if logdir.is_dir() and any(path.name.startswith("events.") for path in logdir.iterdir()):
+        return
+    writer = tf.summary.create_file_writer(str(logdir))
+    with writer.as_default():
+        hparams_api.hparams_config(
+            hparams=[
+                hparams_api.HParam(parameter.name, hparams_api.Discrete(hparam_values(parameter)))
+                for parameter in study.parameters
+            ],
+            metrics=[
+                hparams_api.Metric("study/val_accuracy", display_name="best validation accuracy"),
+                hparams_api.Metric("study/test_accuracy", display_name="test accuracy"),
+            ],
+        )
+    writer.close()
+
+
+def clear_folder(folder: Path) -> None:
+    """Remove a study's trials and tables from ``folder`` (for ``--restart``); other
+    files there are left alone."""
+    for name in (TUNER_PROJECT, RUNS_DIR):
+        if (folder / name).exists():
+            shutil.rmtree(folder / name)
+    for name in (STUDY_SPEC, STUDY_CSV, STUDY_MD, STUDY_PLOT):
+        (folder / name).unlink(missing_ok=True)
+
+
+def run_study(
+    study: Study,
+    folder: str | Path,
+    *,
+    restart: bool = False,
+    verbose: int = 2,
+    reports: str = "best",
+    progress: Callable[[str], None] = print,
+) -> StudyOutcome:
+    """Run (or continue) every trial of ``study`` in ``folder`` and write its tables.
+
+    Args:
+        study: the planned study (``fruitcnn.study.load_study``).
+        folder: the study folder (tuner state, runs/, study.csv/md/png).
+        restart: discard the folder's earlier trials first.
+        verbose: Keras ``fit`` verbosity of each trial (0 silent, 1 bars, 2 one line per epoch).
+        reports: write the evaluation report of the ``best`` trial, ``all`` trials or ``none``.
+        progress: receives one line per step.
+
+    Returns:
+        A :class:`StudyOutcome` (rows empty on a worker: the chief writes the tables).
+
+    Raises:
+        ValueError: a trial that does not fit its data (before any training), or a
+            folder holding another study.
+    """
+    folder, role = Path(folder), distributed_role()
+    if role == "worker" and restart:
+        raise ValueError(
+            "--restart discards the study's trials, which the chief keeps: give it to the chief only."
+        )
+    known = False
+    if role != "worker":
+        if restart:
+            clear_folder(folder)
+        known = check_folder(study, folder)
+    tuner = StudyTuner(study, folder, verbose=verbose, reports=reports, progress=progress)
+    if role == "worker":
+        _check_same_study(study, tuner.oracle.get_space())
+        tuner.data.check_all()
+    else:
+        _start(study, folder, tuner, known, progress)
+    tuner.search(verbose=0)
+    if role == "worker":
+        progress(
+            f"worker {os.environ[TUNER_ID_VARIABLE]}: no trials left; the chief writes the study's tables"
+        )
+        return StudyOutcome(folder, [], role)
+    rows = tuner.write_tables()
+    report = tuner.best_report(rows)
+    if report is not None:
+        rows = tuner.write_tables()  # now with the link to the report
+    return StudyOutcome(folder, rows, role, report)
+
+
+def _start(study: Study, folder: Path, tuner: StudyTuner, known: bool, progress) -> None:
+    """On the machine that keeps the state: check the trials still to run against
+    their data, then record the plan (only now, so a study that fails its checks can
+    be fixed and run again in the same folder)."""
+    done = {_key(result.labels) for result in tuner.results() if result.status == DONE}
+    if tuner.role == "single":  # a chief trains nothing; its workers check their own data
+        tuner.data.check_all([trial for trial in study.trials if _key(trial.labels) not in done])
+    if not known:
+        folder.mkdir(parents=True, exist_ok=True)
+        runs.write_json(folder / STUDY_SPEC, study.spec())
+    write_hparams_config(folder, study)
+    if done:
+        progress(f"{len(done)} of {len(study.trials)} trials already done in {folder}; running the rest")
+
+
+def _check_same_study(study: Study, space: keras_tuner.HyperParameters) -> None:
+    """A worker's study file must plan what the chief's does (it receives only labels)."""
+    chief = {entry.name: getattr(entry, "value", None) for entry in space.space}.get(PLAN_ENTRY)
+    if chief != study.plan_hash():
+        raise ValueError(
+            f"this worker's study file plans other trials than the chief's (plan {study.plan_hash()}, the "
+            f"chief's {chief}); give every machine the same study file."
+        )
+
+
+def set_distributed(oracle: str | None, tuner_id: str | None) -> None:
+    """Set Keras Tuner's chief/worker variables from ``HOST:PORT`` and an id."""
+    if oracle is None and tuner_id is None:
+        return
+    if oracle is None or tuner_id is None:
+        raise ValueError(
+            "a distributed study needs both --oracle HOST:PORT and --tuner-id (chief or a worker name)."
+        )
+    host, separator, port = oracle.rpartition(":")
+    if not separator or not host or not port.isdigit():
+        raise ValueError(f"--oracle must be HOST:PORT, e.g. 10.0.0.5:8000, got {oracle!r}.")
+    os.environ[ORACLE_IP_VARIABLE], os.environ[ORACLE_PORT_VARIABLE] = host, port
+    os.environ[TUNER_ID_VARIABLE] = tuner_id
+    role = "chief, serving trials" if "chief" in tuner_id else f"worker {tuner_id}, asking the chief"
+    print(f"distributed study: {role} at {host}:{port}", file=sys.stderr)
