@@ -28,6 +28,8 @@ MINUTES_AFTER_S = 120
 # Study plots: panels per row, inches per panel (width, height), and how far the
 # points of trials with the same value spread sideways (in units of one value).
 STUDY_COLUMNS, STUDY_PANEL_INCHES, STUDY_SPREAD = 3, (4.0, 3.2), 0.15
+# A panel widens beyond its width to give each value this many inches.
+STUDY_INCHES_PER_VALUE = 0.55
 # Tick labels of a panel longer than this many characters in all are slanted by this angle.
 STUDY_FLAT_TICK_CHARS, STUDY_TICK_DEGREES = 40, 35
 # Confusion matrices: cell numbers are written up to this many classes.
@@ -159,8 +161,9 @@ def study_figure(parameters: Sequence[tuple[str, Sequence[str]]], rows: Sequence
     """Accuracy against each varied parameter of a study, one panel per parameter.
 
     Every finished trial is a point at its value of the parameter (validation: dots,
-    test: crosses, spread sideways a little so equal values stay visible); the line
-    joins the mean validation accuracy of each value, the parameter's main effect.
+    test: crosses, spread sideways a little so equal values stay visible); where values
+    were tried more than once, a line joins the mean validation accuracy of each value,
+    the parameter's main effect.
 
     Args:
         parameters: (name, labels in plan order) of each varied parameter.
@@ -172,9 +175,9 @@ def study_figure(parameters: Sequence[tuple[str, Sequence[str]]], rows: Sequence
     count = len(parameters)
     columns = min(count, STUDY_COLUMNS)
     lines = math.ceil(count / columns)
-    figure = Figure(
-        figsize=(STUDY_PANEL_INCHES[0] * columns, STUDY_PANEL_INCHES[1] * lines), layout="constrained"
-    )
+    most_values = max(len(labels) for _, labels in parameters)
+    panel_width = max(STUDY_PANEL_INCHES[0], STUDY_INCHES_PER_VALUE * most_values)
+    figure = Figure(figsize=(panel_width * columns, STUDY_PANEL_INCHES[1] * lines), layout="constrained")
     axes = figure.subplots(lines, columns, squeeze=False).ravel()
     for axis, (name, labels) in zip(axes, parameters):
         _study_panel(axis, name, list(labels), rows)
@@ -202,11 +205,14 @@ def _study_panel(axis, name: str, labels: list[str], rows: Sequence[Mapping]) ->
                 label=legend,
             )
             legend = None
-    means = [
-        np.mean([100 * float(row["best_val_accuracy"]) for row in rows if row[name] == label] or [np.nan])
-        for label in labels
+    groups = [
+        [100 * float(row["best_val_accuracy"]) for row in rows if row[name] == label] for label in labels
     ]
-    axis.plot(range(len(labels)), means, "-", color=SPLIT_COLOURS["val"], alpha=0.6, label="validation mean")
+    if any(len(group) > 1 for group in groups):  # a main effect only where values were repeated
+        means = [np.mean(group) if group else np.nan for group in groups]
+        axis.plot(
+            range(len(labels)), means, "-", color=SPLIT_COLOURS["val"], alpha=0.6, label="validation mean"
+        )
     names = [short_name(label or "(none)") for label in labels]
     if sum(len(text) for text in names) > STUDY_FLAT_TICK_CHARS:  # long variant names: slanted
         axis.set_xticks(range(len(labels)), names, rotation=STUDY_TICK_DEGREES, ha="right")

@@ -86,6 +86,8 @@ RESULT_COLUMNS = (
 )
 # study.csv units: FLOPs per image in millions, seconds to this many decimals.
 MFLOP, FLOP_DIGITS, SECOND_DIGITS = 1e-6, 2, 1
+# study.md shows validation losses to this many significant digits (they reach 1e-4 on easy data).
+LOSS_DIGITS = 3
 
 
 @dataclass(frozen=True)
@@ -590,7 +592,7 @@ def _markdown_table(study: Study, rows, folder: Path, best) -> list[str]:
                 f"{row['parameters']:,}",
                 f"{row['mflop_per_image']:.2f}",
                 f"{100 * row['best_val_accuracy']:.2f}%",
-                f"{row['best_val_loss']:.4f}",
+                f"{row['best_val_loss']:.{LOSS_DIGITS}g}",
                 f"{100 * row['test_accuracy']:.2f}%",
                 f"{row['best_epoch']} / {row['epochs_trained']}",
                 f"{row['train_s']:.0f}",

@@ -246,8 +246,13 @@ def test_chief_and_worker_processes_share_one_study(tmp_path):
 
     chief = start("chief", tmp_path / "chief")
     worker = start("worker1", tmp_path / "worker")
-    worker_output, _ = worker.communicate(timeout=300)
-    chief_output, _ = chief.communicate(timeout=120)
+    try:
+        worker_output, _ = worker.communicate(timeout=300)
+        chief_output, _ = chief.communicate(timeout=120)
+    finally:  # a hung chief or worker must not outlive the test
+        for process in (worker, chief):
+            if process.poll() is None:
+                process.kill()
     assert worker.returncode == 0, worker_output
     assert chief.returncode == 0, chief_output
     assert "worker worker1: no trials left" in worker_output
@@ -261,3 +266,15 @@ def test_chief_and_worker_processes_share_one_study(tmp_path):
         metrics = runs.read_json(tmp_path / "worker" / row["run"] / runs.METRICS_FILE)
         assert row["best_val_accuracy"] == pytest.approx(metrics["val_accuracy"], abs=1e-12)
     assert "is not on this machine" in chief_output
+
+
+def test_a_worker_with_another_study_file_is_refused(tmp_path):
+    from fruitcnn.study import load_study
+    from fruitcnn.tuning import StudyOracle, _check_same_study
+
+    chief_study = load_study(_study(tmp_path, GRID_2X2, "chief.toml"))
+    chief_space = StudyOracle(chief_study).get_space()
+    _check_same_study(load_study(_study(tmp_path, GRID_2X2, "same.toml")), chief_space)
+    other = load_study(_study(tmp_path, GRID_2X2.replace("epochs = 1", "epochs = 2"), "other.toml"))
+    with pytest.raises(ValueError, match="this worker's study file plans other trials than the chief's"):
+        _check_same_study(other, chief_space)

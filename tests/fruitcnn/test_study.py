@@ -255,8 +255,7 @@ def test_tables_hold_the_rows_and_link_the_best_report(tmp_path):
     )
     assert "([report](runs/2-filters=8-norm=without/report.html))" in markdown
     assert (
-        "| 1 | `8` | `with-bn` | 1,000 | 2.50 | 87.50% | 0.5000 | 81.25% | 1 / 2 | 10 | 12 | done |"
-        in markdown
+        "| 1 | `8` | `with-bn` | 1,000 | 2.50 | 87.50% | 0.5 | 81.25% | 1 / 2 | 10 | 12 | done |" in markdown
     )
     assert "4 trials: 2 done, 1 failed, 1 pending; 0.4 min of trials" in markdown
     assert "- `with-bn`: `bn`" in markdown and "- `without`: (nothing)" in markdown
