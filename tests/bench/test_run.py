@@ -56,5 +56,6 @@ def test_study_task_compares_the_study_engine_with_a_plain_loop(tmp_path, capsys
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["task"] == "study" and report["trials"] == report["trials_done"] == 2
     assert report["best_trial"]["filters"] in ("4", "8") and 0.0 <= report["test_accuracy"] <= 1.0
-    assert report["overhead_ratio"] == pytest.approx(report["wall_s"] / report["plain_loop_s"], abs=0.01)
+    # Both times are rounded to 0.1 s in the JSON, the ratio is not: a few per cent apart at most here.
+    assert report["overhead_ratio"] == pytest.approx(report["wall_s"] / report["plain_loop_s"], rel=0.04)
     assert report["wall_s"] >= report["train_s_sum"] > 0
