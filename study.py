@@ -129,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         + (f", {folder / STUDY_PLOT}" if done else "")
         + (f"; best trial's report: {outcome.best_report}" if outcome.best_report else "")
     )
-    failed = len(outcome.rows) - len(done)
-    return 1 if failed else 0
+    missing = len(outcome.rows) - len(done)
+    if missing:
+        print(f"study.py: {missing} trial(s) not done; see {folder / STUDY_MD}", file=sys.stderr)
+    return 1 if missing else 0
 
 
 def _plan(study, folder: Path, *, restart: bool) -> int:

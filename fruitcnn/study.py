@@ -84,6 +84,9 @@ RESULT_COLUMNS = (
     "run",
     "message",
 )
+# The search-space entry holding the plan's fingerprint (fruitcnn.tuning), so a worker
+# with another study file is refused; no parameter may take its name.
+PLAN_ENTRY = "study_plan"
 # study.csv units: FLOPs per image in millions, seconds to this many decimals.
 MFLOP, FLOP_DIGITS, SECOND_DIGITS = 1e-6, 2, 1
 # study.md shows validation losses to this many significant digits (they reach 1e-4 on easy data).
@@ -204,9 +207,9 @@ def _check_names(parameters: Sequence[Parameter]) -> None:
     """No parameter may shadow a result column, and no name may be set twice (by a
     variant and by the grid), which would leave one of them without effect."""
     for parameter in parameters:
-        if parameter.name in RESULT_COLUMNS:
+        if parameter.name in (*RESULT_COLUMNS, PLAN_ENTRY):
             raise ValueError(
-                f"[grid] {parameter.name}: the name of a result column of study.csv; call the parameter "
+                f"[grid] {parameter.name}: a name study.csv or the tuner uses itself; call the parameter "
                 "otherwise (or, for a setting, use its train.py name)."
             )
     if parameters and parameters[0].name == VARIANT:
@@ -564,6 +567,12 @@ def _settings_lines(study: Study) -> list[str]:
     return lines
 
 
+def _number(value: Any, spec: str) -> str:
+    """A table cell: the number formatted, or "n/a" where there is none (a diverged
+    trial's NaN loss is stored as an empty cell)."""
+    return "n/a" if value == "" else format(value, spec)
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"`{key}` = `{_text(item)}`" for key, item in value.items()) or "(the base settings)"
@@ -589,14 +598,14 @@ def _markdown_table(study: Study, rows, folder: Path, best) -> list[str]:
         cells += [f"`{row[name]}`" for name in names]
         if done:
             cells += [
-                f"{row['parameters']:,}",
-                f"{row['mflop_per_image']:.2f}",
-                f"{100 * row['best_val_accuracy']:.2f}%",
-                f"{row['best_val_loss']:.{LOSS_DIGITS}g}",
-                f"{100 * row['test_accuracy']:.2f}%",
+                _number(row["parameters"], ","),
+                _number(row["mflop_per_image"], ".2f"),
+                _number(row["best_val_accuracy"], ".2%"),
+                _number(row["best_val_loss"], f".{LOSS_DIGITS}g"),
+                _number(row["test_accuracy"], ".2%"),
                 f"{row['best_epoch']} / {row['epochs_trained']}",
-                f"{row['train_s']:.0f}",
-                f"{row['wall_s']:.0f}",
+                _number(row["train_s"], ".0f"),
+                _number(row["wall_s"], ".0f"),
             ]
         else:
             cells += [""] * 8

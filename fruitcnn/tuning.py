@@ -34,6 +34,7 @@ from fruitcnn.study import (
     DONE,
     FAILED,
     PENDING,
+    PLAN_ENTRY,
     REPORT_CHOICES,
     RUNNING,
     RUNS_DIR,
@@ -56,9 +57,6 @@ from fruitcnn.study import (
 
 # The tuner ranks trials on this metric (the best epoch's validation accuracy).
 OBJECTIVE = "val_accuracy"
-# A fixed entry of the search space holding the plan's fingerprint, so a worker with
-# another study file is refused (it would receive only the labels of the chief's plan).
-PLAN_ENTRY = "study_plan"
 # Keras Tuner's environment variables of its chief/worker mode, and its default tuner id.
 TUNER_ID_VARIABLE, ORACLE_IP_VARIABLE, ORACLE_PORT_VARIABLE = (
     "KERASTUNER_TUNER_ID",
@@ -110,46 +108,70 @@ class StudyOracle(keras_tuner.Oracle):
     restart: keras_tuner.GridSearch (1.4.8) keeps its position in memory only and fails
     with a KeyError when a search is resumed (keras-team/keras-tuner#1055).
 
-    A plan entry is taken while one of its trials runs or after one completed. A
-    failed entry is tried again by the next run of the study, not in the same run, so
-    a trial that always fails is not repeated forever; failures never stop the study
-    (Keras Tuner's limit of consecutive failures is off: the other trials still run).
+    A plan entry is taken once one of its trials completed, while one runs or waits
+    for a retry, and after this process handed it out once: a failed entry is tried
+    again by the next run of the study, not in the same run, so a trial that always
+    fails is not repeated forever. Failures never stop the study (Keras Tuner's limit
+    of consecutive failures is off: the other trials still run).
     """
 
     def __init__(self, study: Study):
-        space = keras_tuner.HyperParameters()
-        space.Fixed(PLAN_ENTRY, study.plan_hash())
-        for parameter in study.parameters:
-            space.Choice(parameter.name, list(parameter.labels))
         super().__init__(
             objective=keras_tuner.Objective(OBJECTIVE, direction="max"),
-            hyperparameters=space,
+            hyperparameters=self._space(study),
             allow_new_entries=False,
             tune_new_entries=False,
             max_consecutive_failed_trials=None,
         )
         self.plan = [trial.labels for trial in study.trials]
-        self.failed_now: set[str] = set()
+        self.handed_out: set[str] = set()
         # Called after every trial's end (the tables), on the machine that keeps the state.
         self.after_trial: Callable[[], None] | None = None
 
+    @staticmethod
+    def _space(study: Study) -> keras_tuner.HyperParameters:
+        space = keras_tuner.HyperParameters()
+        space.Fixed(PLAN_ENTRY, study.plan_hash())
+        for parameter in study.parameters:
+            space.Choice(parameter.name, list(parameter.labels))
+        return space
+
     def populate_space(self, trial_id):
-        taken = {
+        busy = [*(trial.trial_id for trial in self.ongoing_trials.values()), *self._retry_queue]
+        taken = {_key(trial_labels(self.trials[number])) for number in busy} | self.handed_out
+        taken |= {
             _key(trial_labels(trial))
             for trial in self.trials.values()
-            if trial.status in (TrialStatus.RUNNING, TrialStatus.COMPLETED)
+            if trial.status == TrialStatus.COMPLETED
         }
         for labels in self.plan:
             key = _key(labels)
-            if key not in taken and key not in self.failed_now:
+            if key not in taken:
+                self.handed_out.add(key)
                 return {"status": TrialStatus.RUNNING, "values": dict(labels)}
         return {"status": TrialStatus.STOPPED, "values": None}
 
+    def set_state(self, state):
+        # Keep this study's search space (with its plan fingerprint): a state saved by
+        # an older fruitcnn may lack the fingerprint; check_folder vouches for the plan.
+        space = self.hyperparameters
+        super().set_state(state)
+        self.hyperparameters = space
+
+    def reload(self):
+        super().reload()
+        # Keras Tuner saves oracle.json before it drops an ended trial from the running
+        # ones; a state saved in that moment would hand a finished trial out again.
+        self._retry_queue = [
+            number
+            for number in self._retry_queue
+            if self.trials[number].status not in (TrialStatus.COMPLETED, TrialStatus.FAILED)
+        ]
+
+    @keras_tuner.synchronized
     def end_trial(self, trial):
         super().end_trial(trial)
-        ended = self.trials[trial.trial_id]
-        if ended.status == TrialStatus.FAILED:
-            self.failed_now.add(_key(trial_labels(ended)))
+        self.save()  # now without the ended trial among the running ones (see reload)
         if self.after_trial is not None:
             try:
                 self.after_trial()

@@ -227,7 +227,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_chief_and_worker_processes_share_one_study(tmp_path):
+def test_chief_and_worker_processes_share_one_study(tmp_path, monkeypatch, capsys):
     path = _study(tmp_path, SMALL.replace("{pooling}", "gap") + "filters = [4, 8]\n")
     oracle = f"127.0.0.1:{_free_port()}"
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -266,6 +266,11 @@ def test_chief_and_worker_processes_share_one_study(tmp_path):
         metrics = runs.read_json(tmp_path / "worker" / row["run"] / runs.METRICS_FILE)
         assert row["best_val_accuracy"] == pytest.approx(metrics["val_accuracy"], abs=1e-12)
     assert "is not on this machine" in chief_output
+
+    # The chief's folder continues on one machine: nothing is trained again.
+    monkeypatch.setattr(training, "train", None)  # any training would fail
+    assert study_cli.main([str(path), "--out", str(tmp_path / "chief"), "--verbose", "0"]) == 0
+    assert "2 of 2 trials already done" in capsys.readouterr().out
 
 
 def test_a_worker_with_another_study_file_is_refused(tmp_path):

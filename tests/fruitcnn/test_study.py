@@ -104,7 +104,8 @@ def test_variants_cross_the_grid_and_override_base_variables():
             "study entry fliters neither name a setting nor appear as {fliters}",
         ),
         ({"grid": {"learning_rate": [0.1]}}, "study entry learning_rate .* did you mean 'lr'\\?"),
-        ({"grid": {"status": [1, 2]}}, "\\[grid\\] status: the name of a result column"),
+        ({"grid": {"status": [1, 2]}}, "\\[grid\\] status: a name study.csv or the tuner uses itself"),
+        ({"grid": {"study_plan": [1, 2]}}, "\\[grid\\] study_plan: a name study.csv or the tuner uses"),
         (
             {"variants": [{"label": "a", "lr": 0.1}], "grid": {"lr": [0.5, 0.6]}},
             "lr is set by \\[\\[variants\\]\\] and varied by \\[grid\\]",
@@ -261,6 +262,15 @@ def test_tables_hold_the_rows_and_link_the_best_report(tmp_path):
     assert "- `with-bn`: `bn`" in markdown and "- `without`: (nothing)" in markdown
     assert "- trial 3: ValueError: boom" in markdown
     assert (folder / STUDY_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # A diverged trial (validation loss NaN, accuracy finite) still gets its row.
+    diverged = _result("0003", labels[3], DONE, val=0.125, test=0.125, loss=float("nan"))
+    rows = study_rows(study, [*results, diverged])
+    assert rows[3]["best_val_loss"] == "" and best_row(rows)["trial"] == 2
+    write_tables(folder, study, rows)
+    assert (
+        "| 4 | `16` | `without` | 1,000 | 2.50 | 12.50% | n/a | 12.50% |" in (folder / STUDY_MD).read_text()
+    )
 
 
 # Image shape of each dataset the shipped study files use (the data itself is not read).
