@@ -17,6 +17,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
 
+from fruitcnn.data.cache import add_cache_dir_argument, use_cache_dir  # noqa: E402
 from fruitcnn.report import ORDERS, SPLITS, ReportOptions  # noqa: E402
 
 EXAMPLES = """examples:
@@ -75,12 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="read the run's data from PATH instead of where it was at training (same data, moved)",
     )
-    parser.add_argument(
-        "--cache-dir",
-        default=None,
-        metavar="DIR",
-        help="cache of decoded images (default: $FRUITCNN_CACHE or ~/.cache/fruitcnn; 'off' disables)",
-    )
+    add_cache_dir_argument(parser)
     parser.add_argument(
         "--screenshot",
         default=None,
@@ -99,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, write the report, print where it went."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.cache_dir:
-        os.environ["FRUITCNN_CACHE"] = args.cache_dir
+    use_cache_dir(args.cache_dir)
     try:
         options = ReportOptions(
             grid_split=args.grid_split, top_k=args.top_k, order=args.order, pairs=args.pairs

@@ -19,6 +19,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
 
+from fruitcnn.data.cache import add_cache_dir_argument, use_cache_dir  # noqa: E402
+
 EXAMPLES = """examples:
   python study.py studies/line-filters.toml               # 2x2 grid on the line dataset, ~1 min
   python study.py studies/fruits-dropout-bn.toml          # dropout with and without batch norm
@@ -70,12 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="training output per trial: 0 none, 1 progress bars, 2 one line per epoch "
         "(default: 1 on a terminal, else 2)",
     )
-    parser.add_argument(
-        "--cache-dir",
-        default=None,
-        metavar="DIR",
-        help="cache of decoded images (default: $FRUITCNN_CACHE or ~/.cache/fruitcnn; 'off' disables)",
-    )
+    add_cache_dir_argument(parser)
     parser.add_argument(
         "--oracle",
         default=None,
@@ -97,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from fruitcnn.study import DEFAULT_ROOT, STUDY_CSV, STUDY_MD, STUDY_PLOT, check_settings, load_study
 
-    if args.cache_dir:
-        os.environ["FRUITCNN_CACHE"] = args.cache_dir
+    use_cache_dir(args.cache_dir)
     try:
         study = load_study(args.study)
         check_settings(study)

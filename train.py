@@ -33,6 +33,7 @@ from fruitcnn.config import (  # noqa: E402
     config_from_settings,
 )
 from fruitcnn.config import SETTING_FIELDS as _FIELDS  # noqa: E402  (flag -> config field)
+from fruitcnn.data.cache import add_cache_dir_argument, use_cache_dir  # noqa: E402
 
 EXAMPLES = """examples:
   python train.py                                  # line dataset, 96-class softmax
@@ -96,12 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stop on any skipped file (corrupt image, stray file) instead of listing it",
         action="store_true",
     )
-    data.add_argument(
-        "--cache-dir",
-        default=None,
-        metavar="DIR",
-        help="cache of decoded images (default: $FRUITCNN_CACHE or ~/.cache/fruitcnn; 'off' disables)",
-    )
+    add_cache_dir_argument(data)
     augment = parser.add_argument_group("augmentation (training images only)")
     add = _adder(augment)
     add("--flip", "random mirroring", choices=FLIPS)
@@ -314,8 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from fruitcnn import runs
 
-    if args.cache_dir:
-        os.environ["FRUITCNN_CACHE"] = args.cache_dir
+    use_cache_dir(args.cache_dir)
     try:
         if args.resume is not None:
             return _resume(args, parser)

@@ -417,6 +417,11 @@ class TrialResult:
     message: str = ""
 
 
+def labels_key(labels: dict[str, str]) -> str:
+    """One text per combination of labels (the order of the names does not matter)."""
+    return json.dumps(labels, sort_keys=True)
+
+
 def study_rows(study: Study, results: Sequence[TrialResult]) -> list[dict[str, Any]]:
     """One row per planned trial, in plan order, from the tuner's trial results.
 
@@ -424,10 +429,10 @@ def study_rows(study: Study, results: Sequence[TrialResult]) -> list[dict[str, A
     """
     latest: dict[str, TrialResult] = {}
     for result in sorted(results, key=lambda item: int(item.trial_id)):
-        latest[json.dumps(result.labels, sort_keys=True)] = result
+        latest[labels_key(result.labels)] = result
     rows = []
     for trial in study.trials:
-        result = latest.get(json.dumps(trial.labels, sort_keys=True))
+        result = latest.get(labels_key(trial.labels))
         metrics = result.metrics if result else {}
         row: dict[str, Any] = {"trial": trial.number, **trial.labels}
         row.update(

@@ -49,6 +49,7 @@ from fruitcnn.study import (
     TrialResult,
     best_row,
     check_folder,
+    labels_key,
     study_rows,
     trial_folder,
     trial_title,
@@ -97,10 +98,6 @@ def trial_labels(trial) -> dict[str, str]:
     return {name: str(value) for name, value in trial.hyperparameters.values.items() if name != PLAN_ENTRY}
 
 
-def _key(labels: dict[str, str]) -> str:
-    return json.dumps(labels, sort_keys=True)
-
-
 class StudyOracle(keras_tuner.Oracle):
     """Hands out the planned trials in plan order; keeps Keras Tuner's on-disk state.
 
@@ -138,14 +135,14 @@ class StudyOracle(keras_tuner.Oracle):
 
     def populate_space(self, trial_id):
         busy = [*(trial.trial_id for trial in self.ongoing_trials.values()), *self._retry_queue]
-        taken = {_key(trial_labels(self.trials[number])) for number in busy} | self.handed_out
+        taken = {labels_key(trial_labels(self.trials[number])) for number in busy} | self.handed_out
         taken |= {
-            _key(trial_labels(trial))
+            labels_key(trial_labels(trial))
             for trial in self.trials.values()
             if trial.status == TrialStatus.COMPLETED
         }
         for labels in self.plan:
-            key = _key(labels)
+            key = labels_key(labels)
             if key not in taken:
                 self.handed_out.add(key)
                 return {"status": TrialStatus.RUNNING, "values": dict(labels)}
@@ -491,9 +488,9 @@ def _start(study: Study, folder: Path, tuner: StudyTuner, known: bool, progress)
     """On the machine that keeps the state: check the trials still to run against
     their data, then record the plan (only now, so a study that fails its checks can
     be fixed and run again in the same folder)."""
-    done = {_key(result.labels) for result in tuner.results() if result.status == DONE}
+    done = {labels_key(result.labels) for result in tuner.results() if result.status == DONE}
     if tuner.role == "single":  # a chief trains nothing; its workers check their own data
-        tuner.data.check_all([trial for trial in study.trials if _key(trial.labels) not in done])
+        tuner.data.check_all([trial for trial in study.trials if labels_key(trial.labels) not in done])
     if not known:
         folder.mkdir(parents=True, exist_ok=True)
         runs.write_json(folder / STUDY_SPEC, study.spec())

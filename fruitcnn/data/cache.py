@@ -30,6 +30,23 @@ READER_VERSION = 1
 _ENV = "FRUITCNN_CACHE"
 
 
+def add_cache_dir_argument(parser) -> None:
+    """The ``--cache-dir DIR`` flag of every command that reads data (see :func:`use_cache_dir`)."""
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="cache of decoded images (default: $FRUITCNN_CACHE or ~/.cache/fruitcnn; 'off' disables)",
+    )
+
+
+def use_cache_dir(folder: str | None) -> None:
+    """Put this process's cache in ``folder`` (a ``--cache-dir`` value; None keeps
+    ``$FRUITCNN_CACHE`` or the default)."""
+    if folder:
+        os.environ[_ENV] = folder
+
+
 def cache_root() -> Path | None:
     """The cache folder, or None when caching is off."""
     value = os.environ.get(_ENV, "")
