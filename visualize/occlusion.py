@@ -4,8 +4,18 @@ For each evaluated pixel (i, j) the N x N square centred on it (rows i - N//2 ..
 i - N//2 + N - 1, likewise columns, clipped at the border) is filled, and the
 target class's probability and cross-entropy loss are recorded at (i, j). With
 stride s only every s-th row and column is evaluated, and each evaluated value fills
-its s x s block (the pixels up to the next evaluated row and column). Occluded copies
-are built inside the compiled graph from the image and the centres, a batch at a time.
+its s x s block (the pixels up to the next evaluated row and column).
+
+Two engines compute the same maps:
+
+* ``incremental`` (the default whenever it applies): the clean image's layer outputs
+  are computed once, and per square only the box of each layer that the square
+  changes is recomputed (:mod:`visualize.incremental`);
+* ``batched``: every occluded copy goes through the whole model, built inside the
+  compiled graph from the image and the centres, a batch at a time.
+
+``engine="auto"`` uses the incremental engine and falls back to the batched one, with
+the reason in :attr:`OcclusionMaps.fallback_reason`, for a model it cannot handle.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from visualize.incremental import IncrementalOccluder, Unsupported
 from visualize.targets import (
     as_images,
     check_per_image,
@@ -29,9 +40,11 @@ from visualize.targets import (
 )
 
 FILLS = ("mean", "gray", "zero", "blur")
+ENGINES = ("auto", "incremental", "batched")
 DEFAULT_PATCH = 10
 DEFAULT_FILL = "mean"
-# Positions evaluated per batch.
+# Positions evaluated per batch by the batched engine (the incremental engine sizes
+# its batches by the memory of its windows).
 DEFAULT_BATCH = 256
 # "gray" in pixel units.
 GRAY = 128.0
@@ -50,12 +63,17 @@ class OcclusionMaps:
         loss: the target class's cross-entropy with the square hidden.
         baseline_probability: (N,) the probability without occlusion.
         targets: (N,) the class explained in each image.
+        engine: ``incremental`` or ``batched``: which engine computed the maps.
+        fallback_reason: why the batched engine was used when ``auto`` was asked
+            for (one line naming the layer), else None.
     """
 
     probability: np.ndarray
     loss: np.ndarray
     baseline_probability: np.ndarray
     targets: np.ndarray
+    engine: str = "batched"
+    fallback_reason: str | None = None
 
 
 def training_mean_colour(model: keras.Model) -> np.ndarray:
@@ -113,8 +131,8 @@ def _occluder(model: keras.Model, head: str, patch: int, shape):
         left = centres[:, 1:2] - before
         in_rows = tf.cast((rows[None] >= top) & (rows[None] < top + patch), tf.float32)  # (B, H)
         in_columns = tf.cast((columns[None] >= left) & (columns[None] < left + patch), tf.float32)  # (B, W)
-        hidden = tf.einsum("bh,bw->bhw", in_rows, in_columns)[..., None]  # (B, H, W, 1): 1 inside
-        batch = image[None] + hidden * (fill - image)[None]
+        hidden = tf.einsum("bh,bw->bhw", in_rows, in_columns)[..., None] > 0  # (B, H, W, 1): inside
+        batch = tf.where(hidden, fill[None], image[None])
         logits = explained(batch, training=False)
         targets = tf.fill(tf.shape(centres)[:1], target)
         return class_probability(logits, targets), class_loss(logits, targets)
@@ -141,7 +159,8 @@ def occlusion(
     patch: int = DEFAULT_PATCH,
     stride: int = 1,
     fill=DEFAULT_FILL,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | None = None,
+    engine: str = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> OcclusionMaps:
     """Occlusion sensitivity maps (probability and loss) of ``images``.
@@ -154,25 +173,77 @@ def occlusion(
         patch: side N of the occluded square in pixels of the input.
         stride: evaluate every ``stride``-th row and column.
         fill: ``mean``, ``gray``, ``zero``, ``blur`` or a number (pixel units).
-        batch_size: occluded copies per forward pass (the maps do not depend on it).
+        batch_size: square positions per forward pass (the maps do not depend on it);
+            default 256 for the batched engine, sized by memory for the incremental one.
+        engine: ``auto`` (incremental when the model allows, else batched with the
+            reason in ``fallback_reason``), ``incremental`` (an error if the model does
+            not allow it) or ``batched``.
         progress: called with (positions done, positions in all) after each batch.
 
     Returns:
         :class:`OcclusionMaps`.
     """
-    for name, value in (("patch", patch), ("stride", stride), ("batch_size", batch_size)):
+    for name, value in (("patch", patch), ("stride", stride), ("batch_size", batch_size or 1)):
         if int(value) < 1:
             raise ValueError(f"{name} must be at least 1 pixel/position, got {value}.")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown occlusion engine {engine!r}; expected one of {', '.join(ENGINES)}.")
     images = as_images(images)
     head = resolve_head(model, head)
     check_per_image(model)
     targets = resolve_targets(model, images, head, target)
+    patch, stride = int(patch), int(stride)
+    shape = tuple(images.shape[1:])
+    occluder, reason = None, None
+    if engine != "batched":
+        try:
+            occluder = compiled(
+                model,
+                ("incremental", head, patch, stride, shape, batch_size),
+                lambda: IncrementalOccluder(model, head, shape, patch, stride, batch_size),
+            )
+        except Unsupported as error:
+            if engine == "incremental":
+                raise ValueError(
+                    f"incremental occlusion cannot handle this model: {error}; use the batched engine "
+                    "(engine='batched', --occlusion-engine batched)."
+                ) from None
+            reason = f"{error}"
+    if occluder is not None:
+        return _incremental(model, images, targets, occluder, fill, patch, stride, progress)
+    maps = _batched(model, images, targets, head, patch, stride, fill, batch_size or DEFAULT_BATCH, progress)
+    return OcclusionMaps(maps.probability, maps.loss, maps.baseline_probability, targets, "batched", reason)
+
+
+def _incremental(model, images, targets, occluder, fill, patch, stride, progress) -> OcclusionMaps:
+    count, height, width = images.shape[:3]
+    probability = np.zeros((count, height, width), np.float32)
+    loss = np.zeros((count, height, width), np.float32)
+    baseline = np.zeros(count, np.float32)
+    total, done = count * occluder.positions, 0
+    for index in range(count):
+
+        def step(positions):
+            nonlocal done
+            done += positions
+            if progress is not None:
+                progress(done, total)
+
+        fill_pixels = fill_image(model, images[index], fill, patch)
+        coarse_probability, coarse_loss, baseline[index] = occluder(
+            images[index], fill_pixels, int(targets[index]), step
+        )
+        probability[index] = _to_input_resolution(coarse_probability, height, width, stride)
+        loss[index] = _to_input_resolution(coarse_loss, height, width, stride)
+    return OcclusionMaps(probability, loss, baseline, targets, "incremental", None)
+
+
+def _batched(model, images, targets, head, patch, stride, fill, batch_size, progress) -> OcclusionMaps:
+    """Every occluded copy through the whole model, ``batch_size`` positions at a time."""
     count, height, width = images.shape[:3]
     shape = tuple(images.shape[1:])
-    occlude = compiled(
-        model, ("occlusion", head, int(patch), shape), lambda: _occluder(model, head, int(patch), shape)
-    )
-    rows, columns = _centres(height, width, int(stride))
+    occlude = compiled(model, ("occlusion", head, patch, shape), lambda: _occluder(model, head, patch, shape))
+    rows, columns = _centres(height, width, stride)
     centres = np.stack(np.meshgrid(rows, columns, indexing="ij"), axis=-1).reshape(-1, 2).astype(np.int32)
     probability = np.zeros((count, height, width), np.float32)
     loss = np.zeros((count, height, width), np.float32)
@@ -180,7 +251,7 @@ def occlusion(
     total, done = count * len(centres), 0
     for index in range(count):
         image = tf.constant(images[index])
-        fill_pixels = tf.constant(fill_image(model, images[index], fill, int(patch)))
+        fill_pixels = tf.constant(fill_image(model, images[index], fill, patch))
         target_index = tf.constant(int(targets[index]), tf.int32)
         parts = []
         for start in range(0, len(centres), batch_size):
@@ -189,12 +260,12 @@ def occlusion(
             done += len(chunk)
             if progress is not None:
                 progress(done, total)
-        shape = (len(rows), len(columns))
-        coarse_probability = np.concatenate([part[0] for part in parts]).reshape(shape)
-        coarse_loss = np.concatenate([part[1] for part in parts]).reshape(shape)
-        probability[index] = _to_input_resolution(coarse_probability, height, width, int(stride))
-        loss[index] = _to_input_resolution(coarse_loss, height, width, int(stride))
+        grid = (len(rows), len(columns))
+        coarse_probability = np.concatenate([part[0] for part in parts]).reshape(grid)
+        coarse_loss = np.concatenate([part[1] for part in parts]).reshape(grid)
+        probability[index] = _to_input_resolution(coarse_probability, height, width, stride)
+        loss[index] = _to_input_resolution(coarse_loss, height, width, stride)
         # far outside the image nothing is hidden: the unoccluded prediction
-        untouched = tf.constant([[-2 * int(patch) - height, -2 * int(patch) - width]], tf.int32)
+        untouched = tf.constant([[-2 * patch - height, -2 * patch - width]], tf.int32)
         baseline[index] = occlude(image, fill_pixels, untouched, target_index)[0].numpy()[0]
     return OcclusionMaps(probability, loss, baseline, targets)
