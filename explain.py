@@ -24,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 METHODS = ("occlusion", "saliency", "gradcam", "activations", "filters")
 DEFAULT_METHODS = "occlusion,saliency,gradcam"
 FILLS = ("mean", "gray", "zero", "blur")
+ENGINES = ("auto", "incremental", "batched")
 SPLITS = ("train", "val", "test")
 # Top predictions printed per head.
 TOP = 3
@@ -32,6 +33,7 @@ EXAMPLES = """examples:
   python explain.py --layer conv2 --image x.png            # the latest run, default methods
   python explain.py --model saved_models/<run> --image a.png --image b.jpg --method all
   python explain.py --samples 10 --split test --method occlusion --patch 10 --stride 2 --fill blur
+  python explain.py --image x.png --method occlusion --occlusion-engine batched   # the plain path
   python explain.py --image x.png --target len15_w3_ang045_red       # explain another class
   python explain.py --model saved_models/<multi run> --image x.png --target angle:45
 """
@@ -92,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--fill",
         default="mean",
         help="occlusion fill: mean, gray, zero, blur or a number 0-255 (default: mean)",
+    )
+    parser.add_argument(
+        "--occlusion-engine",
+        choices=ENGINES,
+        default="auto",
+        help="occlusion: incremental (recompute only the part of each layer the square changes: the "
+        "same maps, many times faster), batched (every occluded copy through the whole model) or auto "
+        "(incremental when the model allows it, else batched with the reason printed) (default: auto)",
     )
     parser.add_argument(
         "--saliency",
@@ -319,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             patch=args.patch,
             stride=args.stride,
             fill=fill,
+            occlusion_engine=args.occlusion_engine,
             saliency_of=args.saliency,
             smoothgrad=args.smoothgrad,
             times_input=args.times_input,

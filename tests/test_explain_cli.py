@@ -43,6 +43,20 @@ def test_design_card_command_uses_the_latest_run(trained, monkeypatch, capsys):
         assert maps.shape == (28, 28) and maps.dtype == np.float32 and np.isfinite(maps).all()
 
 
+def test_the_occlusion_engines_write_the_same_maps_and_say_which_ran(trained, tmp_path, capsys):
+    run = trained / "saved_models" / RUNS["single"]
+    maps = {}
+    for engine in ("auto", "batched"):
+        argv = ["--model", str(run), "--image", str(trained / "line.png"), "--method", "occlusion"]
+        argv += ["--patch", "7", "--out", str(tmp_path / engine), "--occlusion-engine", engine]
+        assert cli.main(argv) == 0
+        maps[engine] = np.load(tmp_path / engine / "line_occlusion_prob.npy")
+    printed = capsys.readouterr().out
+    assert "occlusion: incremental engine, 784 positions in" in printed
+    assert "occlusion: batched re-inference, 784 positions in" in printed
+    np.testing.assert_allclose(maps["auto"], maps["batched"], atol=1e-4)
+
+
 def test_all_methods_on_a_four_head_model_with_a_chosen_target(trained, tmp_path, capsys):
     run = trained / "saved_models" / RUNS["multi"]
     argv = [

@@ -4,6 +4,7 @@ heads and write one PNG and the raw arrays (.npy) per image, method and variant,
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ class Options:
     patch: int = 10
     stride: int = 1
     fill: object = "mean"
+    occlusion_engine: str = "auto"
     saliency_of: str = "loss"
     smoothgrad: int = 0
     times_input: bool = False
@@ -114,6 +116,7 @@ def _maps(model, images, head, targets, methods, options) -> dict[str, np.ndarra
         rows = len(range(0, images.shape[1], options.stride))
         total = len(images) * rows * len(range(0, images.shape[2], options.stride))
         bar = keras.utils.Progbar(total, unit_name="position")
+        start = time.perf_counter()
         result = occlusion(
             model,
             images,
@@ -122,8 +125,16 @@ def _maps(model, images, head, targets, methods, options) -> dict[str, np.ndarra
             patch=options.patch,
             stride=options.stride,
             fill=options.fill,
+            engine=options.occlusion_engine,
             progress=lambda done, _: bar.update(done),
         )
+        seconds = time.perf_counter() - start
+        if result.engine == "incremental":
+            print(f"occlusion: incremental engine, {total} positions in {seconds:.2f} s")
+        else:
+            reason = f" (the incremental engine cannot handle {result.fallback_reason})"
+            print(f"occlusion: batched re-inference{reason if result.fallback_reason else ''}, {total} "
+                  f"positions in {seconds:.2f} s")  # fmt: skip
         maps["occlusion_prob"], maps["occlusion_loss"] = result.probability, result.loss
     if "saliency" in methods:
         maps["saliency"] = saliency(
