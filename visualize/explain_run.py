@@ -129,12 +129,10 @@ def _maps(model, images, head, targets, methods, options) -> dict[str, np.ndarra
             progress=lambda done, _: bar.update(done),
         )
         seconds = time.perf_counter() - start
-        if result.engine == "incremental":
-            print(f"occlusion: incremental engine, {total} positions in {seconds:.2f} s")
-        else:
-            reason = f" (the incremental engine cannot handle {result.fallback_reason})"
-            print(f"occlusion: batched re-inference{reason if result.fallback_reason else ''}, {total} "
-                  f"positions in {seconds:.2f} s")  # fmt: skip
+        how = "incremental engine" if result.engine == "incremental" else "batched re-inference"
+        if result.fallback_reason:
+            how += f" (the incremental engine does not apply: {result.fallback_reason})"
+        print(f"occlusion: {how}, {total} positions in {seconds:.2f} s")
         maps["occlusion_prob"], maps["occlusion_loss"] = result.probability, result.loss
     if "saliency" in methods:
         maps["saliency"] = saliency(

@@ -27,9 +27,9 @@ How it is done:
    layer below's recomputed values spliced in, by one gather from the table [clean
    map; recomputed boxes; padding value]; values outside a map are what the layer's
    padding sees (zeros for convs, nothing for 'same' pooling: -inf for max, left out
-   of the count for average). Boxes aligned to the pooling grid (the pooling then
-   reads the conv's box without a splice) cost 0.1 s more on the benchmark model:
-   the conv work of the extra rows outweighs the gather saved.
+   of the count for average). (Tried and dropped: boxes aligned to the pooling grid, so
+   that the pooling reads the conv's box without a splice, cost 0.1 s more on the
+   benchmark model: the conv work of the extra rows outweighs the gathers saved.)
 3. Positions whose boxes have the same sizes in every layer form a batch (each gets
    its own tight boxes); all batches share one compiled function whose sizes are
    dynamic, so a model is traced once. A conv's batch norm is folded into its kernel
@@ -61,9 +61,10 @@ ELEMENTWISE = frozenset(
         "hard_sigmoid hard_silu hard_swish exponential mish celu log_sigmoid"
     ).split()
 )
-# Layers that are the identity at inference.
+# Layers that are the identity at inference (exact types: a subclass may change that).
 IDENTITY_LAYERS = (
     keras.layers.Dropout,
+    keras.layers.SpatialDropout2D,
     keras.layers.GaussianNoise,
     keras.layers.GaussianDropout,
     keras.layers.AlphaDropout,
@@ -71,6 +72,12 @@ IDENTITY_LAYERS = (
 )
 # Element-wise layers called as they are on any window.
 ELEMENTWISE_LAYERS = (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU)
+SPATIAL_LAYERS = (keras.layers.Conv2D, keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
+TRANSITIONS = {
+    keras.layers.Flatten: "flatten",
+    keras.layers.GlobalAveragePooling2D: "gap",
+    keras.layers.GlobalMaxPooling2D: "gmp",
+}
 # Floats held by the largest layer's windows of one batch (positions per call follow).
 WINDOW_BUDGET = 1 << 25
 
@@ -90,7 +97,7 @@ class _Spatial:
     before: tuple[int, int]  # padding rows / columns before the first
     in_size: tuple[int, int]
     out_size: tuple[int, int]
-    pads: bool  # some output reads outside the input map
+    pads: bool  # some output reads outside the input map (average pooling then counts)
     layer: keras.layers.Layer
     pointwise: list = field(default_factory=list)
 
@@ -145,23 +152,34 @@ def _activation_name(function) -> str:
 
 
 def _is_identity(layer) -> bool:
-    return isinstance(layer, IDENTITY_LAYERS)
+    return type(layer) in IDENTITY_LAYERS
+
+
+def _is_batch_norm(layer) -> bool:
+    from fruitcnn.layers import BatchNorm
+
+    return type(layer) in (BatchNorm, keras.layers.BatchNormalization)
 
 
 def _is_pointwise(layer) -> bool:
-    """Does the layer map each value (per channel) on its own, the same at every location?"""
-    from fruitcnn.layers import BatchNorm
-
-    if _is_identity(layer) or isinstance(layer, ELEMENTWISE_LAYERS):
+    """Does the layer map each value (per channel) on its own, the same at every location?
+    Exact types only: a subclass may compute something else."""
+    if _is_identity(layer) or type(layer) in ELEMENTWISE_LAYERS:
         return True
-    if isinstance(layer, keras.layers.Activation):
+    if type(layer) is keras.layers.Activation:
         return _activation_name(layer.activation) in ELEMENTWISE
-    if isinstance(layer, BatchNorm):
-        return not layer.batch_stats_at_inference
-    if isinstance(layer, (keras.layers.BatchNormalization, keras.layers.Normalization)):
-        axes = tuple(layer.axis) if isinstance(layer.axis, (list, tuple)) else (layer.axis,)
+    if _is_batch_norm(layer) or type(layer) is keras.layers.Normalization:
+        if getattr(layer, "batch_stats_at_inference", False) or getattr(layer, "renorm", False):
+            return False
+        axis = getattr(layer, "axis", -1)  # fruitcnn's BatchNorm: always the last
+        axes = tuple(axis) if isinstance(axis, (list, tuple)) else (axis,)
         return axes in ((-1,), (len(layer.input.shape) - 1,))  # per channel
     return False
+
+
+def _check_weights(layer) -> None:
+    if getattr(layer, "lora_enabled", False):
+        raise Unsupported(f"layer {layer.name} has LoRA weights")
 
 
 def _same_before(size: int, out: int, kernel: int, stride: int) -> int:
@@ -170,6 +188,7 @@ def _same_before(size: int, out: int, kernel: int, stride: int) -> int:
 
 
 def _spatial(layer, zero_padding) -> _Spatial:
+    _check_weights(layer)
     shape_in = tuple(int(size) for size in layer.input.shape[1:3])
     shape_out = tuple(int(size) for size in layer.output.shape[1:3])
     if getattr(layer, "data_format", "channels_last") != "channels_last":
@@ -214,36 +233,24 @@ def analyse(model: keras.Model, head: str) -> Chain:
     index = 0
     while index < len(path):
         layer = path[index]
-        if isinstance(layer, keras.layers.ZeroPadding2D):
+        if type(layer) is keras.layers.ZeroPadding2D:
             if zero_padding is not None:
                 raise Unsupported(f"two zero-padding layers in a row ({layer.name})")
             zero_padding = layer
-        elif isinstance(
-            layer, (keras.layers.Conv2D, keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
-        ):
-            if type(layer) not in (
-                keras.layers.Conv2D,
-                keras.layers.MaxPooling2D,
-                keras.layers.AveragePooling2D,
-            ):
-                raise Unsupported(f"layer {layer.name} is a {type(layer).__name__}")
+        elif type(layer) in SPATIAL_LAYERS:
             op = _spatial(layer, zero_padding)
             zero_padding = None
-            if isinstance(layer, keras.layers.Conv2D) and _activation_name(layer.activation) != "linear":
+            if op.kind == "conv" and _activation_name(layer.activation) != "linear":
                 if _activation_name(layer.activation) not in ELEMENTWISE:
-                    raise Unsupported(
-                        f"conv {layer.name} has the activation {_activation_name(layer.activation)}"
-                    )
+                    name = _activation_name(layer.activation)
+                    raise Unsupported(f"conv {layer.name} has the activation {name}")
                 op.pointwise.append(keras.layers.Activation(layer.activation))
             spatial.append(op)
         elif zero_padding is not None:
             raise Unsupported(f"zero padding {zero_padding.name} is not followed by a conv")
         elif _is_pointwise(layer) and len(layer.output.shape) == 4:
             (spatial[-1].pointwise if spatial else prefix).append(layer)
-        elif isinstance(
-            layer,
-            (keras.layers.Flatten, keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D),
-        ):
+        elif type(layer) in TRANSITIONS:
             break
         else:
             raise Unsupported(f"layer {layer.name} ({type(layer).__name__}) on the image path")
@@ -251,31 +258,28 @@ def analyse(model: keras.Model, head: str) -> Chain:
     if index == len(path):
         raise Unsupported("the image path has no flatten or global pooling layer")
     transition_layer = path[index]
+    if getattr(transition_layer, "data_format", "channels_last") != "channels_last":
+        raise Unsupported(f"layer {transition_layer.name} is {transition_layer.data_format}")
     if getattr(transition_layer, "keepdims", False) or len(transition_layer.input.shape) != 4:
         raise Unsupported(f"layer {transition_layer.name} keeps the map's dimensions")
-    transition = {
-        keras.layers.Flatten: "flatten",
-        keras.layers.GlobalAveragePooling2D: "gap",
-        keras.layers.GlobalMaxPooling2D: "gmp",
-    }[type(transition_layer)]
+    transition = TRANSITIONS[type(transition_layer)]
     rest = path[index + 1 :]
+    for layer in rest:  # the vector layers run as they are, on the batch of vectors
+        if not (type(layer) is keras.layers.Dense or _is_pointwise(layer)) or len(layer.output.shape) != 2:
+            raise Unsupported(f"layer {layer.name} ({type(layer).__name__}) after {transition_layer.name}")
+        _check_weights(layer)
     flat_pointwise, first_dense = [], None
     if transition == "flatten":
-        while rest and not isinstance(rest[0], keras.layers.Dense):
+        while rest and type(rest[0]) is not keras.layers.Dense:
             layer = rest.pop(0)
-            if not _is_pointwise(layer) or isinstance(layer, keras.layers.Normalization):
-                raise Unsupported(f"layer {layer.name} ({type(layer).__name__}) between flatten and dense")
+            if type(layer) is keras.layers.Normalization:
+                raise Unsupported(f"layer {layer.name} (Normalization) between flatten and dense")
             flat_pointwise.append(layer)
         if not rest:
-            raise Unsupported("no dense layer after flatten")
+            raise Unsupported(f"no dense layer after {transition_layer.name}")
         first_dense = rest.pop(0)
         if _activation_name(first_dense.activation) != "linear":
             rest.insert(0, keras.layers.Activation(first_dense.activation))
-    for layer in rest:
-        if len(layer.output.shape) != 2:
-            raise Unsupported(
-                f"layer {layer.name} after {transition_layer.name} gives a {len(layer.output.shape)}-d output"
-            )
     sizes = [tuple(int(size) for size in (spatial[0].in_size if spatial else model.inputs[0].shape[1:3]))]
     channels = [int(model.inputs[0].shape[-1])]
     for op in spatial:
@@ -307,7 +311,7 @@ class _Axis:
     top: np.ndarray  # (P,) first row of the square (may be negative)
     window_start: list[np.ndarray]  # per map, (P,)
     window_size: list[np.ndarray]
-    input_start: list[np.ndarray]  # per map read by spatial layer i + 1
+    input_start: list[np.ndarray]  # [i]: the input window of spatial layer i (it reads map i)
     input_size: list[np.ndarray]
 
 
@@ -509,7 +513,7 @@ def _affine(layer) -> tuple[tf.Tensor, tf.Tensor]:
     """(scale, offset) of a batch-norm layer in inference mode: y = x * scale + offset."""
     from fruitcnn.layers import BatchNorm
 
-    if isinstance(layer, BatchNorm):
+    if type(layer) is BatchNorm:
         scale = layer.gamma / tf.sqrt(layer.moving_variance + layer.epsilon)
         return scale, layer.beta - layer.moving_mean * scale
     inverse = tf.math.rsqrt(layer.moving_variance + layer.epsilon)
@@ -540,12 +544,6 @@ def _conv_parameters(op: _Spatial):
         kernel = kernel * scale
         bias = offset if bias is None else bias * scale + offset
     return kernel, bias, rest
-
-
-def _is_batch_norm(layer) -> bool:
-    from fruitcnn.layers import BatchNorm
-
-    return isinstance(layer, (BatchNorm, keras.layers.BatchNormalization))
 
 
 @dataclass
@@ -650,10 +648,13 @@ class IncrementalOccluder:
         chain = self.chain
         channels = chain.map_channels[-1]
         locations = chain.map_sizes[-1][0] * chain.map_sizes[-1][1]
+        width = channels
+        if chain.transition == "flatten":  # the products per location are units wide
+            width = max(channels, int(chain.first_dense.kernel.shape[-1]))
         groups: list[list[_Batch]] = []
         floats = 0
         for batch in batches:
-            size = len(batch.rows) * batch.final_box * channels
+            size = len(batch.rows) * batch.final_box * width
             if not groups or batch_size is not None or floats + size > WINDOW_BUDGET:
                 groups.append([])
                 floats = 0

@@ -183,8 +183,8 @@ def occlusion(
     Returns:
         :class:`OcclusionMaps`.
     """
-    for name, value in (("patch", patch), ("stride", stride), ("batch_size", batch_size or 1)):
-        if int(value) < 1:
+    for name, value in (("patch", patch), ("stride", stride), ("batch_size", batch_size)):
+        if value is not None and int(value) < 1:
             raise ValueError(f"{name} must be at least 1 pixel/position, got {value}.")
     if engine not in ENGINES:
         raise ValueError(f"unknown occlusion engine {engine!r}; expected one of {', '.join(ENGINES)}.")
