@@ -609,7 +609,7 @@ class IncrementalOccluder:
         outputs.append(chain.first_dense.input if flatten else chain.transition_layer.output)
         outputs.append(model.get_layer(head + LOGITS_SUFFIX).output)
         self._clean = keras.Model(model.inputs, outputs)
-        self._clean_pass = tf.function(lambda images: self._clean(images, training=False))
+        self._clean_pass = tf.function(lambda images: self._clean(images, training=False), autograph=False)
         self.multiply_adds = 0
         batches = []
         for row_sizes, row_positions in _groups(y_axis).items():
@@ -859,12 +859,14 @@ class IncrementalOccluder:
 
     def _run_windows(self, *arguments):
         if self._window_pass is None:
-            self._window_pass = tf.function(self._windows, input_signature=self._specs(arguments))
+            self._window_pass = tf.function(
+                self._windows, input_signature=self._specs(arguments), autograph=False
+            )
         return self._window_pass(*arguments)
 
     def _run_head(self, *arguments):
         if self._head_pass is None:
-            self._head_pass = tf.function(self._head, input_signature=self._specs(arguments))
+            self._head_pass = tf.function(self._head, input_signature=self._specs(arguments), autograph=False)
         return self._head_pass(*arguments)
 
     @property
