@@ -99,7 +99,8 @@ class _Spatial:
     out_size: tuple[int, int]
     pads: bool  # some output reads outside the input map (average pooling then counts)
     layer: keras.layers.Layer
-    pointwise: list = field(default_factory=list)
+    activation: keras.layers.Layer | None = None  # a conv's own activation, as a layer
+    pointwise: list = field(default_factory=list)  # the model's pointwise layers after it
 
     @property
     def pad_value(self) -> float:
@@ -123,27 +124,28 @@ class Chain:
     map_channels: list[int]
 
 
-def _producer(layer: keras.layers.Layer) -> keras.layers.Layer:
-    nodes = layer._inbound_nodes
-    if len(nodes) != 1:
-        raise Unsupported(f"layer {layer.name} is called {len(nodes)} times in the model")
-    parents = nodes[0].parent_nodes
-    if len(parents) != 1 or len(nodes[0].input_tensors) != 1:
-        raise Unsupported(
-            f"layer {layer.name} has {len(nodes[0].input_tensors)} inputs (only chains are handled)"
-        )
-    return parents[0].operation
-
-
 def _path(model: keras.Model, head: str) -> list[keras.layers.Layer]:
-    """The layers from the input (excluded) to ``<head>_logits`` (included)."""
+    """The layers from the input (excluded) to ``<head>_logits`` (included), found
+    through each layer's (public) input and output tensors."""
+    producers = {}
+    for layer in model.layers:
+        try:
+            producers.setdefault(id(layer.output), layer)
+        except (AttributeError, ValueError):  # a layer called several times has no one output
+            continue
     layer = model.get_layer(head + LOGITS_SUFFIX)
     path = []
-    while not isinstance(layer, keras.layers.InputLayer):
+    while type(layer) is not keras.layers.InputLayer:
         path.append(layer)
-        layer = _producer(layer)
-        if len(path) > 10_000:
-            raise Unsupported("the model's graph has a cycle")
+        try:
+            source = layer.input
+        except (AttributeError, ValueError):
+            raise Unsupported(f"layer {layer.name} is called more than once in the model") from None
+        if isinstance(source, (list, tuple, dict)):
+            raise Unsupported(f"layer {layer.name} has {len(source)} inputs (only chains are handled)")
+        if id(source) not in producers:
+            raise Unsupported(f"the input of layer {layer.name} comes from no single layer")
+        layer = producers[id(source)]
     return path[::-1]
 
 
@@ -228,58 +230,14 @@ def analyse(model: keras.Model, head: str) -> Chain:
         Unsupported: naming the first layer (or structure) it cannot handle.
     """
     path = _path(model, head)
-    prefix, spatial = [], []
-    zero_padding = None
-    index = 0
-    while index < len(path):
-        layer = path[index]
-        if type(layer) is keras.layers.ZeroPadding2D:
-            if zero_padding is not None:
-                raise Unsupported(f"two zero-padding layers in a row ({layer.name})")
-            zero_padding = layer
-        elif type(layer) in SPATIAL_LAYERS:
-            op = _spatial(layer, zero_padding)
-            zero_padding = None
-            if op.kind == "conv" and _activation_name(layer.activation) != "linear":
-                if _activation_name(layer.activation) not in ELEMENTWISE:
-                    name = _activation_name(layer.activation)
-                    raise Unsupported(f"conv {layer.name} has the activation {name}")
-                op.pointwise.append(keras.layers.Activation(layer.activation))
-            spatial.append(op)
-        elif zero_padding is not None:
-            raise Unsupported(f"zero padding {zero_padding.name} is not followed by a conv")
-        elif _is_pointwise(layer) and len(layer.output.shape) == 4:
-            (spatial[-1].pointwise if spatial else prefix).append(layer)
-        elif type(layer) in TRANSITIONS:
-            break
-        else:
-            raise Unsupported(f"layer {layer.name} ({type(layer).__name__}) on the image path")
-        index += 1
-    if index == len(path):
-        raise Unsupported("the image path has no flatten or global pooling layer")
+    prefix, spatial, index = _image_layers(path)
     transition_layer = path[index]
     if getattr(transition_layer, "data_format", "channels_last") != "channels_last":
         raise Unsupported(f"layer {transition_layer.name} is {transition_layer.data_format}")
     if getattr(transition_layer, "keepdims", False) or len(transition_layer.input.shape) != 4:
         raise Unsupported(f"layer {transition_layer.name} keeps the map's dimensions")
     transition = TRANSITIONS[type(transition_layer)]
-    rest = path[index + 1 :]
-    for layer in rest:  # the vector layers run as they are, on the batch of vectors
-        if not (type(layer) is keras.layers.Dense or _is_pointwise(layer)) or len(layer.output.shape) != 2:
-            raise Unsupported(f"layer {layer.name} ({type(layer).__name__}) after {transition_layer.name}")
-        _check_weights(layer)
-    flat_pointwise, first_dense = [], None
-    if transition == "flatten":
-        while rest and type(rest[0]) is not keras.layers.Dense:
-            layer = rest.pop(0)
-            if type(layer) is keras.layers.Normalization:
-                raise Unsupported(f"layer {layer.name} (Normalization) between flatten and dense")
-            flat_pointwise.append(layer)
-        if not rest:
-            raise Unsupported(f"no dense layer after {transition_layer.name}")
-        first_dense = rest.pop(0)
-        if _activation_name(first_dense.activation) != "linear":
-            rest.insert(0, keras.layers.Activation(first_dense.activation))
+    flat_pointwise, first_dense, tail = _vector_layers(transition, transition_layer, path[index + 1 :])
     sizes = [tuple(int(size) for size in (spatial[0].in_size if spatial else model.inputs[0].shape[1:3]))]
     channels = [int(model.inputs[0].shape[-1])]
     for op in spatial:
@@ -293,10 +251,64 @@ def analyse(model: keras.Model, head: str) -> Chain:
         transition_layer,
         flat_pointwise,
         first_dense,
-        rest,
+        tail,
         sizes,
         channels,
     )
+
+
+def _image_layers(path: list) -> tuple[list, list[_Spatial], int]:
+    """(pointwise layers on the image, the spatial layers with their pointwise layers,
+    the index of the flatten or global pooling layer in ``path``)."""
+    prefix, spatial = [], []
+    zero_padding = None
+    for index, layer in enumerate(path):
+        if type(layer) is keras.layers.ZeroPadding2D:
+            if zero_padding is not None:
+                raise Unsupported(f"two zero-padding layers in a row ({layer.name})")
+            zero_padding = layer
+        elif type(layer) in SPATIAL_LAYERS:
+            op = _spatial(layer, zero_padding)
+            zero_padding = None
+            activation = _activation_name(layer.activation) if op.kind == "conv" else "linear"
+            if activation not in ELEMENTWISE:
+                raise Unsupported(f"conv {layer.name} has the activation {activation}")
+            if activation != "linear":
+                op.activation = keras.layers.Activation(layer.activation)
+            spatial.append(op)
+        elif zero_padding is not None:
+            raise Unsupported(f"zero padding {zero_padding.name} is not followed by a conv")
+        elif _is_pointwise(layer) and len(layer.output.shape) == 4:
+            (spatial[-1].pointwise if spatial else prefix).append(layer)
+        elif type(layer) in TRANSITIONS:
+            return prefix, spatial, index
+        else:
+            raise Unsupported(f"layer {layer.name} ({type(layer).__name__}) on the image path")
+    raise Unsupported("the image path has no flatten or global pooling layer")
+
+
+def _vector_layers(transition: str, transition_layer, rest: list):
+    """(pointwise layers between flatten and the first dense layer, that dense layer,
+    the vector layers after it) for flatten; ([], None, the vector layers) otherwise."""
+    for layer in rest:  # the vector layers run as they are, on the batch of vectors
+        if not (type(layer) is keras.layers.Dense or _is_pointwise(layer)) or len(layer.output.shape) != 2:
+            raise Unsupported(f"layer {layer.name} ({type(layer).__name__}) after {transition_layer.name}")
+        _check_weights(layer)
+    if transition != "flatten":
+        return [], None, rest
+    rest = list(rest)
+    flat_pointwise = []
+    while rest and type(rest[0]) is not keras.layers.Dense:
+        layer = rest.pop(0)
+        if type(layer) is keras.layers.Normalization:
+            raise Unsupported(f"layer {layer.name} (Normalization) between flatten and dense")
+        flat_pointwise.append(layer)
+    if not rest:
+        raise Unsupported(f"no dense layer after {transition_layer.name}")
+    first_dense = rest.pop(0)
+    if _activation_name(first_dense.activation) != "linear":
+        rest.insert(0, keras.layers.Activation(first_dense.activation))
+    return flat_pointwise, first_dense, rest
 
 
 # ---------------------------------------------------------------------------------------
@@ -358,42 +370,42 @@ def _groups(axis: _Axis) -> dict[tuple[int, ...], np.ndarray]:
     return {key: np.asarray(value) for key, value in groups.items()}
 
 
-def _coordinates(starts: np.ndarray, size: int) -> np.ndarray:
-    return starts[:, None] + np.arange(size)[None, :]
+def _box(axis: _Axis, index: int, positions: np.ndarray, read: bool = False) -> tuple[np.ndarray, int]:
+    """(first row per position, rows) of map ``index``'s recomputed box (``read``: of the
+    window that the next layer reads); the sizes are equal within a batch."""
+    starts, sizes = (axis.input_start, axis.input_size) if read else (axis.window_start, axis.window_size)
+    return starts[index][positions], int(sizes[index][positions[0]])
+
+
+def _frame(chain: Chain, index: int, rows, columns, y_axis: _Axis, x_axis: _Axis, read: bool = False):
+    """Map ``index``'s coordinates in the boxes of a batch: y (B, h, 1), x (B, 1, w), and
+    (B, h, w) whether each lies inside the map."""
+    height, width = chain.map_sizes[index]
+    (row_start, h), (column_start, w) = _box(y_axis, index, rows, read), _box(x_axis, index, columns, read)
+    y = row_start[:, None, None] + np.arange(h)[None, :, None]
+    x = column_start[:, None, None] + np.arange(w)[None, None, :]
+    return y, x, (y >= 0) & (y < height) & (x >= 0) & (x < width)
 
 
 def _splice_index(chain: Chain, index: int, rows, columns, y_axis: _Axis, x_axis: _Axis) -> np.ndarray:
     """Gather index of spatial layer ``index``'s input window into the table
-    [clean map (rows*cols); recomputed windows (B*h*w); padding] of map ``index``."""
+    [clean map (rows*cols); recomputed boxes (B*h*w); padding] of map ``index``."""
     height, width = chain.map_sizes[index]
-    h = int(y_axis.window_size[index][rows[0]])
-    w = int(x_axis.window_size[index][columns[0]])
-    hn = int(y_axis.input_size[index][rows[0]])
-    wn = int(x_axis.input_size[index][columns[0]])
-    count = len(rows)
-    y = _coordinates(y_axis.input_start[index][rows], hn)[:, :, None]  # (B, hn, 1)
-    x = _coordinates(x_axis.input_start[index][columns], wn)[:, None, :]  # (B, 1, wn)
-    window_y = y - y_axis.window_start[index][rows][:, None, None]
-    window_x = x - x_axis.window_start[index][columns][:, None, None]
-    in_map = (y >= 0) & (y < height) & (x >= 0) & (x < width)
-    in_window = (window_y >= 0) & (window_y < h) & (window_x >= 0) & (window_x < w)
-    owner = np.arange(count)[:, None, None]
-    spliced = height * width + owner * h * w + window_y * w + window_x
-    clean = y * width + x
-    pad = height * width + count * h * w
-    return np.where(in_map, np.where(in_window, spliced, clean), pad).astype(np.int32)
+    y, x, in_map = _frame(chain, index, rows, columns, y_axis, x_axis, read=True)
+    (row_start, h), (column_start, w) = _box(y_axis, index, rows), _box(x_axis, index, columns)
+    box_y, box_x = y - row_start[:, None, None], x - column_start[:, None, None]
+    in_box = (box_y >= 0) & (box_y < h) & (box_x >= 0) & (box_x < w)
+    owner = np.arange(len(rows))[:, None, None]
+    spliced = height * width + owner * h * w + box_y * w + box_x
+    pad = height * width + len(rows) * h * w
+    return np.where(in_map, np.where(in_box, spliced, y * width + x), pad).astype(np.int32)
 
 
 def _image_index(chain: Chain, rows, columns, y_axis: _Axis, x_axis: _Axis, patch: int) -> np.ndarray:
-    """Gather index of map 0's window into [image (rows*cols); fill (rows*cols); padding]."""
+    """Gather index of the image windows into [image (rows*cols); fill (rows*cols); padding]."""
     height, width = chain.map_sizes[0]
-    h = int(y_axis.window_size[0][rows[0]])
-    w = int(x_axis.window_size[0][columns[0]])
-    y = _coordinates(y_axis.window_start[0][rows], h)[:, :, None]
-    x = _coordinates(x_axis.window_start[0][columns], w)[:, None, :]
-    top = y_axis.top[rows][:, None, None]
-    left = x_axis.top[columns][:, None, None]
-    in_map = (y >= 0) & (y < height) & (x >= 0) & (x < width)
+    y, x, in_map = _frame(chain, 0, rows, columns, y_axis, x_axis)
+    top, left = y_axis.top[rows][:, None, None], x_axis.top[columns][:, None, None]
     hidden = (y >= top) & (y < top + patch) & (x >= left) & (x < left + patch)
     pixel = y * width + x
     return np.where(in_map, np.where(hidden, height * width + pixel, pixel), 2 * height * width).astype(
@@ -402,29 +414,21 @@ def _image_index(chain: Chain, rows, columns, y_axis: _Axis, x_axis: _Axis, patc
 
 
 def _in_map(chain: Chain, index: int, rows, columns, y_axis: _Axis, x_axis: _Axis) -> np.ndarray:
-    """(B, h, w) whether each value of map ``index``'s windows lies inside the map."""
-    height, width = chain.map_sizes[index]
-    h = int(y_axis.window_size[index][rows[0]])
-    w = int(x_axis.window_size[index][columns[0]])
-    y = _coordinates(y_axis.window_start[index][rows], h)
-    x = _coordinates(x_axis.window_start[index][columns], w)
-    return ((y >= 0) & (y < height))[:, :, None] & ((x >= 0) & (x < width))[:, None, :]
+    """(B, h, w) whether each value of map ``index``'s boxes lies inside the map."""
+    return _frame(chain, index, rows, columns, y_axis, x_axis)[2]
 
 
 def _flatten_entries(chain: Chain, rows, columns, y_axis: _Axis, x_axis: _Axis):
-    """The final windows' values that lie inside the map: (entry index into the batch's
-    flattened windows (B*h*w), owner position, location in the final map)."""
+    """The final boxes' values that lie inside the map: (entry index into the batch's
+    flattened boxes (B*h*w), owner position, location in the final map)."""
     last = len(chain.spatial)
-    height, width = chain.map_sizes[last]
-    h = int(y_axis.window_size[last][rows[0]])
-    w = int(x_axis.window_size[last][columns[0]])
-    y = _coordinates(y_axis.window_start[last][rows], h)[:, :, None]
-    x = _coordinates(x_axis.window_start[last][columns], w)[:, None, :]
-    y, x = np.broadcast_arrays(y, x)
-    inside = ((y >= 0) & (y < height) & (x >= 0) & (x < width)).ravel()
-    entries = np.arange(len(rows) * h * w)[inside]
-    owners = np.repeat(np.arange(len(rows)), h * w)[inside]
-    return entries, owners, (y * width + x).ravel()[inside]
+    width = chain.map_sizes[last][1]
+    y, x, in_map = _frame(chain, last, rows, columns, y_axis, x_axis)
+    inside = in_map.ravel()
+    per_position = in_map[0].size
+    entries = np.arange(len(rows) * per_position)[inside]
+    owners = np.repeat(np.arange(len(rows)), per_position)[inside]
+    return entries, owners, np.broadcast_to(y * width + x, in_map.shape).ravel()[inside]
 
 
 def _by_location(entries, owners, locations, location_count: int, positions: int, entry_count: int):
@@ -445,42 +449,30 @@ def _by_location(entries, owners, locations, location_count: int, positions: int
 
 
 def _gap_index(chain: Chain, rows, columns, y_axis: _Axis, x_axis: _Axis) -> np.ndarray:
-    """Gather index of the final windows' clean values into [clean map; zero]."""
+    """Gather index of the final boxes' clean values into [clean map; zero]."""
     last = len(chain.spatial)
     height, width = chain.map_sizes[last]
-    h = int(y_axis.window_size[last][rows[0]])
-    w = int(x_axis.window_size[last][columns[0]])
-    y = _coordinates(y_axis.window_start[last][rows], h)[:, :, None]
-    x = _coordinates(x_axis.window_start[last][columns], w)[:, None, :]
-    in_map = (y >= 0) & (y < height) & (x >= 0) & (x < width)
+    y, x, in_map = _frame(chain, last, rows, columns, y_axis, x_axis)
     return np.where(in_map, y * width + x, height * width).astype(np.int32)
 
 
 def _gmp_index(chain: Chain, rows, columns, y_axis: _Axis, x_axis: _Axis):
-    """Indices of the clean map's maxima outside each window: (first row, end row,
-    per window row the left part, the right part) into the tables of :func:`_outside_maxima`."""
+    """Indices of the clean map's maxima outside each box: (first row, end row, per box
+    row the part left of the box, the part right of it) into the tables of
+    :func:`_outside_maxima` (rows outside the map point at its -inf row)."""
     last = len(chain.spatial)
     height, width = chain.map_sizes[last]
-    h = int(y_axis.window_size[last][rows[0]])
-    row_start = y_axis.window_start[last][rows]
-    column_start = x_axis.window_start[last][columns]
+    (row_start, h), (column_start, w) = _box(y_axis, last, rows), _box(x_axis, last, columns)
     first_row = np.clip(row_start, 0, height)
     end_row = np.maximum(np.clip(row_start + h, 0, height), first_row)
     first_column = np.clip(column_start, 0, width)
-    end_column = np.maximum(
-        np.clip(column_start + int(x_axis.window_size[last][columns[0]]), 0, width), first_column
-    )
-    y = _coordinates(row_start, h)
+    end_column = np.maximum(np.clip(column_start + w, 0, width), first_column)
+    y = row_start[:, None] + np.arange(h)[None, :]
     inside = (y >= 0) & (y < height)
     dummy = height * (width + 1)
     left = np.where(inside, y * (width + 1) + first_column[:, None], dummy)
     right = np.where(inside, y * (width + 1) + end_column[:, None], dummy)
-    return (
-        first_row.astype(np.int32),
-        end_row.astype(np.int32),
-        left.astype(np.int32),
-        right.astype(np.int32),
-    )
+    return tuple(part.astype(np.int32) for part in (first_row, end_row, left, right))
 
 
 def _outside_maxima(clean: np.ndarray):
@@ -538,7 +530,8 @@ def _conv_parameters(op: _Spatial):
     passes over the windows; the same values up to float32 rounding)."""
     kernel = op.layer.kernel.value
     bias = op.layer.bias.value if op.layer.use_bias else None
-    rest = [layer for layer in op.pointwise if not _is_identity(layer)]
+    rest = [op.activation] if op.activation is not None else []
+    rest += [layer for layer in op.pointwise if not _is_identity(layer)]
     if rest and _is_batch_norm(rest[0]):
         scale, offset = _affine(rest.pop(0))
         kernel = kernel * scale
@@ -692,9 +685,7 @@ class IncrementalOccluder:
         chain = self.chain
         layers = [chain.prefix[-1] if chain.prefix else model.get_layer(index=0)]
         for op in chain.spatial:
-            # (a conv's own activation is added to its pointwise layers but is no model layer)
-            in_model = [layer for layer in op.pointwise if layer._inbound_nodes]
-            layers.append(in_model[-1] if in_model else op.layer)
+            layers.append(op.pointwise[-1] if op.pointwise else op.layer)
         if layers[-1].output is not chain.transition_layer.input:
             raise Unsupported(f"the map before {chain.transition_layer.name} is not the last spatial layer's")
         return layers
