@@ -23,6 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 
 METHODS = ("occlusion", "saliency", "gradcam", "activations", "filters")
 DEFAULT_METHODS = "occlusion,saliency,gradcam"
+# The same as visualize.occlusion.FILLS and ENGINES (a test holds them equal), here so
+# that parsing the flags and --help need no TensorFlow.
 FILLS = ("mean", "gray", "zero", "blur")
 ENGINES = ("auto", "incremental", "batched")
 SPLITS = ("train", "val", "test")

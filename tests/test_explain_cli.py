@@ -57,6 +57,29 @@ def test_the_occlusion_engines_write_the_same_maps_and_say_which_ran(trained, tm
     np.testing.assert_allclose(maps["auto"], maps["batched"], atol=1e-4)
 
 
+def test_a_model_the_incremental_engine_cannot_follow_falls_back_and_says_why(
+    trained, tmp_path, capsys, monkeypatch
+):
+    import visualize.incremental as incremental
+    import visualize.occlusion as occlusion
+
+    def refuse(model, head):
+        raise incremental.Unsupported("layer conv9 (DilatedConv) on the image path")
+
+    monkeypatch.setattr(incremental, "analyse", refuse)
+    run = trained / "saved_models" / RUNS["single"]
+    argv = ["--model", str(run), "--image", str(trained / "line.png"), "--method", "occlusion"]
+    assert cli.main([*argv, "--stride", "4", "--out", str(tmp_path)]) == 0
+    assert (
+        "occlusion: batched re-inference (the incremental engine does not apply: layer conv9 (DilatedConv) "
+        "on the image path), 49 positions in" in capsys.readouterr().out
+    )
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--occlusion-engine", "incremental", "--out", str(tmp_path)])
+    assert "incremental occlusion cannot handle this model: layer conv9" in capsys.readouterr().err
+    assert (cli.FILLS, cli.ENGINES) == (occlusion.FILLS, occlusion.ENGINES)  # --help needs no TensorFlow
+
+
 def test_all_methods_on_a_four_head_model_with_a_chosen_target(trained, tmp_path, capsys):
     run = trained / "saved_models" / RUNS["multi"]
     argv = [

@@ -32,8 +32,9 @@ How it is done:
    benchmark model: the conv work of the extra rows outweighs the gathers saved.)
 3. Positions whose boxes have the same sizes in every layer form a batch (each gets
    its own tight boxes); all batches share one compiled function whose sizes are
-   dynamic, so a model is traced once. A conv's batch norm is folded into its kernel
-   and bias, so conv, bias and activation run as one fused operation.
+   dynamic, traced once per model, head, image size, patch and stride. A batch norm
+   right after a conv is folded into its kernel and bias, so conv, bias and activation
+   run as one fused operation.
 4. Flatten: the first dense layer changes by ``sum (new - old) * W`` over the changed
    box only. The head pass gathers every changed value of all batches by location of
    the final map and multiplies each location's values by that location's weights in
@@ -78,7 +79,8 @@ TRANSITIONS = {
     keras.layers.GlobalAveragePooling2D: "gap",
     keras.layers.GlobalMaxPooling2D: "gmp",
 }
-# Floats held by the largest layer's windows of one batch (positions per call follow).
+# Floats (float32) of the largest layer's windows in one window-pass batch, and of the
+# final boxes (times the dense layer's width) in one head pass: the batch sizes follow.
 WINDOW_BUDGET = 1 << 25
 
 
@@ -91,11 +93,9 @@ class _Spatial:
     """A conv or pooling layer with the pointwise layers that follow it."""
 
     kind: str  # conv, maxpool or avgpool
-    name: str
     kernel: tuple[int, int]
     stride: tuple[int, int]
     before: tuple[int, int]  # padding rows / columns before the first
-    in_size: tuple[int, int]
     out_size: tuple[int, int]
     pads: bool  # some output reads outside the input map (average pooling then counts)
     layer: keras.layers.Layer
@@ -112,7 +112,6 @@ class _Spatial:
 class Chain:
     """The path from the image to one head's logits, sorted for incremental occlusion."""
 
-    head: str
     prefix: list  # pointwise layers on the image (normalisation ...)
     spatial: list[_Spatial]
     transition: str  # flatten, gap or gmp
@@ -133,6 +132,7 @@ def _path(model: keras.Model, head: str) -> list[keras.layers.Layer]:
             producers.setdefault(id(layer.output), layer)
         except (AttributeError, ValueError):  # a layer called several times has no one output
             continue
+    image = model.inputs[0]
     layer = model.get_layer(head + LOGITS_SUFFIX)
     path = []
     while type(layer) is not keras.layers.InputLayer:
@@ -143,6 +143,8 @@ def _path(model: keras.Model, head: str) -> list[keras.layers.Layer]:
             raise Unsupported(f"layer {layer.name} is called more than once in the model") from None
         if isinstance(source, (list, tuple, dict)):
             raise Unsupported(f"layer {layer.name} has {len(source)} inputs (only chains are handled)")
+        if source is image:  # (a Sequential model lists no input layer)
+            break
         if id(source) not in producers:
             raise Unsupported(f"the input of layer {layer.name} comes from no single layer")
         layer = producers[id(source)]
@@ -220,7 +222,7 @@ def _spatial(layer, zero_padding) -> _Spatial:
         or (shape_out[axis] - 1) * stride[axis] + kernel[axis] - before[axis] > shape_in[axis]
         for axis in (0, 1)
     )
-    return _Spatial(kind, layer.name, kernel, stride, tuple(before), shape_in, shape_out, pads, layer)
+    return _Spatial(kind, kernel, stride, tuple(before), shape_out, pads, layer)
 
 
 def analyse(model: keras.Model, head: str) -> Chain:
@@ -229,6 +231,8 @@ def analyse(model: keras.Model, head: str) -> Chain:
     Raises:
         Unsupported: naming the first layer (or structure) it cannot handle.
     """
+    if len(model.inputs) != 1 or None in tuple(model.inputs[0].shape[1:]):
+        raise Unsupported("the model needs one image input of a fixed size")
     path = _path(model, head)
     prefix, spatial, index = _image_layers(path)
     transition_layer = path[index]
@@ -238,13 +242,12 @@ def analyse(model: keras.Model, head: str) -> Chain:
         raise Unsupported(f"layer {transition_layer.name} keeps the map's dimensions")
     transition = TRANSITIONS[type(transition_layer)]
     flat_pointwise, first_dense, tail = _vector_layers(transition, transition_layer, path[index + 1 :])
-    sizes = [tuple(int(size) for size in (spatial[0].in_size if spatial else model.inputs[0].shape[1:3]))]
+    sizes = [tuple(int(size) for size in model.inputs[0].shape[1:3])]
     channels = [int(model.inputs[0].shape[-1])]
     for op in spatial:
         sizes.append(op.out_size)
         channels.append(int(op.layer.output.shape[-1]))
     return Chain(
-        head,
         prefix,
         spatial,
         transition,
@@ -548,6 +551,7 @@ class _Batch:
     geometry: tuple  # the window pass's index and mask tensors
     entries: tuple | None  # flatten: the final boxes' values inside the map (see _flatten_entries)
     final_box: int  # values per position and channel in the final map's box
+    multiply_adds: int  # of its conv boxes and the dense layer's change
 
 
 @dataclass
@@ -563,12 +567,13 @@ class _Group:
 class IncrementalOccluder:
     """Incremental occlusion of one model head, image size, patch and stride.
 
-    Build once (geometry and the compiled passes), then call per image:
+    Build once (the geometry of every position), then call per image:
     ``occluder(image, fill, target) -> (probability, loss, baseline)`` with the maps on
-    the grid of evaluated centres. Two compiled functions, each traced once (their
-    window sizes are dynamic): the window pass of a batch of positions, and the head
-    pass (the change of the first dense layer after flatten, the vector layers and the
-    target's probability and loss) of many batches at once.
+    the grid of evaluated centres. Three compiled functions, traced at the first call
+    and then reused for every image (their window sizes are dynamic, so all batches share
+    one trace): the clean pass (the image's layer outputs), the window pass of a batch of
+    positions, and the head pass (the change of the first dense layer after flatten, the
+    vector layers and the target's probability and loss) of many batches at once.
 
     Attributes:
         multiply_adds: multiply-adds of one image's maps (convs and the first dense
@@ -593,36 +598,43 @@ class IncrementalOccluder:
         height, width = chain.map_sizes[0]
         self.rows = np.arange(0, height, self.stride)
         self.columns = np.arange(0, width, self.stride)
-        y_axis = _axis_plan(chain.spatial, 0, self.rows, self.patch)
-        x_axis = _axis_plan(chain.spatial, 1, self.columns, self.patch)
-        outputs = [layer.output for layer in self._map_layers(model)]
         # flatten: the first dense layer's input (its clean output is computed from it);
         # global pooling: the pooled vector
         flatten = chain.transition == "flatten"
-        outputs.append(chain.first_dense.input if flatten else chain.transition_layer.output)
-        outputs.append(model.get_layer(head + LOGITS_SUFFIX).output)
+        vector = chain.first_dense.input if flatten else chain.transition_layer.output
+        outputs = [*self._map_tensors(model), vector, model.get_layer(head + LOGITS_SUFFIX).output]
         self._clean = keras.Model(model.inputs, outputs)
         self._clean_pass = tf.function(lambda images: self._clean(images, training=False), autograph=False)
-        self.multiply_adds = 0
+        batches = self._plan_batches(batch_size)
+        self.multiply_adds = sum(batch.multiply_adds for batch in batches)
+        self.groups = self._head_groups(batches, batch_size)
+        self._window_pass = self._head_pass = None
+
+    def _plan_batches(self, batch_size: int | None) -> list[_Batch]:
+        """Positions grouped by their box sizes, cut into batches that fit the memory
+        budget (or of ``batch_size``), with their geometry."""
+        chain = self.chain
+        y_axis = _axis_plan(chain.spatial, 0, self.rows, self.patch)
+        x_axis = _axis_plan(chain.spatial, 1, self.columns, self.patch)
+        flatten = chain.transition == "flatten"
+        units = int(chain.first_dense.kernel.shape[-1]) if flatten else 0
         batches = []
         for row_sizes, row_positions in _groups(y_axis).items():
             for column_sizes, column_positions in _groups(x_axis).items():
-                per_position = self._floats_per_position(row_sizes, column_sizes)
-                size = batch_size or max(1, WINDOW_BUDGET // per_position)
+                size = batch_size or max(
+                    1, WINDOW_BUDGET // self._floats_per_position(row_sizes, column_sizes)
+                )
                 rows, columns = np.meshgrid(row_positions, column_positions, indexing="ij")
                 rows, columns = rows.ravel(), columns.ravel()
-                self.multiply_adds += len(rows) * self._conv_multiply_adds(row_sizes, column_sizes)
                 for start in range(0, len(rows), size):
                     chunk = (rows[start : start + size], columns[start : start + size])
                     entries = _flatten_entries(chain, *chunk, y_axis, x_axis) if flatten else None
+                    work = len(chunk[0]) * self._conv_multiply_adds(row_sizes, column_sizes)
+                    if flatten:  # the dense layer's change: one product per value inside the map
+                        work += len(entries[0]) * chain.map_channels[-1] * units
                     geometry = self._geometry(*chunk, y_axis, x_axis)
-                    batches.append(_Batch(*chunk, geometry, entries, row_sizes[-1] * column_sizes[-1]))
-        if flatten:
-            units = int(chain.first_dense.kernel.shape[-1])
-            inside = sum(len(batch.entries[0]) for batch in batches)
-            self.multiply_adds += inside * chain.map_channels[-1] * units
-        self.groups = self._head_groups(batches, batch_size)
-        self._window_pass = self._head_pass = None
+                    batches.append(_Batch(*chunk, geometry, entries, row_sizes[-1] * column_sizes[-1], work))
+        return batches
 
     def _conv_multiply_adds(self, row_sizes, column_sizes) -> int:
         """Multiply-adds of one position's recomputed conv boxes."""
@@ -639,11 +651,9 @@ class IncrementalOccluder:
         """Consecutive batches whose final boxes fit the memory budget go through one
         head pass (with ``batch_size`` set: each batch on its own)."""
         chain = self.chain
-        channels = chain.map_channels[-1]
-        locations = chain.map_sizes[-1][0] * chain.map_sizes[-1][1]
-        width = channels
+        width = chain.map_channels[-1]
         if chain.transition == "flatten":  # the products per location are units wide
-            width = max(channels, int(chain.first_dense.kernel.shape[-1]))
+            width = max(width, int(chain.first_dense.kernel.shape[-1]))
         groups: list[list[_Batch]] = []
         floats = 0
         for batch in batches:
@@ -653,42 +663,48 @@ class IncrementalOccluder:
                 floats = 0
             groups[-1].append(batch)
             floats += size
-        result = []
-        for group in groups:
-            geometry: tuple = ()
-            if chain.transition == "flatten":
-                entries, owners, places, entry_offset, position_offset = [], [], [], 0, 0
-                for batch in group:
-                    entry, owner, place = batch.entries
-                    entries.append(entry + entry_offset)
-                    owners.append(owner + position_offset)
-                    places.append(place)
-                    entry_offset += len(batch.rows) * batch.final_box
-                    position_offset += len(batch.rows)
-                arranged = _by_location(
-                    np.concatenate(entries),
-                    np.concatenate(owners),
-                    np.concatenate(places),
-                    locations,
-                    position_offset,
-                    entry_offset,
-                )
-                geometry = (*(tf.constant(part) for part in arranged), tf.constant(position_offset, tf.int32))
-            rows = np.concatenate([batch.rows for batch in group])
-            columns = np.concatenate([batch.columns for batch in group])
-            result.append(_Group(group, rows, columns, geometry))
-        return result
+        return [
+            _Group(
+                group,
+                np.concatenate([batch.rows for batch in group]),
+                np.concatenate([batch.columns for batch in group]),
+                self._flatten_geometry(group) if chain.transition == "flatten" else (),
+            )
+            for group in groups
+        ]
 
-    def _map_layers(self, model):
-        """The layer whose output is each map: map 0 after the prefix, map i after
-        spatial layer i and its pointwise layers."""
+    def _flatten_geometry(self, group: list[_Batch]) -> tuple:
+        """The head pass's (gather, owner, positions) for the batches of a group, whose
+        final boxes arrive concatenated."""
+        entries, owners, places, entry_offset, position_offset = [], [], [], 0, 0
+        for batch in group:
+            entry, owner, place = batch.entries
+            entries.append(entry + entry_offset)
+            owners.append(owner + position_offset)
+            places.append(place)
+            entry_offset += len(batch.rows) * batch.final_box
+            position_offset += len(batch.rows)
+        locations = self.chain.map_sizes[-1][0] * self.chain.map_sizes[-1][1]
+        arranged = _by_location(
+            np.concatenate(entries),
+            np.concatenate(owners),
+            np.concatenate(places),
+            locations,
+            position_offset,
+            entry_offset,
+        )
+        return (*(tf.constant(part) for part in arranged), tf.constant(position_offset, tf.int32))
+
+    def _map_tensors(self, model) -> list:
+        """The tensor of each map: map 0 (the image after the pointwise layers on it),
+        map i after spatial layer i and its pointwise layers."""
         chain = self.chain
-        layers = [chain.prefix[-1] if chain.prefix else model.get_layer(index=0)]
+        tensors = [chain.prefix[-1].output if chain.prefix else model.inputs[0]]
         for op in chain.spatial:
-            layers.append(op.pointwise[-1] if op.pointwise else op.layer)
-        if layers[-1].output is not chain.transition_layer.input:
+            tensors.append((op.pointwise[-1] if op.pointwise else op.layer).output)
+        if tensors[-1] is not chain.transition_layer.input:
             raise Unsupported(f"the map before {chain.transition_layer.name} is not the last spatial layer's")
-        return layers
+        return tensors
 
     def _floats_per_position(self, row_sizes, column_sizes) -> int:
         """Floats of the largest layer's input and output boxes of one position."""
@@ -870,7 +886,8 @@ class IncrementalOccluder:
 
         Returns:
             (probability, loss) on the grid of evaluated centres (rows, columns), and the
-            unoccluded probability; ``progress(positions done)`` is called after each batch.
+            unoccluded probability; ``progress(positions)`` is called after each batch
+            with the number of positions it held.
         """
         chain = self.chain
         outputs = self._clean_pass(tf.constant(np.stack([image, fill]).astype(np.float32)))

@@ -65,7 +65,7 @@ class OcclusionMaps:
         targets: (N,) the class explained in each image.
         engine: ``incremental`` or ``batched``: which engine computed the maps.
         fallback_reason: why the batched engine was used when ``auto`` was asked
-            for (one line naming the layer), else None.
+            for (one line naming the layer or structure), else None.
     """
 
     probability: np.ndarray
@@ -193,26 +193,31 @@ def occlusion(
     check_per_image(model)
     targets = resolve_targets(model, images, head, target)
     patch, stride = int(patch), int(stride)
-    shape = tuple(images.shape[1:])
     occluder, reason = None, None
     if engine != "batched":
-        try:
-            occluder = compiled(
-                model,
-                ("incremental", head, patch, stride, shape, batch_size),
-                lambda: IncrementalOccluder(model, head, shape, patch, stride, batch_size),
+        occluder, reason = _incremental_occluder(model, head, images.shape[1:], patch, stride, batch_size)
+        if occluder is None and engine == "incremental":
+            raise ValueError(
+                f"incremental occlusion cannot handle this model: {reason}; use the batched engine "
+                "(engine='batched', --occlusion-engine batched)."
             )
-        except Unsupported as error:
-            if engine == "incremental":
-                raise ValueError(
-                    f"incremental occlusion cannot handle this model: {error}; use the batched engine "
-                    "(engine='batched', --occlusion-engine batched)."
-                ) from None
-            reason = f"{error}"
     if occluder is not None:
         return _incremental(model, images, targets, occluder, fill, patch, stride, progress)
-    maps = _batched(model, images, targets, head, patch, stride, fill, batch_size or DEFAULT_BATCH, progress)
-    return OcclusionMaps(maps.probability, maps.loss, maps.baseline_probability, targets, "batched", reason)
+    batch_size = batch_size or DEFAULT_BATCH
+    return _batched(model, images, targets, head, patch, stride, fill, batch_size, progress, reason)
+
+
+def _incremental_occluder(model, head, shape, patch, stride, batch_size):
+    """(the model's incremental occluder, None), built once per setting, or (None, why not)."""
+    shape = tuple(int(size) for size in shape)
+    try:
+        return compiled(
+            model,
+            ("incremental", head, patch, stride, shape, batch_size),
+            lambda: IncrementalOccluder(model, head, shape, patch, stride, batch_size),
+        ), None
+    except Unsupported as error:
+        return None, str(error)
 
 
 def _incremental(model, images, targets, occluder, fill, patch, stride, progress) -> OcclusionMaps:
@@ -238,8 +243,11 @@ def _incremental(model, images, targets, occluder, fill, patch, stride, progress
     return OcclusionMaps(probability, loss, baseline, targets, "incremental", None)
 
 
-def _batched(model, images, targets, head, patch, stride, fill, batch_size, progress) -> OcclusionMaps:
-    """Every occluded copy through the whole model, ``batch_size`` positions at a time."""
+def _batched(
+    model, images, targets, head, patch, stride, fill, batch_size, progress, reason
+) -> OcclusionMaps:
+    """Every occluded copy through the whole model, ``batch_size`` positions at a time
+    (``reason``: why the incremental engine was not used, if it was asked for)."""
     count, height, width = images.shape[:3]
     shape = tuple(images.shape[1:])
     occlude = compiled(model, ("occlusion", head, patch, shape), lambda: _occluder(model, head, patch, shape))
@@ -268,4 +276,4 @@ def _batched(model, images, targets, head, patch, stride, fill, batch_size, prog
         # far outside the image nothing is hidden: the unoccluded prediction
         untouched = tf.constant([[-2 * patch - height, -2 * patch - width]], tf.int32)
         baseline[index] = occlude(image, fill_pixels, untouched, target_index)[0].numpy()[0]
-    return OcclusionMaps(probability, loss, baseline, targets)
+    return OcclusionMaps(probability, loss, baseline, targets, "batched", reason)

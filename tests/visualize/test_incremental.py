@@ -67,7 +67,7 @@ def _image(shape, seed=0) -> np.ndarray:
 def _runner_up(model, image, head) -> int:
     """The second most likely class: its probability moves both ways under occlusion."""
     outputs = model.predict(image[None], verbose=0)
-    probabilities = outputs[head or next(iter(outputs))][0]
+    probabilities = (outputs[head or next(iter(outputs))] if isinstance(outputs, dict) else outputs)[0]
     if probabilities.shape[-1] == 1:
         return int(probabilities[0] < 0.5)
     return int(np.argsort(probabilities)[-2])
@@ -264,8 +264,17 @@ def test_batch_sizes_and_a_saved_model_do_not_change_the_maps(tmp_path):
     np.testing.assert_allclose(again.probability, whole.probability, atol=1e-6)
 
 
-@pytest.mark.parametrize("fault", ["square one row low", "box one row short", "splice one column off"])
-def test_an_index_off_by_one_is_caught(monkeypatch, fault):
+@pytest.mark.parametrize(
+    ("fault", "end"),
+    [
+        ("square one row low", "flatten fc(16) relu"),
+        ("box one row short", "flatten fc(16) relu"),
+        ("splice one column off", "flatten fc(16) relu"),
+        ("box one row short", "gmp"),
+        ("square one row low", "gap"),
+    ],
+)
+def test_an_index_off_by_one_is_caught(monkeypatch, fault, end):
     """The comparison is sharp enough to see a single misplaced row or column."""
     plan = incremental._axis_plan
 
@@ -281,10 +290,24 @@ def test_an_index_off_by_one_is_caught(monkeypatch, fault):
         return result
 
     monkeypatch.setattr(incremental, "_axis_plan", faulty)
-    model = _model(
-        "conv(8,3) bn relu maxpool(2) conv(8,3) bn relu maxpool(2) flatten fc(16) relu", (21, 21, 3)
-    )
+    model = _model(f"conv(8,3) bn relu maxpool(2) conv(8,3) bn relu maxpool(2) {end}", (21, 21, 3))
     assert not _difference(model, _image((21, 21, 3)), patch=5) < TOLERANCE  # (NaN counts as caught)
+
+
+def test_a_sequential_model_gives_the_batched_maps():
+    model = keras.Sequential(
+        [
+            keras.Input((11, 10, 3)),
+            keras.layers.Conv2D(6, 3, padding="same", name="conv1"),
+            keras.layers.BatchNormalization(name="bn1"),
+            keras.layers.Activation("relu", name="relu1"),
+            keras.layers.MaxPooling2D(2, name="pool1"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(5, name="class_logits"),
+            keras.layers.Softmax(name="class"),
+        ]
+    )
+    assert _difference(_randomise(model, 5), _image((11, 10, 3)), patch=3, fill="gray") < TOLERANCE
 
 
 def _foreign_model(middle, flatten=None):
