@@ -34,7 +34,9 @@ How it is done:
    its own tight boxes); all batches share one compiled function whose sizes are
    dynamic, traced once per model, head, image size, patch and stride. A batch norm
    right after a conv is folded into its kernel and bias, so conv, bias and activation
-   run as one fused operation.
+   run as one fused operation. The passes are traced without autograph (their Python
+   control flow is on static values): the line model's first map took 1.7 s with it,
+   0.3 s without.
 4. Flatten: the first dense layer changes by ``sum (new - old) * W`` over the changed
    box only. The head pass gathers every changed value of all batches by location of
    the final map and multiplies each location's values by that location's weights in
