@@ -289,8 +289,7 @@ def _occlusion_case(model, image, fill, target: int, patch: int, stride: int, pe
     """Incremental engine (best of several, compiled first) against the batched reference
     (one run), both maps compared: probability and loss."""
     from fruitcnn.model import flops_per_image
-    from visualize.incremental import IncrementalOccluder
-    from visualize.occlusion import occlusion
+    from visualize.occlusion import incremental_occluder, occlusion
 
     def incremental():
         return occlusion(model, image, patch=patch, stride=stride, target=target, engine="incremental")
@@ -306,8 +305,9 @@ def _occlusion_case(model, image, fill, target: int, patch: int, stride: int, pe
     reference, reference_s = _batched_reference(model, image, fill, target, patch, stride)
     incremental_s = min(seconds)
     positions = reference.size
-    # (the geometry again, outside the clock, for the multiply-adds)
-    work = 2 * IncrementalOccluder(model, "class", image.shape, patch, stride).multiply_adds
+    work = (
+        2 * incremental_occluder(model, "class", image.shape, patch, stride)[0].multiply_adds
+    )  # the one timed
     reference_loss = -np.log(reference.astype(np.float64))
     return {
         "patch": patch,

@@ -610,7 +610,9 @@ class IncrementalOccluder:
         batches = self._plan_batches(batch_size)
         self.multiply_adds = sum(batch.multiply_adds for batch in batches)
         self.groups = self._head_groups(batches, batch_size)
-        self._window_pass = self._head_pass = None
+        # width of the vector the tail layers read: the first dense layer's output, or the pooled map
+        self._vector_width = int(chain.first_dense.kernel.shape[-1]) if flatten else chain.map_channels[-1]
+        self._passes: dict = {}  # the window and head passes, compiled at their first call
 
     def _plan_batches(self, batch_size: int | None) -> list[_Batch]:
         """Positions grouped by their box sizes, cut into batches that fit the memory
@@ -808,7 +810,7 @@ class IncrementalOccluder:
             vector = self._flatten_change(clean, collected, *geometry, extras[0])
         else:
             vector = collected
-        logits = _apply_pointwise(chain.tail, tf.ensure_shape(vector, [None, extras[0].shape[-1]]))
+        logits = _apply_pointwise(chain.tail, tf.ensure_shape(vector, [None, self._vector_width]))
         targets = tf.fill(tf.shape(logits)[:1], target)
         return class_probability(logits, targets), class_loss(logits, targets)
 
@@ -841,7 +843,7 @@ class IncrementalOccluder:
 
     # -- per image --------------------------------------------------------------------
 
-    def _extras(self, last_map: np.ndarray, vector) -> tuple:
+    def _extras(self, last_map: tf.Tensor, vector) -> tuple:
         """Per-image values of the head pass: the first dense layer's clean output
         (flatten), the clean pooled vector (gap) or the tables of maxima (gmp)."""
         chain = self.chain
@@ -853,7 +855,7 @@ class IncrementalOccluder:
             return (output[0],)
         if chain.transition == "gap":
             return (vector[0],)
-        return tuple(tf.constant(table) for table in _outside_maxima(last_map))
+        return tuple(tf.constant(table) for table in _outside_maxima(last_map.numpy()))
 
     @staticmethod
     def _specs(structure):
@@ -866,17 +868,14 @@ class IncrementalOccluder:
 
         return tf.nest.map_structure(spec, structure)
 
-    def _run_windows(self, *arguments):
-        if self._window_pass is None:
-            self._window_pass = tf.function(
-                self._windows, input_signature=self._specs(arguments), autograph=False
+    def _run(self, function, *arguments):
+        """``function`` (a pass), compiled at its first call with every size dynamic."""
+        name = function.__name__
+        if name not in self._passes:
+            self._passes[name] = tf.function(
+                function, input_signature=self._specs(arguments), autograph=False
             )
-        return self._window_pass(*arguments)
-
-    def _run_head(self, *arguments):
-        if self._head_pass is None:
-            self._head_pass = tf.function(self._head, input_signature=self._specs(arguments), autograph=False)
-        return self._head_pass(*arguments)
+        return self._passes[name](*arguments)
 
     @property
     def positions(self) -> int:
@@ -897,18 +896,22 @@ class IncrementalOccluder:
         vector, logits = outputs[-2], outputs[-1]
         maps = [tf.reshape(values[0], [-1, values.shape[-1]]) for values in clean_maps]
         fill_values = tf.reshape(clean_maps[0][1], [-1, clean_maps[0].shape[-1]])
-        extras = self._extras(clean_maps[-1][0].numpy(), vector)
+        extras = self._extras(clean_maps[-1][0], vector)
         target_tensor = tf.constant(int(target), tf.int32)
         probability = np.zeros((len(self.rows), len(self.columns)), np.float32)
         loss = np.zeros_like(probability)
         for group in self.groups:
             collected = []
             for batch in group.batches:
-                collected.append(self._run_windows(maps, fill_values, list(extras), list(batch.geometry)))
+                collected.append(
+                    self._run(self._windows, maps, fill_values, list(extras), list(batch.geometry))
+                )
                 if progress is not None:
                     progress(len(batch.rows))
             collected = collected[0] if len(collected) == 1 else tf.concat(collected, axis=0)
-            values = self._run_head(maps[-1], list(extras), target_tensor, collected, list(group.geometry))
+            values = self._run(
+                self._head, maps[-1], list(extras), target_tensor, collected, list(group.geometry)
+            )
             probability[group.rows, group.columns] = values[0].numpy()
             loss[group.rows, group.columns] = values[1].numpy()
         baseline = class_probability(logits[:1], tf.constant([int(target)]))

@@ -195,7 +195,7 @@ def occlusion(
     patch, stride = int(patch), int(stride)
     occluder, reason = None, None
     if engine != "batched":
-        occluder, reason = _incremental_occluder(model, head, images.shape[1:], patch, stride, batch_size)
+        occluder, reason = incremental_occluder(model, head, images.shape[1:], patch, stride, batch_size)
         if occluder is None and engine == "incremental":
             raise ValueError(
                 f"incremental occlusion cannot handle this model: {reason}; use the batched engine "
@@ -207,8 +207,10 @@ def occlusion(
     return _batched(model, images, targets, head, patch, stride, fill, batch_size, progress, reason)
 
 
-def _incremental_occluder(model, head, shape, patch, stride, batch_size):
-    """(the model's incremental occluder, None), built once per setting, or (None, why not)."""
+def incremental_occluder(model: keras.Model, head: str, shape, patch: int, stride: int, batch_size=None):
+    """(the model's :class:`IncrementalOccluder` for an image shape, patch, stride and
+    batch size, None), built once per setting and shared with :func:`occlusion`, or
+    (None, one line on why the model cannot be handled incrementally)."""
     shape = tuple(int(size) for size in shape)
     try:
         return compiled(
