@@ -7,7 +7,9 @@ and, when known, the true class) and the raw float32 arrays as .npy, named
 ``<image stem>_<method>[_<variant>][_<head>]`` (``_<head>`` for four-head models),
 e.g. ``x_occlusion_prob.npy``, ``x_occlusion_loss.npy``, ``x_saliency.npy``,
 ``x_gradcam.npy``, ``x_activations_conv2.png``, ``x_filters_conv2.png``, and
-explained.csv (per image and head the predicted, true and explained class). Without
+explained.csv (per image and head the predicted, true and explained class); with
+--quality it also measures the heatmaps drawn (visualize.quality), prints the scores
+and writes quality.csv. Without
 --model the most recently finished run under saved_models/ is used (and named).
 """
 
@@ -38,6 +40,7 @@ EXAMPLES = """examples:
   python explain.py --image x.png --method occlusion --occlusion-engine batched   # the plain path
   python explain.py --image x.png --target len15_w3_ang045_red       # explain another class
   python explain.py --model saved_models/<multi run> --image x.png --target angle:45
+  python explain.py --samples 20 --quality                 # how far the maps can be trusted
 """
 
 
@@ -83,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         "a class name (45 for ang045) or a class index, or HEAD:CLASS (default: auto)",
     )
     parser.add_argument(
-        "--patch", type=int, default=10, metavar="N", help="occlusion square side in pixels (default: 10)"
+        "--patch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="occlusion square side in pixels (default: a tenth of the image's smaller side, at least 3: "
+        "3 for 28x28, 10 for 100x100)",
     )
     parser.add_argument(
         "--stride",
@@ -127,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--out", default=None, metavar="DIR", help="output folder (default: <run>/explanations)"
+    )
+    parser.add_argument(
+        "--quality",
+        action="store_true",
+        help="also measure the heatmaps drawn and print the scores (quality.csv): deletion and insertion "
+        "areas against a random order, the rank correlation with a fully randomised copy of the model, "
+        "and for --samples of data with object masks (the line dataset) the pointing game and mask mass",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --samples (default: 0)")
     return parser
@@ -244,7 +259,7 @@ def _number_in(text: str) -> int | None:
 
 
 def _inputs(args, run: Path, model):
-    """(images uint8 (N,H,W,C), stems, true class per head or None)."""
+    """(images uint8 (N,H,W,C), stems, true class per head or None, object masks or None)."""
     import numpy as np
 
     from fruitcnn.data.images import read_image_file
@@ -259,7 +274,7 @@ def _inputs(args, run: Path, model):
         raise ValueError("nothing to explain: give --image FILE (repeatable) or --samples N.")
     height, width, channels = (int(size) for size in model.inputs[0].shape[1:])
     images = np.stack([read_image_file(path, (height, width), channels) for path in args.image])
-    return images, [Path(path).stem for path in args.image], None
+    return images, [Path(path).stem for path in args.image], None, None
 
 
 def _samples(args, run: Path):
@@ -281,7 +296,8 @@ def _samples(args, run: Path):
         specs, split.labels[chosen], None if split.attributes is None else split.attributes[chosen]
     )
     truth = {spec.name: np.asarray(targets[spec.name]).reshape(-1).astype(int) for spec in specs}
-    return split.images[chosen], [f"{args.split}{int(index):05d}" for index in chosen], truth
+    masks = None if split.masks is None else split.masks[chosen]
+    return split.images[chosen], [f"{args.split}{int(index):05d}" for index in chosen], truth, masks
 
 
 def _print_predictions(probabilities, stems, classes) -> None:
@@ -300,8 +316,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         methods = _methods(args.method)
+        if args.quality and not {"occlusion", "saliency", "gradcam"} & set(methods):
+            raise ValueError(
+                f"--quality measures heatmaps (occlusion, saliency, gradcam); --method {args.method} "
+                "draws none; add one, e.g. --method occlusion."
+            )
         fill = _fill(args.fill)
-        _positive("patch", args.patch)
+        if args.patch is not None:
+            _positive("patch", args.patch)
         _positive("stride", args.stride)
         if args.smoothgrad < 0:
             raise ValueError(
@@ -318,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
 
             # activations take any layer; Grad-CAM and filters need feature maps
             check_layer(model, args.layer, spatial=bool({"gradcam", "filters"} & set(methods)))
-        images, stems, truth = _inputs(args, run, model)
+        images, stems, truth, masks = _inputs(args, run, model)
         out = Path(args.out) if args.out else (run if run.is_dir() else run.parent) / "explanations"
         from visualize.explain_run import Options, explain_images
         from visualize.targets import class_probabilities
@@ -336,11 +358,12 @@ def main(argv: list[str] | None = None) -> int:
             smoothgrad=args.smoothgrad,
             times_input=args.times_input,
             filters=_filters(args.filters, model, args.layer, methods),
+            quality=args.quality,
         )
 
         written = explain_images(
             model, images, stems, classes, probabilities, methods=methods, head=head, target=target,
-            truth=truth, options=options, out=out,
+            truth=truth, options=options, out=out, masks=masks,
         )  # fmt: skip
     except ValueError as error:
         parser.exit(2, f"explain.py: error: {error}\n")

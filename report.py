@@ -71,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"rows of the most-confused-pairs tables (default: {_DEFAULTS.pairs})",
     )
     parser.add_argument(
+        "--quality-images",
+        type=int,
+        default=_DEFAULTS.quality_images,
+        metavar="N",
+        help="test images whose explanations are measured in the explanation-quality section "
+        f"(pointing game, deletion/insertion, randomisation check); 0 leaves it out "
+        f"(default: {_DEFAULTS.quality_images})",
+    )
+    parser.add_argument(
         "--dataset",
         default=None,
         metavar="PATH",
@@ -98,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     use_cache_dir(args.cache_dir)
     try:
         options = ReportOptions(
-            grid_split=args.grid_split, top_k=args.top_k, order=args.order, pairs=args.pairs
+            grid_split=args.grid_split,
+            top_k=args.top_k,
+            order=args.order,
+            pairs=args.pairs,
+            quality_images=args.quality_images,
         )
         run = Path(args.run) if args.run else _latest_run()
         result = _write(run, options, args.dataset)

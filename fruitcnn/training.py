@@ -58,6 +58,9 @@ _EPOCH_LIMIT = 1 << 40
 # (a constant is copied into the dataset's graph: seconds for large arrays, and
 # impossible beyond 2 GB).
 _CONSTANT_BYTES = 256 << 20
+# channel_statistics: a channel whose variance (pixel units squared) is below this is
+# constant; such a channel is scaled as the widest one (or as 0..255 -> -1..1).
+_CONSTANT_VARIANCE, _FULL_RANGE_VARIANCE = 1e-6, 127.5**2
 # Pixels per bincount call in channel_statistics.
 _HISTOGRAM_CHUNK = 1 << 20
 # Smallest batch for evaluation: inference needs no gradients, so bigger batches are
@@ -248,7 +251,8 @@ def standard_metrics(logs: dict[str, float], specs: Sequence[HeadSpec], prefix: 
 
 
 def channel_statistics(images: np.ndarray) -> tuple[list[float], list[float]]:
-    """Exact per-channel mean and variance of uint8 images, in pixel units.
+    """Exact per-channel mean and variance of uint8 images, in pixel units (a constant
+    channel gets the widest channel's variance instead of 0, see below).
 
     Counted through a 256-bin histogram per channel: one pass, no float copy. The
     histogram is built in chunks of ``_HISTOGRAM_CHUNK`` pixels: bincount widens its
@@ -270,9 +274,13 @@ def channel_statistics(images: np.ndarray) -> tuple[list[float], list[float]]:
         mean = float((counts * levels).sum() / total)
         variance = float((counts * (levels - mean) ** 2).sum() / total)
         means.append(mean)
-        # A constant channel would divide by zero in the normalisation layer.
-        variances.append(max(variance, 1e-6))
-    return means, variances
+        variances.append(variance)
+    # A constant channel (the line dataset's green) carries nothing the network can learn,
+    # and dividing it by a tiny spread would make its untrained weights' gradients 1000x
+    # larger than any other's (they swamped saliency maps): it gets the widest channel's
+    # spread, or that of 0..255 when every channel is constant.
+    widest = max(variances) if max(variances) >= _CONSTANT_VARIANCE else _FULL_RANGE_VARIANCE
+    return means, [variance if variance >= _CONSTANT_VARIANCE else widest for variance in variances]
 
 
 class _Plateau(keras.callbacks.ReduceLROnPlateau):

@@ -163,3 +163,50 @@ def test_four_head_target_needs_the_head(trained, capsys):
             ["--model", str(trained / "saved_models" / RUNS["multi"]), "--image", "x.png", "--target", "45"]
         )
     assert "write HEAD:CLASS, e.g. angle:" in capsys.readouterr().err
+
+
+def test_quality_scores_the_maps_drawn_against_the_line_masks(trained, tmp_path, capsys):
+    from fruitcnn import runs
+    from fruitcnn.config import RunConfig
+    from fruitcnn.data import load_dataset
+    from visualize import quality
+
+    run = trained / "saved_models" / RUNS["single"]
+    argv = ["--model", str(run), "--samples", "3", "--quality", "--out", str(tmp_path), "--stride", "2"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "randomization_spearman" in printed and "pointing" in printed
+    scores = pd.read_csv(tmp_path / "quality.csv")
+    # every image's hit or miss is printed as in the CSV
+    assert printed.count(" hit ") + printed.count(" miss ") == len(scores)
+    assert printed.count(" hit ") == int(scores["pointing"].sum())
+    assert sorted(scores["method"].unique()) == ["gradcam", "occlusion_loss", "occlusion_prob", "saliency"]
+    assert len(scores) == 12 and set(scores["pointing"]) <= {0.0, 1.0}
+    assert (scores["deletion_auc_random"] > 0).all() and scores["randomization_spearman"].between(-1, 1).all()
+    # the scores are those of the maps written: recomputed from the .npy files and the masks
+    split = load_dataset(RunConfig.from_dict(runs.read_json(run / runs.CONFIG_FILE)).data).test
+    for stem, rows in scores.groupby("image"):
+        mask = split.masks[int(stem.removeprefix("test"))][None]
+        probability = np.load(tmp_path / f"{stem}_occlusion_prob.npy")[None]
+        row = rows.set_index("method")
+        assert row.loc["occlusion_prob", "pointing"] == quality.pointing_game(-probability, mask)[0]
+        saliency = np.load(tmp_path / f"{stem}_saliency.npy")[None]
+        assert row.loc["saliency", "mask_mass"] == pytest.approx(
+            quality.mask_mass(saliency, mask)[0], abs=1e-6
+        )
+
+
+def test_quality_of_a_four_head_model_and_of_files_without_masks(trained, tmp_path, capsys):
+    run = trained / "saved_models" / RUNS["multi"]
+    argv = ["--model", str(run), "--image", str(trained / "line.png"), "--quality", "--method", "gradcam"]
+    assert cli.main([*argv, "--out", str(tmp_path)]) == 0
+    scores = pd.read_csv(tmp_path / "quality.csv")
+    assert sorted(scores["head"]) == ["angle", "colour", "length", "width"]
+    assert scores["pointing"].isna().all()  # an image file has no mask
+    assert scores["insertion_auc"].between(0, 1).all()
+    measured = capsys.readouterr().out.split("quality (visualize.quality)")[1]
+    assert "pointing" not in measured and "mask_mass" not in measured  # no mask: neither legend nor column
+    assert "mean over" not in measured and all(head in measured for head in ("length", "angle"))
+    with pytest.raises(SystemExit):
+        cli.main([*argv[:-2], "--method", "activations", "--out", str(tmp_path)])
+    assert "--quality measures heatmaps" in capsys.readouterr().err

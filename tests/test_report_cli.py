@@ -21,7 +21,18 @@ def run_dir(tmp_path_factory, small_line):
 
 
 def test_report_command_writes_the_report_with_its_options(run_dir, capsys):
-    assert cli.main([str(run_dir), "--grid-split", "test", "--top-k", "2", "--order", "confusion"]) == 0
+    argv = [
+        str(run_dir),
+        "--grid-split",
+        "test",
+        "--top-k",
+        "2",
+        "--order",
+        "confusion",
+        "--quality-images",
+        "5",
+    ]
+    assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "report written in" in out and str(run_dir / "report.html") in out
     assert "data: line (generated): 96 classes" in out  # the data was read again, with the run's config
@@ -31,9 +42,12 @@ def test_report_command_writes_the_report_with_its_options(run_dir, capsys):
         "Classes are ordered so that confused classes sit together" in (run_dir / "report.html").read_text()
     )
     # a second report replaces the folder: no grid of the earlier split is left behind
-    assert cli.main([str(run_dir), "--top-k", "2"]) == 0
+    assert "measuring the explanations of 5 test images" in out
+    assert (run_dir / "report" / "quality.csv").is_file()
+    assert cli.main([str(run_dir), "--top-k", "2", "--quality-images", "0"]) == 0
     grids = sorted(path.name for path in (run_dir / "report").glob("grid-*.png"))
     assert grids and all(name.startswith("grid-val-") for name in grids)
+    assert not (run_dir / "report" / "quality.csv").exists()  # left out, and no stale copy
     summary = json.loads((run_dir / "report" / "summary.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert summary["test"]["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)

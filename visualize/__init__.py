@@ -10,6 +10,9 @@
 
 They share ``(model, images, *, head=None, target=None, ...)`` (see ``targets``);
 ``draw`` makes the figures and ``explain_run`` is what explain.py runs.
+``quality`` measures how far the heatmaps can be trusted: the pointing game and mask
+mass against known object pixels, rank correlation with randomised models (sanity
+checks), and deletion / insertion curves.
 """
 
 METHODS: tuple[str, ...] = ("occlusion", "saliency", "gradcam", "activations", "filters")

@@ -91,3 +91,49 @@ def tile_figure(
         axis.set_title(labels[index] if labels else str(index), fontsize=6, parse_math=False)
     figure.suptitle(title, fontsize=10, parse_math=False)
     return figure
+
+
+def curves_figure(curves: dict[str, dict[str, np.ndarray]], *, title: str) -> Figure:
+    """Deletion and insertion curves side by side: the class probability against the
+    share of pixels removed (revealed), one line per method, ``random`` dashed.
+
+    Args:
+        curves: ``{method: {"deletion": (steps + 1,), "insertion": (steps + 1,)}}``
+            (``visualize.quality.QualityResult.curves``).
+        title: the figure's title.
+    """
+    figure = Figure(figsize=(2 * PANEL_INCHES + 2.8, PANEL_INCHES + 0.6), layout="constrained")
+    axes = figure.subplots(1, 2, sharey=True)
+    for axis, mode, verb in zip(axes, ("deletion", "insertion"), ("removed", "revealed")):
+        for method, found in curves.items():
+            curve = np.asarray(found[mode])
+            share = np.linspace(0.0, 1.0, curve.size)
+            style = {"color": "black", "linestyle": "--"} if method == "random" else {}
+            axis.plot(share, curve, label=method, linewidth=1.2, **style)
+        axis.set_xlabel(f"share of pixels {verb}, most important first")
+        axis.set_title(f"{mode} (area: {'lower' if mode == 'deletion' else 'higher'} is better)", fontsize=9)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("probability of the explained class")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    figure.suptitle(title, fontsize=10, parse_math=False)
+    return figure
+
+
+def cascade_figure(table, *, title: str) -> Figure:
+    """Spearman correlation of trained and randomised maps per cascade stage and method
+    (``visualize.quality.cascade_correlations``: columns stage, layer, method, spearman)."""
+    figure = Figure(figsize=(2 * PANEL_INCHES + 1.4, PANEL_INCHES + 0.6), layout="constrained")
+    axis = figure.subplots()
+    layers = table.drop_duplicates("stage").sort_values("stage")
+    for method, rows in table.groupby("method", sort=False):
+        rows = rows.sort_values("stage")
+        axis.plot(rows["stage"], rows["spearman"], marker="o", linewidth=1.2, label=method)
+    axis.axhline(0.0, color="black", linewidth=0.8)
+    axis.set_xticks(layers["stage"], [f"+{name}" for name in layers["layer"]], fontsize=7, rotation=30)
+    axis.set_xlabel("layers re-initialised, from the head down (cumulative)")
+    axis.set_ylabel("Spearman, trained vs randomised")
+    axis.set_ylim(-1.05, 1.05)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    figure.suptitle(title, fontsize=10, parse_math=False)
+    return figure

@@ -1,28 +1,35 @@
 """What explain.py does for a batch of images: run the chosen methods for the chosen
 heads and write one PNG and the raw arrays (.npy) per image, method and variant, and
-``explained.csv`` (per image and head: the predicted, true and explained class)."""
+``explained.csv`` (per image and head: the predicted, true and explained class); with
+``Options.quality`` also measure the heatmaps drawn (``visualize.quality``), print the
+scores and write ``quality.csv``."""
 
 from __future__ import annotations
 
+import textwrap
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 
 from fruitcnn import plots, runs
-from visualize import draw
+from visualize import draw, quality
 from visualize.activations import activations
 from visualize.filters import filter_patterns, first_layer_weights
 from visualize.gradcam import default_layer, gradcam
-from visualize.occlusion import occlusion
+from visualize.occlusion import default_patch, occlusion
 from visualize.saliency import saliency
 
 # Filters drawn by the filters method when none are chosen (the first ones of the layer).
 SHOWN_FILTERS = 32
 EXPLAINED_FILE = "explained.csv"
+QUALITY_FILE = "quality.csv"
+# Characters per line of the quality legend printed.
+QUALITY_TEXT_WIDTH = 100
 
 
 @dataclass(frozen=True)
@@ -30,7 +37,7 @@ class Options:
     """The method settings of explain.py (see its --help)."""
 
     layer: str | None = None
-    patch: int = 10
+    patch: int | None = None  # None: a tenth of the image side (occlusion.default_patch)
     stride: int = 1
     fill: object = "mean"
     occlusion_engine: str = "auto"
@@ -38,6 +45,7 @@ class Options:
     smoothgrad: int = 0
     times_input: bool = False
     filters: tuple[int, ...] | None = None
+    quality: bool = False
 
 
 def _save(out: Path, name: str, figure=None, array=None) -> int:
@@ -73,13 +81,18 @@ def explain_images(
     truth: dict[str, np.ndarray] | None,
     options: Options,
     out: Path,
+    masks: np.ndarray | None = None,
 ) -> int:
     """Run ``methods`` on ``images`` for ``head`` (default: every head) and write the
     files; returns how many were written. ``probabilities`` are the model's, per head
-    (``visualize.targets.class_probabilities``): they give the predicted classes."""
+    (``visualize.targets.class_probabilities``): they give the predicted classes.
+    ``masks`` (bool (N, H, W), the object pixels, when known) add the ground-truth
+    measures to ``options.quality``'s."""
     out.mkdir(parents=True, exist_ok=True)
+    if options.patch is None:
+        options = replace(options, patch=default_patch(images.shape[1:]))
     multi = len(classes) > 1
-    written, rows = 0, []
+    written, rows, scores = 0, [], []
     for name in [head] if head else list(classes):
         names = classes[name]
         predicted = np.argmax(probabilities[name], axis=1)
@@ -104,14 +117,101 @@ def explain_images(
                 }
             )
         suffix = f"_{name}" if multi else ""
-        written += _heatmaps(model, images, stems, titles, name, targets, methods, options, out, suffix)
+        drawn, importance = _maps(model, images, name, targets, methods, options)
+        written += _heatmaps(model, images, stems, titles, drawn, options, out, suffix)
+        if options.quality and importance:
+            scores.append(_quality(model, images, stems, name, targets, importance, options, masks))
     written += _layer_pictures(model, images, stems, methods, options, out)
     runs.write_csv(out / EXPLAINED_FILE, rows)
+    if scores:
+        frame = pd.concat(scores, ignore_index=True)
+        print(_quality_text(frame))
+        runs.write_csv(out / QUALITY_FILE, frame.to_dict("records"))
+        written += 1
     return written + 1
 
 
-def _maps(model, images, head, targets, methods, options) -> dict[str, np.ndarray]:
+def map_settings(options: Options) -> quality.MapSettings:
+    """The maps explain.py draws, as ``visualize.quality`` makes them (for a
+    randomised copy of the model)."""
+    return quality.MapSettings(
+        patch=options.patch,
+        stride=options.stride,
+        fill=options.fill,
+        occlusion_engine=options.occlusion_engine,
+        gradcam_layer=options.layer,
+        saliency={
+            "of": options.saliency_of,
+            "smoothgrad": options.smoothgrad,
+            "times_input": options.times_input,
+        },
+    )
+
+
+def _quality(model, images, stems, head, targets, importance, options, masks) -> pd.DataFrame:
+    """The measures of the maps drawn for one head, one row per image and method."""
+    start = time.perf_counter()
+    found = quality.quality_scores(
+        model,
+        images,
+        head=head,
+        target=targets,
+        masks=masks,
+        methods=list(importance),
+        settings=map_settings(options),
+        maps=importance,
+    )
+    print(f"quality of head {head}'s maps measured in {time.perf_counter() - start:.1f} s")
+    if found.randomization_note:
+        print(f"no randomisation check: {found.randomization_note}")
+    frame = found.scores
+    frame.insert(0, "head", head)
+    frame["image"] = [stems[index] for index in frame["image"]]
+    return frame
+
+
+def _quality_text(frame: pd.DataFrame) -> str:
+    """The scores as tables for the terminal (per image, then the mean per method when
+    there are several images), after a legend of how to read them."""
+    legend = (
+        "quality (visualize.quality): deletion_auc / insertion_auc: area under the class probability "
+        "as the pixels the map ranks first are removed / revealed (a faithful map: deletion below the "
+        "random order's area, insertion above); randomization_spearman: rank correlation with the maps "
+        f"of a fully randomised copy of the model (under {quality.SANITY_LIMIT} passes the sanity check)"
+    )
+    shown = frame.dropna(axis=1, how="all")
+    if "pointing" in shown:
+        legend += (
+            f"; pointing: the map's maximum on the object ({quality.POINTING_TOLERANCE}-pixel tolerance); "
+            "mask_mass: the share of the map's positive mass on it"
+        )
+    keys = ["method"] if shown["head"].nunique() == 1 else ["head", "method"]
+    shown = shown.drop(columns=[] if len(keys) == 2 else ["head"])
+    per_image = shown.copy()
+    if "pointing" in per_image:
+        per_image["pointing"] = per_image["pointing"].map({1.0: "hit", 0.0: "miss"})
+    parts = [
+        textwrap.fill(legend, width=QUALITY_TEXT_WIDTH),
+        per_image.to_string(index=False, float_format=_three_digits),
+    ]
+    if shown["image"].nunique() > 1:
+        means = shown.drop(columns="image").groupby(keys, sort=False).mean()
+        parts += [
+            f"mean over {shown['image'].nunique()} images:",
+            means.to_string(float_format=_three_digits),
+        ]
+    return "\n".join(parts)
+
+
+def _three_digits(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def _maps(model, images, head, targets, methods, options):
+    """The maps to draw, and the same as importance (``visualize.quality``: occlusion as
+    the drop it causes), ``{method: (N, H, W)}`` each."""
     maps: dict[str, np.ndarray] = {}
+    importance: dict[str, np.ndarray] = {}
     if "occlusion" in methods:
         rows = len(range(0, images.shape[1], options.stride))
         total = len(images) * rows * len(range(0, images.shape[2], options.stride))
@@ -134,6 +234,7 @@ def _maps(model, images, head, targets, methods, options) -> dict[str, np.ndarra
             how += f" (the incremental engine does not apply: {result.fallback_reason})"
         print(f"occlusion: {how}, {total} positions in {seconds:.2f} s")
         maps["occlusion_prob"], maps["occlusion_loss"] = result.probability, result.loss
+        importance["occlusion_prob"], importance["occlusion_loss"] = quality.occlusion_importance(result)
     if "saliency" in methods:
         maps["saliency"] = saliency(
             model,
@@ -146,7 +247,8 @@ def _maps(model, images, head, targets, methods, options) -> dict[str, np.ndarra
         )
     if "gradcam" in methods:
         maps["gradcam"] = gradcam(model, images, head=head, target=targets, layer=options.layer)
-    return maps
+    importance.update((name, maps[name]) for name in ("saliency", "gradcam") if name in maps)
+    return maps, importance
 
 
 def _labels(model, options, gradcam_drawn: bool) -> dict[str, str]:
@@ -168,8 +270,7 @@ def _labels(model, options, gradcam_drawn: bool) -> dict[str, str]:
     return labels
 
 
-def _heatmaps(model, images, stems, titles, head, targets, methods, options, out, suffix) -> int:
-    maps = _maps(model, images, head, targets, methods, options)
+def _heatmaps(model, images, stems, titles, maps, options, out, suffix) -> int:
     if not maps:
         return 0
     labels = _labels(model, options, "gradcam" in maps)

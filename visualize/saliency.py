@@ -28,15 +28,19 @@ OBJECTIVES = ("loss", "logit")
 DEFAULT_NOISE = 0.1
 PIXEL_RANGE = 255.0
 DEFAULT_BATCH = 64
+# XLA (jit_compile) fuses the small ops of a backward pass (Fruits-360 model, steady state:
+# 5.9 -> 4.4 ms for one image, 2.4 -> 1.7 ms per image in batches of 64), but compiles
+# again for every new batch size, 1-2 s each: explaining 32 images with SmoothGrad took
+# 1.25 s with it and 0.20 s without on the line model, 3.2 s and 1.5 s on Fruits-360. So
+# off; worth it only for many same-sized batches.
+JIT = False
 
 
 def _gradient_function(model: keras.Model, head: str, objective: str, shape):
     explained = logits_model(model, head)
 
-    # XLA fuses the many small ops of a one-image backward pass: 4.9 ms -> 2.2 ms per
-    # image for the Fruits-360 model, 1.5 -> 1.2 ms per image in batches of 64.
     @tf.function(
-        jit_compile=True,
+        jit_compile=JIT,
         input_signature=[tf.TensorSpec((None, *shape), tf.float32), tf.TensorSpec([None], tf.int32)],
     )
     def gradient(images, targets):

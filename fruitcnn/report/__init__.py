@@ -57,6 +57,8 @@ class ReportOptions:
             from the validation split and used for all three matrices).
         pairs: rows of the "most confused pairs" tables.
         grid_classes: classes per image-grid figure (long class lists are split).
+        quality_images: test images whose explanations are measured in the
+            "Explanation quality" section (0: no such section).
     """
 
     grid_split: str = "val"
@@ -64,6 +66,7 @@ class ReportOptions:
     order: str = "classes"
     pairs: int = 15
     grid_classes: int = 12
+    quality_images: int = 32
 
     def __post_init__(self):
         if self.grid_split not in SPLITS:
@@ -73,6 +76,10 @@ class ReportOptions:
         for name in ("top_k", "pairs", "grid_classes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.quality_images < 0:
+            raise ValueError(
+                f"quality_images must be 0 (no quality section) or more, got {self.quality_images}."
+            )
 
 
 @dataclass
@@ -220,8 +227,12 @@ def build_report(
         dataset = load_dataset(record.config.data)
     progress(f"evaluating {record.folder} on every split ...")
     results = evaluate_run(record, model, dataset, progress=progress)
+    quality = None
+    if options.quality_images:
+        progress(f"measuring the explanations of {options.quality_images} test images ...")
+        quality = measure_explanations(record, model, dataset, options.quality_images)
     progress("drawing figures ...")
-    sections, files = _sections(record, model, dataset, results, options)
+    sections, files = _sections(record, model, dataset, results, options, quality)
     folder = record.folder / runs.REPORT_DIR
     _replace_folder(folder, files)
     seconds = time.monotonic() - started
@@ -269,7 +280,59 @@ def _replace_folder(folder: Path, files: dict[str, bytes]) -> None:
             shutil.rmtree(fresh, ignore_errors=True)
 
 
-def _sections(record, model, dataset, results, options) -> tuple[list[Section], dict[str, bytes]]:
+def measure_explanations(record: RunRecord, model, dataset, count: int, seed: int = 0) -> dict:
+    """``visualize.quality`` on ``count`` test images (a seeded choice), explaining
+    their true class with the default methods, for every head: ``{"images": n, "masks":
+    bool, "heads": {head: QualityResult}, "settings": {...}}``, or ``{"skipped": reason}``
+    for a model whose explanations are not per image."""
+    from fruitcnn.training import head_specs
+    from heads import head_targets
+    from visualize import quality
+    from visualize.gradcam import default_layer
+    from visualize.occlusion import default_patch
+    from visualize.targets import check_per_image
+
+    try:
+        check_per_image(model)
+    except ValueError as error:  # batch statistics at inference: no per-image map exists
+        return {"skipped": str(error)}
+    split = dataset.splits["test"]
+    chosen = np.sort(
+        np.random.default_rng(seed).choice(len(split), size=min(count, len(split)), replace=False)
+    )
+    images = split.images[chosen]
+    masks = None if split.masks is None else split.masks[chosen]
+    specs = head_specs(record.config, dataset)
+    targets = head_targets(
+        specs, split.labels[chosen], None if split.attributes is None else split.attributes[chosen]
+    )
+    methods = [method for method in quality.DEFAULT_METHODS if method in quality.available_methods(model)]
+    settings = quality.MapSettings()
+    found = {
+        spec.name: quality.quality_scores(
+            model,
+            images,
+            head=spec.name,
+            target=np.asarray(targets[spec.name]).reshape(-1).astype(np.int64),
+            masks=masks,
+            methods=methods,
+            settings=settings,
+            seed=seed,
+        )
+        for spec in specs
+    }
+    described = {
+        "patch": settings.patch or default_patch(images.shape[1:]),
+        "smoothgrad": settings.smoothgrad,
+    }
+    if "gradcam" in methods:
+        described["layer"] = settings.gradcam_layer or default_layer(model)
+    return {"images": len(chosen), "masks": masks is not None, "heads": found, "settings": described}
+
+
+def _sections(
+    record, model, dataset, results, options, quality=None
+) -> tuple[list[Section], dict[str, bytes]]:
     """Every section of the report, and the files of report/ (figures and tables)."""
     files: dict[str, bytes] = {}
     sections = [parts.summary_section(record, results), parts.curves_section(record, files)]
@@ -279,6 +342,7 @@ def _sections(record, model, dataset, results, options) -> tuple[list[Section], 
         parts.matrices_section(results, options, files),
         parts.scores_section(results, files),
         parts.grids_section(dataset, results, options, files),
+        *([parts.quality_section(quality, files)] if quality else []),
         parts.setup_section(record, dataset),
         parts.architecture_section(model),
         parts.environment_section(record),

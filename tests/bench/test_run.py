@@ -59,3 +59,38 @@ def test_study_task_compares_the_study_engine_with_a_plain_loop(tmp_path, capsys
     # Both times are rounded to 0.1 s in the JSON, the ratio is not: a few per cent apart at most here.
     assert report["overhead_ratio"] == pytest.approx(report["wall_s"] / report["plain_loop_s"], rel=0.04)
     assert report["wall_s"] >= report["train_s_sum"] > 0
+
+
+def test_explain_quality_task_measures_every_method_on_a_small_line_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "_QUALITY_IMAGES_PER_CLASS", 8)
+    monkeypatch.setattr(bench, "_QUALITY_EPOCHS", 1)
+    monkeypatch.setattr(bench, "_QUALITY_IMAGES", 6)
+    monkeypatch.setattr(bench, "_SHUFFLED_IMAGES_PER_CLASS", 4)
+    monkeypatch.setattr(bench, "_SHUFFLED_EPOCHS", 2)
+    monkeypatch.setitem(bench.RECIPES["fruits"], "data", tmp_path / "no-fruits.tgz")
+    assert bench.main(["explain-quality"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["task"] == "explain-quality" and report["wall_s"] > 0 and report["images"] == 6
+    methods = report["methods"]
+    assert {"occlusion_prob", "occlusion_loss", "saliency", "smoothgrad", "gradcam"} <= set(methods)
+    variants = {"saliency_logit", "gradient_x_input", "gradcam_relu1", "gradcam_relu2"}
+    assert variants <= set(methods) and "gradcam_relu3" not in methods  # relu3 is gradcam's default
+    for values in methods.values():
+        for name in ("pointing", "mask_mass", "deletion_auc", "deletion_auc_random", "insertion_auc"):
+            assert 0.0 <= values[name] <= 1.0
+        assert -1.0 <= values["randomization_spearman"] <= 1.0
+        assert -1.0 <= values["data_randomization_spearman"] <= 1.0
+        assert len(values["cascade_spearman"]) == len(report["cascade_layers"]) == 4
+        assert values["cascade_spearman"][-1] == pytest.approx(values["randomization_spearman"], abs=1e-4)
+    # gradient x input is zero wherever the image is black, so all its mass lies on the
+    # line whatever the model learned: the masks are aligned with the maps
+    assert methods["gradient_x_input"]["mask_mass"] == 1.0 and methods["gradient_x_input"]["pointing"] == 1.0
+    assert report["cascade_layers"] == ["class_logits", "conv3", "conv2", "conv1"]
+    assert report["patch"] == 3 and isinstance(report["misses"], list)
+    assert 0.0 <= report["shuffled_labels_train_accuracy"] <= 1.0
+    assert report["meets_goals"] == (not report["misses"])
+    assert report["fruits"] == {"skipped": f"{tmp_path / 'no-fruits.tgz'} does not exist"}
+    for figure in report["figures"]:
+        assert (tmp_path / figure).stat().st_size > 1000
+    assert (tmp_path / report["folder"] / "line-quality.csv").is_file()

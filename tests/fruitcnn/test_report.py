@@ -16,6 +16,7 @@ from fruitcnn.config import ArchConfig, DataConfig, RunConfig, TrainConfig, pars
 from fruitcnn.data import Dataset, Split
 from fruitcnn.report import ReportOptions, RunRecord, build_report
 from fruitcnn.training import train
+from visualize.quality import DEFAULT_METHODS
 
 FAST = TrainConfig(epochs=2, batch_size=32, learning_rate=0.01, warmup_epochs=0.0)
 QUIET = {"progress": lambda line: None}
@@ -158,7 +159,8 @@ def test_report_of_114_classes_escapes_names_and_renders_in_chromium(tmp_path):
     assert "<img src=x" not in markdown and r"Tom \| Jerry \*bold\* \[link\](x)" in markdown
     for width in (1280, 800):
         check = browser.render_check(report.html, width=width)
-        assert check["images"] == 2 + 6 + 10 and check["sections"] == 8  # curves, matrices, grids
+        # curves, matrices, grids, deletion/insertion curves
+        assert check["images"] == 2 + 6 + 10 + 1 and check["sections"] == 9
         assert check["title"] == "fruitcnn report: strange"
         assert browser.problems(check) == [], check
     shot = browser.screenshot(report.html, tmp_path / "shot.png", width=1280, height=1200)
@@ -253,6 +255,8 @@ def test_report_evaluates_as_training_did(tmp_path, arch_changes, train_changes)
         assert report.splits[split].accuracy == pytest.approx(run.metrics[f"{split}_accuracy"], abs=1e-6)
     page = report.html.read_text()
     assert "differs from the one training recorded" not in page
+    if arch_changes:  # an image's prediction depends on its batch: no per-image explanation to measure
+        assert "Not measured: this model&#x27;s batch norm (bn1) uses the statistics" in page
     if not config.train.test_each_epoch:  # no test curve: the history's test columns are empty
         assert all(row["test_accuracy"] == "" for row in runs.read_csv(run.run_dir / "history.csv"))
         assert "<h2>Learning curves</h2>" in page
@@ -274,12 +278,13 @@ def test_report_of_a_resumed_run_and_of_a_run_without_environment(tmp_path):
     train(config, dataset=dataset, run_dir=tmp_path / "run", resume=True, verbose=0)
     sessions = json.loads((tmp_path / "run" / runs.ENVIRONMENT_FILE).read_text())["sessions"]
     assert [session["kind"] for session in sessions] == ["start", "resume"]
-    report = build_report(tmp_path / "run", dataset=dataset, **QUIET)
+    report = build_report(tmp_path / "run", dataset=dataset, options=ReportOptions(quality_images=0), **QUIET)
     page = report.html.read_text()
     assert sessions[0]["time"] in page and ">resume<" in page and ">report<" in page
     # a run from before environment.json: the start is taken from history.csv
     (tmp_path / "run" / runs.ENVIRONMENT_FILE).unlink()
-    page = build_report(tmp_path / "run", dataset=dataset, **QUIET).html.read_text()
+    page = build_report(tmp_path / "run", dataset=dataset, options=ReportOptions(quality_images=0), **QUIET)
+    page = page.html.read_text()
     assert "(from history.csv)" in page
 
 
@@ -295,3 +300,49 @@ def test_grid_table_names_the_images_of_the_grids(single_report, small_line):
         assert (row.true == row.predicted) == (row.kind == "correct")
         assert row.probability == pytest.approx(result.confidence[row.image], abs=1e-6)
     assert table.groupby(["true", "kind"])["rank"].max().max() <= 5
+
+
+def test_explanation_quality_section_measures_the_run_model(single_report, small_line):
+    from visualize import quality
+
+    run, report = single_report
+    page, markdown = report.html.read_text(), report.markdown.read_text()
+    assert "<h2>Explanation quality</h2>" in page and "## Explanation quality" in markdown
+    table = pd.read_csv(report.folder / "quality.csv")
+    assert table["method"].tolist() == list(quality.DEFAULT_METHODS)
+    assert (report.folder / "quality-curves.png").stat().st_size > 1000
+    # the same numbers from visualize.quality directly, on the same seeded choice of test images
+    chosen = np.sort(np.random.default_rng(0).choice(len(small_line.test), size=32, replace=False))
+    again = quality.quality_scores(
+        run.model,
+        small_line.test.images[chosen],
+        target=small_line.test.labels[chosen],
+        masks=small_line.test.masks[chosen],
+        methods=quality.DEFAULT_METHODS,
+    ).summary()
+    for column in ("pointing", "mask_mass", "deletion_auc", "insertion_auc", "randomization_spearman"):
+        np.testing.assert_allclose(table[column], again[column].to_numpy(), atol=1e-5)
+    failing = table["checks failed"].fillna("")
+    for text, value in zip(failing, table["randomization_spearman"]):
+        assert ("randomization_spearman" in text) == (value >= 0.3)
+    assert all(
+        ("pointing" in text)
+        == (
+            row["method"] in ("occlusion_prob", "occlusion_loss", "saliency", "gradcam")
+            and row["pointing"] < 0.95
+        )
+        for text, (_, row) in zip(failing, table.iterrows())
+    )
+
+
+def test_multi_head_report_measures_every_head_and_quality_can_be_left_out(
+    multi_report, tmp_path, small_line
+):
+    run, report = multi_report
+    for head in ("length", "width", "colour", "angle"):
+        assert len(pd.read_csv(report.folder / f"quality-{head}.csv")) == len(DEFAULT_METHODS)
+    again = build_report(run.run_dir, dataset=small_line, options=ReportOptions(quality_images=0), **QUIET)
+    assert "Explanation quality" not in again.html.read_text()
+    assert not list(again.folder.glob("quality*"))
+    with pytest.raises(ValueError, match="quality_images must be 0"):
+        ReportOptions(quality_images=-1)

@@ -268,12 +268,14 @@ def test_channel_statistics_are_exact():
     from fruitcnn.training import channel_statistics
 
     images = np.random.default_rng(0).integers(0, 256, (7, 5, 4, 3), dtype=np.uint8)
-    images[..., 2] = 9  # a constant channel: variance floored, not zero
+    images[..., 2] = 9  # a constant channel: scaled as the widest channel, not by ~0
     mean, variance = channel_statistics(images)
     as_float = images.reshape(-1, 3).astype(np.float64)
     np.testing.assert_allclose(mean, as_float.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(variance[:2], as_float.var(axis=0)[:2], rtol=1e-12)
-    assert variance[2] == 1e-6
+    assert variance[2] == max(variance[:2])
+    # every channel constant: scaled as the full 0..255 range
+    assert channel_statistics(np.full((2, 3, 3, 3), 7, np.uint8))[1] == [127.5**2] * 3
 
 
 def test_batch_statistics_at_inference_evaluate_with_training_batches(tmp_path, small_line):
