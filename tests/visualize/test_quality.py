@@ -286,7 +286,7 @@ def test_quality_scores_of_a_perfectly_explained_model():
     assert summary.loc["saliency_logit", "randomization_spearman"] == pytest.approx(expected.mean())
     assert set(result.curves) == {"random", "gradient_x_input", "saliency_logit"}
     assert result.curves["random"]["deletion"].shape == (SIZE * SIZE + 1,)
-    assert len(result.scores) == 6
+    assert len(result.scores) == 6 and list(result.scores.columns) == ["image", "method", *quality.MEASURES]
     with pytest.raises(ValueError, match=r"masks must have shape \(3, 4, 4\)"):
         quality.quality_scores(model, images, masks=masks[:, :2], methods=["saliency"])
 
