@@ -763,8 +763,8 @@ def _line_quality(models: Path, out: Path) -> dict:
     start = time.perf_counter()
     extra, cascade = _randomisations(model, shuffled.model, images, labels, found)
     randomization_s = time.perf_counter() - start
-    table = _method_table(found.summary(), extra)
     summary = found.summary()
+    table = _method_table(summary, extra)
     summary["data_randomization_spearman"] = [
         extra[method]["data_randomization_spearman"] for method in summary.index
     ]

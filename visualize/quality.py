@@ -125,13 +125,14 @@ def gradcam_method_layers(model: keras.Model) -> dict[str, str]:
     empty for a model without conv layers."""
     names = [layer.name for layer in model.layers]
     chosen = {}
-    if not conv_layers(model):
+    convs = conv_layers(model)
+    if not convs:
         return chosen
-    for conv in conv_layers(model):
+    for conv in convs:
         shape = tuple(model.get_layer(conv).output.shape)
         last = conv
         for name in names[names.index(conv) + 1 :]:
-            if tuple(model.get_layer(name).output.shape) != shape or name in conv_layers(model):
+            if tuple(model.get_layer(name).output.shape) != shape or name in convs:
                 break
             last = name
         chosen[f"gradcam_{last}"] = last
