@@ -16,12 +16,13 @@ and writes quality.csv. Without
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
+
+from fruitcnn.config import INPUT_RANGE_CHOICES  # noqa: E402
 
 METHODS = ("occlusion", "saliency", "gradcam", "activations", "filters")
 DEFAULT_METHODS = "occlusion,saliency,gradcam"
@@ -69,6 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="explain N images of the run's own data split instead",
     )
     parser.add_argument("--split", choices=SPLITS, default="test", help="split of --samples (default: test)")
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        metavar="PATH",
+        help="--samples: read the run's data from PATH instead of where it was at training (moved)",
+    )
+    parser.add_argument(
+        "--input-range",
+        choices=INPUT_RANGE_CHOICES,
+        default="auto",
+        help="for a model made elsewhere: the pixel range it was trained on (auto: 0-255 for fruitcnn's "
+        "models and models that begin with Rescaling/Normalization) (default: auto)",
+    )
     parser.add_argument(
         "--method",
         default=DEFAULT_METHODS,
@@ -163,6 +177,22 @@ def _positive(name: str, value: int) -> int:
     return value
 
 
+def _check_patch(patch: int | None, stride: int, model) -> None:
+    """--patch and --stride must fit inside the model's images."""
+    height, width = (int(size) for size in model.inputs[0].shape[1:3])
+    for name, value in (("patch", patch), ("stride", stride)):
+        if value is not None and value > min(height, width):
+            raise ValueError(
+                f"--{name} {value} is larger than the model's {height}x{width} images: "
+                + (
+                    "every position would hide the whole image"
+                    if name == "patch"
+                    else "only the first row and column would be evaluated"
+                )
+                + f"; use at most {min(height, width)}."
+            )
+
+
 def _filters(text: str | None, model, layer: str | None, methods) -> tuple[int, ...] | None:
     """The filter indices of --filters (None: the default first ones)."""
     if text is None or "filters" not in methods:
@@ -205,20 +235,37 @@ def _run_folder(model_arg: str | None) -> Path:
     finished = runs.finished_runs()
     if not finished:
         raise ValueError(
-            f"no trained model under {runs.DEFAULT_ROOT}/; train one (python train.py) or pass "
-            "--model saved_models/<run>."
+            "no finished run (metrics.json and model.keras, not being trained now) under "
+            f"{runs.DEFAULT_ROOT}/; "
+            "train one (python train.py) or pass --model saved_models/<run> or a .keras file."
         )
     print(f"model: {finished[-1]} (the latest finished run; choose another with --model)")
     return finished[-1]
 
 
-def _classes(run: Path, model) -> dict[str, list[str]]:
+def _saved_classes(run: Path) -> dict[str, list[str]] | None:
+    """The run's classes.json ({head: [class names]}) when the model sits in a run folder."""
+    from fruitcnn import runs
+
+    path = (run if run.is_dir() else run.parent) / runs.CLASSES_FILE
+    if not path.is_file():
+        return None
+    found = runs.read_json(path)
+    return found if isinstance(found, dict) else None
+
+
+def _classes(saved: dict[str, list[str]] | None, model) -> dict[str, list[str]]:
+    """Class names per head: the run's classes.json when it fits the model, else indices."""
     from visualize.targets import head_classes, head_names
 
-    path = run / "classes.json" if run.is_dir() else run.parent / "classes.json"
-    if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
-    return {head: [str(index) for index in range(head_classes(model, head))] for head in head_names(model)}
+    heads = head_names(model)
+    if (
+        saved
+        and set(saved) == set(heads)
+        and all(len(saved[head]) == head_classes(model, head) for head in heads)
+    ):
+        return {head: list(names) for head, names in saved.items()}
+    return {head: [str(index) for index in range(head_classes(model, head))] for head in heads}
 
 
 def _parse_target(text: str, classes: dict[str, list[str]]) -> tuple[str | None, int | None]:
@@ -278,6 +325,8 @@ def _inputs(args, run: Path, model):
 
 
 def _samples(args, run: Path):
+    import dataclasses
+
     import numpy as np
 
     from fruitcnn import runs
@@ -286,8 +335,15 @@ def _samples(args, run: Path):
     from fruitcnn.training import head_specs
     from heads import head_targets
 
-    config = RunConfig.from_dict(runs.read_json(run / runs.CONFIG_FILE))
-    dataset = load_dataset(config.data)
+    folder = run if run.is_dir() else run.parent
+    if not (folder / runs.CONFIG_FILE).is_file():
+        raise ValueError(
+            f"--samples draws images of the run's own data, but {folder} holds no {runs.CONFIG_FILE} (not a "
+            "fruitcnn run folder); explain image files with --image instead."
+        )
+    config = RunConfig.from_dict(runs.read_json(folder / runs.CONFIG_FILE))
+    data = dataclasses.replace(config.data, dataset=args.dataset) if args.dataset else config.data
+    dataset = load_dataset(data)
     split = dataset.splits[args.split]
     rng = np.random.default_rng(args.seed)
     chosen = np.sort(rng.choice(len(split), size=min(args.samples, len(split)), replace=False))
@@ -329,11 +385,15 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(
                 f"--smoothgrad must be 0 (off) or a number of noisy copies, got {args.smoothgrad}."
             )
+        if args.dataset and args.samples is None:
+            raise ValueError("--dataset names the run's data for --samples; with --image it has no use.")
         run = _run_folder(args.model)
         from fruitcnn import load_model
 
-        model = load_model(run)
-        classes = _classes(run, model)
+        saved = _saved_classes(run)
+        model = load_model(run, input_range=args.input_range, head_names=list(saved) if saved else None)
+        classes = _classes(saved, model)
+        _check_patch(args.patch, args.stride, model)
         head, target = _parse_target(args.target, classes)
         if args.layer:
             from visualize.gradcam import check_layer

@@ -17,6 +17,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
 
+from fruitcnn.config import INPUT_RANGE_CHOICES  # noqa: E402
 from fruitcnn.data.cache import add_cache_dir_argument, use_cache_dir  # noqa: E402
 from fruitcnn.report import ORDERS, SPLITS, ReportOptions  # noqa: E402
 
@@ -85,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="read the run's data from PATH instead of where it was at training (same data, moved)",
     )
+    parser.add_argument(
+        "--input-range",
+        choices=INPUT_RANGE_CHOICES,
+        default="auto",
+        help="for a model.keras made elsewhere: the pixel range it was trained on (auto: 0-255 for "
+        "fruitcnn's models and models that begin with Rescaling/Normalization) (default: auto)",
+    )
     add_cache_dir_argument(parser)
     parser.add_argument(
         "--screenshot",
@@ -104,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, write the report, print where it went."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    use_cache_dir(args.cache_dir)
     try:
+        use_cache_dir(args.cache_dir)
         options = ReportOptions(
             grid_split=args.grid_split,
             top_k=args.top_k,
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             quality_images=args.quality_images,
         )
         run = Path(args.run) if args.run else _latest_run()
-        result = _write(run, options, args.dataset)
+        result = _write(run, options, args.dataset, args.input_range)
         if args.screenshot or args.check:
             _look(result.html, args.screenshot, args.check)
     except ValueError as error:
@@ -130,13 +138,15 @@ def _latest_run() -> Path:
     finished = runs.finished_runs()
     if not finished:
         raise ValueError(
-            f"no run with a {runs.MODEL_FILE} under {runs.DEFAULT_ROOT}/; train one (python train.py) "
-            "or name the run folder: python report.py saved_models/<run>."
+            f"no finished run (metrics.json and {runs.MODEL_FILE}, not being trained now) under "
+            f"{runs.DEFAULT_ROOT}/; train one (python train.py) or name the run folder: "
+            "python report.py saved_models/<run>."
         )
+    print(f"run: {finished[-1]} (the latest finished run)")
     return finished[-1]
 
 
-def _write(run: Path, options: ReportOptions, dataset_path: str | None):
+def _write(run: Path, options: ReportOptions, dataset_path: str | None, input_range: str):
     from fruitcnn.report import RunRecord, build_report
     from train import load_data
 
@@ -144,7 +154,7 @@ def _write(run: Path, options: ReportOptions, dataset_path: str | None):
     data = record.config.data
     if dataset_path:
         data = dataclasses.replace(data, dataset=dataset_path)
-    result = build_report(run, dataset=load_data(data), options=options)
+    result = build_report(run, dataset=load_data(data), options=options, input_range=input_range)
     print(f"report written in {result.seconds:.1f} s: {result.html}")
     print(f"  markdown: {result.markdown} (figures and CSV tables in {result.folder}/)")
     return result

@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         "stop on any skipped file (corrupt image, stray file) instead of listing it",
         action="store_true",
     )
+    add(
+        "--unpack-limits",
+        "largest file read, all files read, and unpacked/packed ratio of archives and .gz files; beyond "
+        "them a source is refused as a possible decompression bomb (give any of them, e.g. ratio=500)",
+        metavar="member=SIZE,total=SIZE,ratio=N",
+    )
     add_cache_dir_argument(data)
     augment = parser.add_argument_group("augmentation (training images only)")
     add = _adder(augment)
@@ -249,7 +255,7 @@ def make_config(args: argparse.Namespace, image_shape: tuple[int, int, int] | No
 
 
 def load_data(config: DataConfig):
-    """Load the data and print what was read (and what was skipped) before training."""
+    """Load the data and print what was read (and what was skipped, and warnings) before training."""
     from fruitcnn.data import load_dataset
 
     dataset = load_dataset(config)
@@ -265,7 +271,7 @@ def load_data(config: DataConfig):
     )
     for note in info.get("notes", [])[1:]:
         print(f"  {note}")
-    for line in info.get("messages", []):
+    for line in [*info.get("messages", []), *info.get("warnings", [])]:
         print(line, file=sys.stderr)
     return dataset
 
@@ -310,28 +316,45 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from fruitcnn import runs
 
-    use_cache_dir(args.cache_dir)
     try:
+        use_cache_dir(args.cache_dir)
         if args.resume is not None:
-            return _resume(args, parser)
+            return _resume(args)
         if args.num_classes is not None and not args.summary:
             raise ValueError("--num-classes only applies to --summary (the dataset decides the classes).")
         if args.summary:
             _summary(make_config(args), args.num_classes)
             return 0
         make_config(args)  # every flag checked before the data is read
-        from fruitcnn.training import train
-
         run_dir = _run_dir(args)
         dataset = load_data(data_config(args))
         config = make_config(args, dataset.image_shape)
-        result = train(config, dataset=dataset, run_dir=run_dir, verbose=_verbosity(args))
+        return _train_and_report(args, config, dataset, run_dir, runs)
     except ValueError as error:
         parser.exit(2, f"train.py: error: {error}\n")
     except KeyboardInterrupt:
         return 130
-    _print_result(result, runs)
-    return _report(args, result, dataset)
+
+
+def _train_and_report(args, config, dataset, run_dir: Path | None, runs, *, resume: bool = False) -> int:
+    """Train (or resume) and write the report, holding the run folder throughout (so no
+    other process can take it between the two); 1 when training stopped early."""
+    from fruitcnn.training import TrainingFailed, check_run, train
+
+    check_run(config, dataset)  # before a folder is made for it
+    created = run_dir is None
+    if run_dir is None:
+        run_dir = runs.create_run_folder(
+            runs.DEFAULT_ROOT, runs.new_run_name(config.data.dataset, config.head)
+        )
+    with runs.hold(run_dir, "resuming" if resume else "training", created=created):
+        try:
+            result = train(config, dataset=dataset, run_dir=run_dir, resume=resume, verbose=_verbosity(args))
+        except TrainingFailed as error:
+            print(f"train.py: {error}", file=sys.stderr)
+            return 1
+        _print_result(result, runs)
+        return _report(args, result, dataset)
 
 
 def _report(args, result, dataset) -> int:
@@ -355,14 +378,15 @@ def _report(args, result, dataset) -> int:
 
 
 def _run_dir(args) -> Path | None:
+    """The run folder of --out or --run (checked), or None for a new automatic name."""
     from fruitcnn import runs
 
     if args.out and args.run:
         raise ValueError("give either --out DIR or --run NAME, not both.")
     if args.out:
-        return Path(args.out)
+        return runs.check_out_folder(Path(args.out))
     if args.run:
-        return runs.DEFAULT_ROOT / args.run
+        return runs.DEFAULT_ROOT / runs.check_run_name(args.run)
     return None
 
 
@@ -372,9 +396,9 @@ def _verbosity(args) -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-def _resume(args, parser) -> int:
+def _resume(args) -> int:
     from fruitcnn import runs
-    from fruitcnn.training import train
+    from fruitcnn.training import check_resumable
 
     settings = [*_FIELDS, "arch", "multihead", "config", "summary", "num_classes", "cache_dir"]
     given = [flag for flag in settings if getattr(args, flag) not in (None, False)]
@@ -387,13 +411,12 @@ def _resume(args, parser) -> int:
     if args.resume and (args.out or args.run):
         raise ValueError("give the run to resume once: --resume DIR, or --resume with --out/--run.")
     run_dir = Path(args.resume) if args.resume else _run_dir(args) or runs.latest_resumable_run()
-    runs.read_state(run_dir)  # a clear error before the data is loaded
-    config = RunConfig.from_dict(runs.read_json(run_dir / runs.CONFIG_FILE))
-    print(f"resuming {run_dir}")
-    dataset = load_data(config.data)
-    result = train(config, dataset=dataset, run_dir=run_dir, resume=True, verbose=_verbosity(args))
-    _print_result(result, runs)
-    return _report(args, result, dataset)
+    with runs.hold(run_dir, "resuming"):  # refused at once, before the data is loaded, if in use
+        check_resumable(run_dir, runs.read_state(run_dir))
+        config = RunConfig.from_dict(runs.read_json(run_dir / runs.CONFIG_FILE))
+        print(f"resuming {run_dir}")
+        dataset = load_data(config.data)
+        return _train_and_report(args, config, dataset, run_dir, runs, resume=True)
 
 
 def _print_result(result, runs) -> None:

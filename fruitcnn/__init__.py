@@ -17,24 +17,11 @@ __version__ = "0.1.0"
 tune_allocator()
 
 
-def load_model(path):
-    """Load a saved fruitcnn ``.keras`` model (or a run folder's model.keras).
+def load_model(path, *, input_range: str = "auto", head_names=None):
+    """Load a ``.keras`` model (or a run folder's model.keras) in fruitcnn's form,
+    uncompiled: fruitcnn's own models as they are, models made elsewhere adapted (see
+    ``fruitcnn.modelfile.load_model``); a damaged or unusable file is a ValueError
+    that says why."""
+    from fruitcnn.modelfile import load_model as load
 
-    Importing fruitcnn's layers and heads registers their classes, so the file loads
-    without ``custom_objects``; the model is returned uncompiled.
-    """
-    from pathlib import Path
-
-    import keras
-
-    import fruitcnn.layers  # noqa: F401  (registers BatchNorm)
-    import heads  # noqa: F401  (registers AggregateAccuracy)
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.keras"
-    if not path.is_file():
-        raise ValueError(
-            f"no model file at {path}; expected a .keras file or a run folder holding model.keras."
-        )
-    return keras.models.load_model(path, compile=False)
+    return load(path, input_range=input_range, head_names=head_names)

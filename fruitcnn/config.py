@@ -52,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -145,7 +146,8 @@ def _check_values(kind: str, params: dict[str, Any]) -> None:
         positive_int("kernel")
         positive_int("stride")
         padding = params["padding"]
-        if not (padding in ("same", "valid") or (isinstance(padding, int) and padding >= 0)):
+        is_pixels = isinstance(padding, int) and not isinstance(padding, bool) and padding >= 0
+        if not (padding in ("same", "valid") or is_pixels):
             raise ValueError(
                 f"conv padding must be 'same', 'valid' or a number of pixels >= 0, got {padding!r}."
             )
@@ -169,7 +171,7 @@ def _check_values(kind: str, params: dict[str, Any]) -> None:
         momentum, epsilon = params["momentum"], params["epsilon"]
         if momentum is not None and not (_is_number(momentum) and 0.0 <= momentum < 1.0):
             raise ValueError(f"bn momentum must be a number in [0, 1), got {momentum!r}.")
-        if not (_is_number(epsilon) and epsilon > 0):
+        if not (_is_number(epsilon) and 0 < epsilon < math.inf):
             raise ValueError(f"bn epsilon must be a number > 0, got {epsilon!r}.")
 
 
@@ -183,9 +185,15 @@ def _check_field_types(instance: Any) -> None:
         value = getattr(instance, item.name)
         expected = item.type
         if expected == "float" and _is_number(value):
+            if not math.isfinite(value):
+                raise ValueError(
+                    f"{_field_words(instance, item.name)} must be a finite number, got {value!r}; "
+                    "NaN and infinity would make every step of training meaningless."
+                )
             setattr(instance, item.name, float(value))
             continue
         ok = {
+            "float": _is_number(value),
             "int": isinstance(value, int) and not isinstance(value, bool),
             "bool": isinstance(value, bool),
             "str": isinstance(value, str),
@@ -200,6 +208,15 @@ def _check_field_types(instance: Any) -> None:
 
 
 _TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}
+_SECTIONS = {"DataConfig": "data", "ArchConfig": "arch", "TrainConfig": "train", "AugmentConfig": "augment"}
+
+
+def _field_words(instance: Any, name: str) -> str:
+    """``TrainConfig.learning_rate (--lr)``: the field and, when there is one, its flag."""
+    section = _SECTIONS.get(type(instance).__name__)
+    flags = [flag for flag, place in SETTING_FIELDS.items() if place == (section, name)]
+    flag = f" (--{flags[0].replace('_', '-')})" if flags else ""
+    return f"{type(instance).__name__}.{name}{flag}"
 
 
 _TOKEN = re.compile(r"\s*(?:(\d+)\s*\*\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(([^()]*)\))?\s*[,;]?")
@@ -207,6 +224,10 @@ _GROUP = re.compile(r"(\d+)\s*\*\s*\[([^\[\]]*)\]")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Blocks may call blocks; this deep is surely a block that calls itself.
 _MAX_BLOCK_DEPTH = 16
+# Most layers a layer list may expand to: far beyond any network trained here (the
+# deepest preset has 19), low enough that '1000*[1000*[relu]]' is refused at once
+# instead of filling the memory.
+MAX_LAYERS = 2000
 
 # Built-in blocks: name -> (description, layer text with {placeholders}).
 BLOCKS: dict[str, tuple[str, str]] = {
@@ -276,15 +297,32 @@ def _parse(text: str, blocks: dict[str, str], depth: int) -> list[LayerSpec]:
                 f"(character {position}); expected e.g. 'conv(32,3) relu maxpool(2)'."
             )
         repeat, kind, args = match.group(1), match.group(2), match.group(3)
-        times = int(repeat) if repeat is not None else 1  # 0*layer: none (checked all the same)
+        times = _count(repeat) if repeat is not None else 1  # 0*layer: none (checked all the same)
         if kind in blocks:
             one = _parse(_fill_block(kind, blocks[kind], args or ""), blocks, depth + 1)
         else:
             one = [LayerSpec(_canonical_kind(kind, blocks), _parse_args(kind, args or ""))]
+        if len(specs) + times * len(one) > MAX_LAYERS:
+            raise ValueError(_too_many_layers())
         for _ in range(times):
             specs.extend(LayerSpec(spec.kind, dict(spec.params)) for spec in one)
         position = match.end()
     return specs
+
+
+def _count(text: str) -> int:
+    """A repeat count of ``N*``, at most ``MAX_LAYERS``."""
+    count = int(text)
+    if count > MAX_LAYERS:
+        raise ValueError(_too_many_layers(f"a repeat count of {text}"))
+    return count
+
+
+def _too_many_layers(what: str = "it") -> str:
+    return (
+        f"the layer list is too long: {what} expands to more than {MAX_LAYERS} layers; "
+        "check the repeat counts (N*[...]) and blocks."
+    )
 
 
 def _expand_groups(text: str) -> str:
@@ -296,10 +334,12 @@ def _expand_groups(text: str) -> str:
             "'2*[3*[relu]]' for six."
         )
     while True:
-        expanded = _GROUP.sub(lambda match: " ".join([match.group(2)] * int(match.group(1))), text)
+        expanded = _GROUP.sub(lambda match: " ".join([match.group(2)] * _count(match.group(1))), text)
         if expanded == text:
             break
         text = expanded
+        if len(text.split()) > MAX_LAYERS * 4:  # no layer needs more than a few words
+            raise ValueError(_too_many_layers())
     if "[" in text or "]" in text:
         raise ValueError(
             f"cannot read the group in {text!r}: write a repeated group as N*[layers], e.g. "
@@ -433,10 +473,12 @@ def _layer_dict(spec: Any) -> dict[str, Any]:
     if isinstance(spec, str):
         (parsed,) = parse_layers(spec)
         return {"kind": parsed.kind, "params": parsed.params}
-    if not isinstance(spec, dict) or "kind" not in spec:
+    if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
         raise ValueError(
             f"a layer must be a dict with a 'kind' (e.g. {{'kind': 'conv', 'filters': 32}}), got {spec!r}."
         )
+    if not isinstance(spec.get("params", {}), dict):
+        raise ValueError(f"a layer's 'params' must map argument names to values, got {spec['params']!r}.")
     params = dict(spec.get("params", {}))
     params.update({key: value for key, value in spec.items() if key not in ("kind", "params")})
     return {"kind": spec["kind"], "params": params}
@@ -543,6 +585,11 @@ def resolve_arch(value: str, blocks: dict[str, str] | None = None) -> ArchConfig
                 raise ValueError(f"architecture file {value!r} is not valid JSON: {error}.") from error
         if isinstance(loaded, list):
             loaded = {"layers": loaded}
+        if not isinstance(loaded, dict):
+            raise ValueError(
+                f'architecture file {value!r} must hold an object such as {{"layers": "conv(32) gap"}} '
+                f"or a list of layers, not {type(loaded).__name__}."
+            )
         return arch_from_dict(loaded)
     single_layer = set(LAYER_KINDS) | set(ACTIVATIONS) | set(_ALIASES) | set(BLOCKS) | set(blocks or {})
     bare_word = not any(character in value for character in "( *[")
@@ -562,7 +609,98 @@ def arch_from_dict(data: dict[str, Any]) -> ArchConfig:
         raise ValueError(f"'blocks' must map block names to layer text, got {blocks!r}.")
     if isinstance(layers, str):
         layers = parse_layers(layers, blocks)
+    elif not isinstance(layers, list):
+        raise ValueError(f"'layers' must be a layer list as text or a list of layer dicts, got {layers!r}.")
+    elif len(layers) > MAX_LAYERS:
+        raise ValueError(_too_many_layers(f"a list of {len(layers)} layers"))
     return ArchConfig(layers=layers, **_known_fields(ArchConfig, data, "architecture"))
+
+
+# Pixel ranges a model made elsewhere may expect (--input-range of explain.py and
+# report.py; fruitcnn.modelfile): scale and offset that map 0-255 pixels into them.
+INPUT_RANGES = {"0-255": (1.0, 0.0), "0-1": (1.0 / 255.0, 0.0), "-1-1": (2.0 / 255.0, -1.0)}
+INPUT_RANGE_CHOICES = ("auto", *INPUT_RANGES)
+
+# Unpack limits (DataConfig.unpack_limits): no image set needs a single file above 1 GiB
+# (STL-10's largest file that is read, test_X.bin, has 207 MB); 16 GiB of files is more
+# than the 24 GiB machines this was written on can decode; real image data compresses
+# 1-5x (JPEG/PNG 1.0, MNIST's IDX 4.8), a zip of zeros 1000x.
+DEFAULT_UNPACK_LIMITS = "member=1GiB,total=16GiB,ratio=100"
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+@dataclass(frozen=True)
+class UnpackLimits:
+    """Limits on unpacked data: bytes per file, bytes in all, unpacked/packed ratio."""
+
+    member: int
+    total: int
+    ratio: float
+
+
+def parse_unpack_limits(text: str) -> UnpackLimits:
+    """``member=1GiB,total=16GiB,ratio=100`` (any subset; the rest keep their defaults)
+    as :class:`UnpackLimits`. Sizes take B, K/KB/KiB, M/MB/MiB, G/GB/GiB, T (binary units).
+
+    Raises:
+        ValueError: an unknown key or an unreadable value, with an example.
+    """
+    values = _limit_values(DEFAULT_UNPACK_LIMITS) if text != DEFAULT_UNPACK_LIMITS else {}
+    values.update(_limit_values(text))
+    return UnpackLimits(int(values["member"]), int(values["total"]), float(values["ratio"]))
+
+
+def _limit_values(text: str) -> dict[str, float]:
+    example = f"e.g. --unpack-limits {DEFAULT_UNPACK_LIMITS} (or only ratio=500)"
+    values: dict[str, float] = {}
+    for part in [item.strip() for item in str(text).split(",") if item.strip()]:
+        key, _, value = part.partition("=")
+        key, value = key.strip().lower(), value.strip().lower()
+        if key not in ("member", "total", "ratio") or not value:
+            raise ValueError(
+                f"unpack limit {part!r}: expected member=SIZE, total=SIZE or ratio=N; {example}."
+            )
+        pattern = r"([0-9]*\.?[0-9]+)" if key == "ratio" else r"([0-9]*\.?[0-9]+)\s*([kmgt]?)(?:i?b)?"
+        match = re.fullmatch(pattern, value)
+        if match is None:
+            kind = "number" if key == "ratio" else "size"
+            raise ValueError(f"unpack limit {part!r}: cannot read {value!r} as a {kind}; {example}.")
+        number = float(match.group(1)) * (1 if key == "ratio" else _SIZE_UNITS[match.group(2)])
+        if not math.isfinite(number) or number < 1:
+            raise ValueError(f"unpack limit {part!r} must be a finite number, at least 1 (byte); {example}.")
+        values[key] = number
+    return values
+
+
+def parse_split(text: str) -> tuple[str, tuple[float, ...]]:
+    """Read a split such as ``60/40`` or ``8000/2000/3000``.
+
+    Returns:
+        ``("fractions", (...))`` when the parts are percentages summing to 100, or
+        ``("counts", (...))`` for image counts.
+
+    Raises:
+        ValueError: for anything else, with examples of what works.
+    """
+    parts = [part.strip() for part in str(text).split("/")]
+    try:
+        values = tuple(float(part) for part in parts)
+    except ValueError:
+        values = ()
+    if len(values) not in (2, 3) or any(not 0 < value < math.inf for value in values):
+        raise ValueError(
+            f"cannot read split {text!r}; expected train/test or train/val/test, as "
+            "percentages summing to 100 (e.g. 60/40 or 70/10/20) or as image counts "
+            "(e.g. 8000/2000/3000)."
+        )
+    if abs(sum(values) - 100.0) < 1e-6:
+        return "fractions", tuple(value / 100.0 for value in values)
+    if all(value.is_integer() for value in values):
+        return "counts", values
+    raise ValueError(
+        f"split {text!r} is neither percentages summing to 100 (they sum to "
+        f"{sum(values):g}) nor whole image counts."
+    )
 
 
 @dataclass
@@ -586,6 +724,11 @@ class DataConfig:
         seed: seed of data generation and splitting.
         data_dir: tensorflow-datasets data folder for ``tfds:`` names ('' = tfds's default).
         strict: treat skipped files (corrupt images, stray files) as errors.
+        unpack_limits: how much data may be unpacked (see :func:`parse_unpack_limits`):
+            ``member`` the largest single file read (also after gunzip), ``total`` all
+            files read together, ``ratio`` the largest unpacked/packed size ratio of an
+            archive or a compressed file (checked once 64 MiB are unpacked). A source
+            beyond them is refused as a possible decompression bomb.
     """
 
     dataset: str = "line"
@@ -596,9 +739,13 @@ class DataConfig:
     seed: int = 0
     data_dir: str = ""
     strict: bool = False
+    unpack_limits: str = DEFAULT_UNPACK_LIMITS
 
     def __post_init__(self):
         _check_field_types(self)
+        parse_unpack_limits(self.unpack_limits)
+        if self.split != "auto":
+            parse_split(self.split)
         if self.image_size is not None and (
             not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size < 1
         ):
@@ -755,12 +902,20 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a run configuration must be a JSON object, not {type(data).__name__}.")
         data = dict(data)
         version = data.pop("version", CONFIG_VERSION)
         if version != CONFIG_VERSION:
             raise ValueError(
                 f"config version {version} is not supported by this fruitcnn (expects {CONFIG_VERSION})."
             )
+        for section in ("data", "arch", "train", "augment"):
+            if not isinstance(data.get(section, {}), dict):
+                raise ValueError(
+                    f"the '{section}' section of a run configuration must be an object, "
+                    f"not {data[section]!r}."
+                )
         arch = dict(data.pop("arch", {}))
         arch.pop("layers_text", None)
         return cls(
@@ -793,6 +948,7 @@ SETTING_FIELDS: dict[str, tuple[str, str]] = {
     "data_seed": ("data", "seed"),
     "data_dir": ("data", "data_dir"),
     "strict": ("data", "strict"),
+    "unpack_limits": ("data", "unpack_limits"),
     "flip": ("augment", "flip"),
     "translate": ("augment", "translate"),
     "rotate": ("augment", "rotate"),

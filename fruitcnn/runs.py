@@ -22,7 +22,15 @@ A run folder (``saved_models/<run>/`` or ``--out DIR``) holds:
                      training model with optimiser state of the last finished
                      epoch (``epoch-NNNN.keras``) and the best model
                      (``best-NNNN.keras``), both named in state.json
+``.lock``            the lock of the process that trains, resumes or reports on
+                     the run (its pid, purpose, command and start time)
 ===================  ===========================================================
+
+A new run's folder is created exclusively: two runs started in the same second get
+``<name>`` and ``<name>-2``. While a process trains, resumes or writes the report of a
+run it holds the folder's lock (``fcntl.flock`` on ``.lock``, released by the operating
+system when the process ends, also on ``kill -9``); a second process is refused with the
+holder's pid (:class:`RunInUse`).
 
 Every file is written to a temporary name in the same folder, flushed to disk and then
 renamed, so an interrupted run never leaves a half-written file behind. The files of an
@@ -33,16 +41,25 @@ removed, so a kill at any moment leaves a state that resumes exactly.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import math
 import os
 import shutil
+import socket
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+try:  # POSIX (Linux, macOS); elsewhere runs are not locked
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 DEFAULT_ROOT = Path("saved_models")
 MODEL_FILE = "model.keras"
@@ -58,6 +75,9 @@ REPORT_DIR = "report"
 TENSORBOARD_DIR = "tb"
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
+LOCK_FILE = ".lock"
+# Suffixes -2, -3 ... tried for a run name that exists already (runs started in one second).
+_MAX_NAME_SUFFIX = 1000
 
 
 def _file_mode() -> int:
@@ -89,6 +109,47 @@ def new_run_name(dataset: str, head: str) -> str:
             break
     safe = "".join(char if char.isalnum() or char in "-_" else "-" for char in name)
     return f"{safe}-{head}-{stamp}"
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it is a plain folder name (``--run NAME`` lives under saved_models/).
+
+    Raises:
+        ValueError: for a path (``/``, ``\\``, ``..``, an absolute name) or an empty name.
+    """
+    text = str(name)
+    if not text.strip() or text in (".", "..") or "/" in text or "\\" in text or "\0" in text:
+        raise ValueError(
+            f"--run {text!r} is not a run name: it must be a plain folder name such as 'baseline-lr0.1' "
+            f"(the run goes to {DEFAULT_ROOT}/<name>/); to write somewhere else, use --out DIR."
+        )
+    return text
+
+
+def create_run_folder(root: Path, name: str) -> Path:
+    """Create ``root/name`` exclusively and return it; when it exists already (another
+    run started in the same second), ``name-2``, ``name-3`` ... instead."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for number in range(1, _MAX_NAME_SUFFIX + 1):
+        folder = root / (name if number == 1 else f"{name}-{number}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise ValueError(f"{root}/ already holds {_MAX_NAME_SUFFIX} runs named {name}[-N]; use --out or --run.")
+
+
+def check_out_folder(path: Path) -> Path:
+    """``path`` if it can be a run folder (absent, or a folder), else a clear error."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(
+            f"--out {path} is an existing file, not a folder; a run needs a folder of its own: "
+            "name a new folder (or an existing run folder) instead."
+        )
+    return path
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -139,8 +200,26 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Atomically write ``data`` as indented JSON."""
-    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Atomically write ``data`` as indented, strict JSON: a number that is not finite
+    (NaN, infinity) becomes ``null``, never the ``NaN`` token that JSON does not have."""
+    text = json.dumps(finite_json(data), indent=2, sort_keys=False, allow_nan=False)
+    write_text(path, text + "\n")
+
+
+def finite_json(data: Any) -> Any:
+    """``data`` with every non-finite float (also NumPy's) replaced by None, and NumPy
+    numbers turned into Python ones, recursively."""
+    if isinstance(data, dict):
+        return {key: finite_json(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(value) for value in data]
+    if isinstance(data, bool) or data is None or isinstance(data, str):
+        return data
+    if hasattr(data, "item") and callable(data.item) and getattr(data, "ndim", 1) == 0:
+        data = data.item()  # a NumPy scalar
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    return data
 
 
 def read_json(path: Path) -> Any:
@@ -254,6 +333,151 @@ def commit_checkpoint(run: Path, state: dict[str, Any], *, best_changed: bool) -
             path.unlink()
 
 
+# ---------------------------------------------------------------- locks
+
+
+class RunInUse(ValueError):
+    """Another live process holds the run folder (training, resuming or reporting on it)."""
+
+
+# Locks this process holds: real path of the run -> the lock file's descriptor.
+_HELD: dict[str, int] = {}
+
+
+@contextlib.contextmanager
+def hold(run: Path, purpose: str, *, created: bool = False) -> Iterator[Path]:
+    """Hold the lock of the run folder ``run`` (created if missing) for the block.
+
+    Reentrant within a process (train.py holds it across training and the report,
+    ``train()`` holds it too). The lock is ``fcntl.flock`` on ``run/.lock``, which the
+    operating system releases when the process ends in any way, ``kill -9`` included.
+
+    Args:
+        run: the run folder.
+        purpose: what the holder does (``training``, ``resuming``, ``writing the
+            report``), shown to a process that is refused.
+        created: the caller has just created the folder for this block; like a folder
+            created here, it is removed at the end if nothing but the lock was written
+            into it (a run that failed before its first file leaves no empty folder).
+
+    Raises:
+        RunInUse: another live process holds it; the message names its pid.
+    """
+    run = Path(run)
+    created = created or not run.exists()
+    run.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(run)
+    if key in _HELD:  # held by an enclosing block of this process, which releases it
+        yield run
+        return
+    handle = _acquire(run, purpose)
+    _HELD[key] = handle
+    try:
+        remove_leftovers(run)
+        yield run
+    finally:
+        del _HELD[key]
+        if handle >= 0:
+            with contextlib.suppress(OSError):
+                os.ftruncate(handle, 0)
+            if created and {path.name for path in run.iterdir()} <= {LOCK_FILE}:
+                with contextlib.suppress(OSError):
+                    (run / LOCK_FILE).unlink()
+                    run.rmdir()
+            os.close(handle)  # releases the flock
+
+
+def remove_leftovers(run: Path) -> list[str]:
+    """Delete what a killed process left half-written in ``run`` (temporary files of
+    :func:`atomic_write`, temporary report folders) and return their names. Only safe
+    while holding the run: then no live process is writing them."""
+    removed = []
+    for folder in (run, run / CHECKPOINT_DIR):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            temporary_file = path.name.startswith(".") and ".tmp" in path.name and path.is_file()
+            temporary_report = path.name.startswith(f".{REPORT_DIR}.") and path.is_dir()
+            if temporary_file:
+                path.unlink(missing_ok=True)
+            elif temporary_report:
+                shutil.rmtree(path, ignore_errors=True)
+            if temporary_file or temporary_report:
+                removed.append(str(path.relative_to(run)))
+    return removed
+
+
+def _acquire(run: Path, purpose: str) -> int:
+    if fcntl is None:  # pragma: no cover - no flock on this platform
+        return -1
+    handle = os.open(run / LOCK_FILE, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        found = _holder_of(handle)
+        os.close(handle)
+        raise RunInUse(_in_use_message(run, found, purpose)) from None
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "purpose": purpose,
+        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "",
+    }
+    os.ftruncate(handle, 0)
+    os.pwrite(handle, (json.dumps(me) + "\n").encode(), 0)
+    return handle
+
+
+def _holder_of(handle: int) -> dict[str, Any]:
+    """What the holder wrote into the lock file (empty while it is still writing it)."""
+    try:
+        text = os.pread(handle, 4096, 0).decode("utf-8", "replace")
+        found = json.loads(text) if text.strip() else {}
+    except (OSError, ValueError):
+        found = {}
+    return found if isinstance(found, dict) else {}
+
+
+def _in_use_message(run: Path, holder: dict[str, Any], purpose: str) -> str:
+    pid = holder.get("pid", "unknown")
+    what = holder.get("purpose", "using it")
+    where = f" on {holder['host']}" if holder.get("host") and holder["host"] != socket.gethostname() else ""
+    since = f" since {holder['since']}" if holder.get("since") else ""
+    command = f" ({holder['command']})" if holder.get("command") else ""
+    return (
+        f"{run} is in use: process {pid}{where} is {what}{since}{command}. Refused {purpose} it too, "
+        f"since two processes would overwrite each other's files; wait for process {pid} to end "
+        f"(or stop it: kill {pid}), or use another run folder."
+    )
+
+
+def holder(run: Path) -> dict[str, Any] | None:
+    """The live process holding the run's lock (``{"pid", "purpose", ...}``; this very
+    process included), or None when nobody holds it."""
+    path = Path(run) / LOCK_FILE
+    if fcntl is None or not path.is_file():
+        return None
+    if os.path.realpath(run) in _HELD:
+        return {"pid": os.getpid(), "purpose": "this process"}
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _holder_of(handle) or {"pid": "unknown"}
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(handle)
+
+
+# ---------------------------------------------------------------- finding runs
+
+
 def find_runs(root: Path = DEFAULT_ROOT) -> list[Path]:
     """Run folders under ``root`` (those with a config.json), oldest first."""
     root = Path(root)
@@ -263,21 +487,39 @@ def find_runs(root: Path = DEFAULT_ROOT) -> list[Path]:
     return sorted(runs, key=lambda path: (path / CONFIG_FILE).stat().st_mtime)
 
 
+def is_finished(run: Path) -> bool:
+    """Whether ``run`` finished: its metrics.json and model.keras are written, it did not
+    diverge, and no live process holds it (a run still writing its report is not)."""
+    run = Path(run)
+    if not ((run / METRICS_FILE).is_file() and (run / MODEL_FILE).is_file()):
+        return False
+    try:
+        metrics = read_json(run / METRICS_FILE)
+    except ValueError:
+        return False
+    return isinstance(metrics, dict) and not metrics.get("diverged") and holder(run) is None
+
+
 def finished_runs(root: Path = DEFAULT_ROOT) -> list[Path]:
-    """Run folders under ``root`` that hold a trained model.keras, oldest first."""
-    return [run for run in find_runs(root) if (run / MODEL_FILE).is_file()]
+    """Run folders under ``root`` that finished (:func:`is_finished`), oldest first."""
+    return [run for run in find_runs(root) if is_finished(run)]
 
 
 def latest_resumable_run(root: Path = DEFAULT_ROOT) -> Path:
     """The most recent run under ``root`` that has a checkpoint and no final metrics."""
-    candidates = [
+    unfinished = [
         run
         for run in find_runs(root)
         if (run / CHECKPOINT_DIR / STATE_FILE).is_file() and not (run / METRICS_FILE).is_file()
     ]
+    busy = [run for run in unfinished if holder(run) is not None]
+    candidates = [run for run in unfinished if run not in busy]
     if not candidates:
+        training = (
+            f" ({len(busy)} other(s) are being trained now: {', '.join(map(str, busy))})" if busy else ""
+        )
         raise ValueError(
-            f"--resume found no unfinished run with a checkpoint under {root}/; name the "
+            f"--resume found no unfinished run with a checkpoint under {root}/{training}; name the "
             "run folder: python train.py --resume saved_models/<run>."
         )
     return max(candidates, key=lambda run: (run / CHECKPOINT_DIR / STATE_FILE).stat().st_mtime)

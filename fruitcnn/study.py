@@ -60,6 +60,10 @@ _TOP_LEVEL = ("name", "description", "base", "blocks", "grid", "variants")
 # Template variables may expand to text holding further variables, this deep.
 _MAX_TEMPLATE_DEPTH = 8
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# A study plans at most this many trials (each a training run: 1,000 is weeks on a CPU),
+# and a setting filled in from template variables is at most this long.
+MAX_TRIALS = 1000
+MAX_SETTING_CHARS = 100_000
 # Hex digits of a plan's fingerprint.
 _HASH_CHARS = 16
 # Longest trial folder name (the trial number and its values, shortened beyond this).
@@ -158,12 +162,21 @@ def load_study(path: str | Path) -> Study:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"study file {path} does not exist; example study files are in studies/.")
-    text = path.read_text(encoding="utf-8")
+    kind = "JSON" if path.suffix == ".json" else "TOML"
     try:
+        text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"study file {path} is not UTF-8 text ({error}); save it as UTF-8.") from None
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
-        kind = "JSON" if path.suffix == ".json" else "TOML"
         raise ValueError(f"study file {path} is not valid {kind}: {error}.") from error
+    except RecursionError:
+        raise ValueError(f"study file {path} nests its {kind} too deeply to be a study.") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"study file {path} must hold a table of entries (name, base, grid ...), "
+            f"not {type(data).__name__}."
+        )
     return study_from_dict(data, default_name=path.stem, source=path)
 
 
@@ -225,7 +238,13 @@ def _check_names(parameters: Sequence[Parameter]) -> None:
 def _table(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{where} must be a table of name = value entries, got {value!r}.")
-    return {str(key).replace("-", "_"): item for key, item in value.items()}
+    table: dict[str, Any] = {}
+    for key, item in value.items():
+        name = str(key).replace("-", "_")
+        if name in table:
+            raise ValueError(f"{where} gives {name} twice (as {name} and with '-'); keep one.")
+        table[name] = item
+    return table
 
 
 def _settings_table(value: Any, where: str) -> dict[str, Any]:
@@ -281,6 +300,13 @@ def _label(value: Any) -> str:
 
 def _plan(study: Study) -> list[PlannedTrial]:
     """Every combination, in file order (the first parameter changes slowest)."""
+    count = math.prod(len(parameter.labels) for parameter in study.parameters)
+    if count > MAX_TRIALS:
+        sizes = " x ".join(str(len(parameter.labels)) for parameter in study.parameters)
+        raise ValueError(
+            f"the study plans {sizes} = {count:,} trials, more than {MAX_TRIALS:,}; split it into smaller "
+            "studies or vary fewer settings at once."
+        )
     settings_names = {*SETTING_FIELDS, *SETTING_EXTRAS}
     variables: set[str] = set()
     trials = []
@@ -337,6 +363,11 @@ def _fill(settings: dict[str, Any], template: dict[str, Any]) -> tuple[dict[str,
                 )
             used |= set(_PLACEHOLDER.findall(value))
             value = _PLACEHOLDER.sub(lambda match: _text(template[match.group(1)]), value)
+            if len(value) > MAX_SETTING_CHARS:
+                raise ValueError(
+                    f"setting {key}: its template variables expand to more than {MAX_SETTING_CHARS:,} "
+                    "characters (does a value repeat another many times?)."
+                )
             depth += 1
         filled[key] = value
     return filled, used

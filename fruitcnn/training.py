@@ -21,6 +21,7 @@ of the epoch in inference mode. Losses include the L2 penalty when ``l2 > 0``.
 from __future__ import annotations
 
 import datetime
+import errno
 import math
 import sys
 import time
@@ -33,7 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fruitcnn import runs
+from fruitcnn import modelfile, runs
 from fruitcnn.config import AugmentConfig, RunConfig, TrainConfig
 from fruitcnn.data import Dataset, Split, load_dataset
 from fruitcnn.data.augment import augment_batch
@@ -66,6 +67,14 @@ _HISTOGRAM_CHUNK = 1 << 20
 # Smallest batch for evaluation: inference needs no gradients, so bigger batches are
 # faster and give the same numbers (batch norm uses its moving statistics).
 _EVAL_BATCH = 512
+# An epoch whose loss is more than this many times the loss of guessing has diverged,
+# even if finite: with logits the cross-entropy is unbounded, and --lr 1e12 gave 1e22
+# (a model confidently wrong on every image by a margin of 1000 ln K nats).
+EXPLODED = 1000.0
+# How the splits are named in messages.
+SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
+# Errors of a write that mean the disk (or the process's file-size limit) is full.
+_FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # Resolution of the confusion-matrix images in TensorBoard (dots per inch).
 _TENSORBOARD_DPI = 72
 # Up to this many classes the TensorBoard confusion image names them; beyond, indices.
@@ -95,6 +104,69 @@ class TrainResult:
     model: keras.Model
     history: list[dict[str, Any]]
     metrics: dict[str, Any]
+
+
+class TrainingFailed(RuntimeError):
+    """Training stopped before its last epoch for a reason the user can act on; the
+    message says what happened, what the run folder keeps and what to do."""
+
+
+class TrainingDiverged(TrainingFailed):
+    """The loss became NaN or infinite, or exploded (``EXPLODED`` times the loss of
+    guessing). metrics.json says ``"diverged": {...}`` (strict JSON), and the run
+    cannot be resumed."""
+
+
+class _Diverged(Exception):
+    """Raised inside ``fit`` at the first non-finite loss, or at the end of an epoch whose
+    loss exploded (caught by :func:`train`)."""
+
+    def __init__(self, epoch: int, step: int, loss: float, rate: float, where: str):
+        super().__init__(f"diverged {where} loss {loss} at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.loss, self.rate, self.where = epoch, step, loss, rate, where
+
+    @property
+    def what(self) -> str:
+        """``became nan`` or ``exploded to 1.5e+22``."""
+        return f"became {self.loss}" if not math.isfinite(self.loss) else f"exploded to {self.loss:.3g}"
+
+
+def chance_loss(specs: Sequence[HeadSpec]) -> float:
+    """The loss of guessing (uniform probabilities): ln K per softmax head, ln 2 per
+    sigmoid head, summed as Keras sums the heads' losses."""
+    return float(sum(math.log(len(spec.class_names)) for spec in specs))
+
+
+class _DivergenceGuard(keras.callbacks.Callback):
+    """Stops training at the first step whose (running mean) training loss is NaN or
+    infinite: one NaN makes Keras's running mean NaN for the rest of the epoch, so the
+    first such step is where it went wrong. Keras already hands the callbacks Python
+    floats after every step (fruitcnn's recorder needs them), so this costs nothing."""
+
+    epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            raise _Diverged(self.epoch + 1, batch + 1, float(loss), rate, "training")
+
+
+def divergence_advice(config: RunConfig) -> str:
+    """What usually cures a diverging run of this configuration, in words."""
+    settings = config.train
+    tips = [
+        f"lower the learning rate (this run: --lr {settings.learning_rate:g} with {settings.optimizer}; "
+        f"try --lr {settings.learning_rate / 10:g})"
+    ]
+    if settings.schedule != "cosine" or settings.warmup_epochs == 0:
+        tips.append("warm it up (--schedule cosine --warmup-epochs 1)")
+    if not any(spec.kind == "bn" for spec in config.arch.layers):
+        tips.append("add batch norm after the conv layers ('bn' in --arch)")
+    return "; ".join(tips)
 
 
 def head_specs(config: RunConfig, dataset: Dataset) -> list[HeadSpec]:
@@ -370,6 +442,11 @@ class _EpochRecorder(keras.callbacks.Callback):
             test_logs = self.evaluator.evaluate(self.test_data, verbose=0, return_dict=True)
             parts["test"] = standard_metrics(test_logs, self.specs)
             self._summarise("test", epoch, test_logs)
+        for split, values in parts.items():  # before anything of this epoch is saved
+            loss = values["loss"]
+            if not math.isfinite(loss) or loss > EXPLODED * chance_loss(self.specs):
+                steps = self.params.get("steps") or 0
+                raise _Diverged(epoch + 1, steps, loss, self.epoch_rate, SPLIT_WORDS[split])
         # Timestamps once the epoch's evaluations are done.
         row["timestamp"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         row["elapsed_s"] = round(self.prior_elapsed + time.monotonic() - self.session_start, 3)
@@ -383,7 +460,11 @@ class _EpochRecorder(keras.callbacks.Callback):
         self._save(epoch, row, parts)
 
     def on_train_end(self, logs=None):
-        for writer in self.writers.values():  # flushed and closed now, not whenever collected
+        self.close()
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writers (now, not whenever collected)."""
+        for writer in self.writers.values():
             writer.close()
         self.writers = {}
 
@@ -510,10 +591,14 @@ def train(
 ) -> TrainResult:
     """Train (or resume) the run that ``config`` declares.
 
+    The run folder is held (``fruitcnn.runs.hold``) from start to end, so a second
+    process that tries to train or resume it is refused with this one's pid.
+
     Args:
         config: the run configuration (for a resume: the one saved in the run).
         dataset: already loaded data; default: ``load_dataset(config.data)``.
-        run_dir: run folder; default ``saved_models/<dataset>-<head>-<time>``.
+        run_dir: run folder; default a new ``saved_models/<dataset>-<head>-<time>``
+            (created exclusively: ``-2`` ... when that name exists).
         resume: continue the run in ``run_dir`` from its last finished epoch.
         callbacks: extra Keras callbacks (run after fruitcnn's own).
         verbose: Keras ``fit`` verbosity (1 progress bars, 2 one line per epoch).
@@ -524,26 +609,32 @@ def train(
         A :class:`TrainResult`; the model has the best validation epoch's weights.
 
     Raises:
-        ValueError: on an unusable configuration or dataset, before training starts.
+        ValueError: on an unusable configuration or dataset, before training starts;
+            ``fruitcnn.runs.RunInUse`` when another process holds the run folder.
+        TrainingDiverged: the loss became NaN or infinite or exploded (metrics.json
+            says so).
+        TrainingFailed: the disk filled up while the run was saved (the run resumes
+            from its last committed epoch once there is space).
     """
     if resume and run_dir is None:
         raise ValueError("resume=True needs the run folder (run_dir) to continue.")
     dataset = dataset if dataset is not None else load_dataset(config.data)
     specs = check_run(config, dataset)
-    run = (
-        Path(run_dir)
-        if run_dir is not None
-        else runs.DEFAULT_ROOT / runs.new_run_name(config.data.dataset, config.head)
-    )
-    keras.utils.set_random_seed(config.train.seed)
-    if resume:
-        trainer, state, history = _restore(run, config, dataset, specs)
+    if run_dir is None:
+        run = runs.create_run_folder(runs.DEFAULT_ROOT, runs.new_run_name(config.data.dataset, config.head))
+        created = True
     else:
-        trainer, state, history = _start(run, config, dataset, specs)
-    model = heads_model(trainer, specs)
-    return _fit(
-        config, dataset, specs, run, trainer, model, state, history, callbacks, verbose, interrupt_advice
-    )
+        run, created = runs.check_out_folder(Path(run_dir)), not Path(run_dir).exists()
+    with runs.hold(run, "resuming" if resume else "training", created=created):
+        keras.utils.set_random_seed(config.train.seed)
+        if resume:
+            trainer, state, history = _restore(run, config, dataset, specs)
+        else:
+            trainer, state, history = _start(run, config, dataset, specs)
+        model = heads_model(trainer, specs)
+        return _fit(
+            config, dataset, specs, run, trainer, model, state, history, callbacks, verbose, interrupt_advice
+        )
 
 
 def _start(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[HeadSpec]):
@@ -578,15 +669,17 @@ def _start(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[HeadS
 def _restore(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[HeadSpec]):
     """An interrupted run: the training model, state and history of its last epoch."""
     state = runs.read_state(run)
-    if state.get("finished"):
-        raise ValueError(
-            f"{run} already finished its {state['epoch']} epochs; nothing to resume (its results "
-            f"are in {run / runs.METRICS_FILE}). Start a new run to train longer."
-        )
+    check_resumable(run, state)
     checkpoint = run / runs.CHECKPOINT_DIR / state["last_checkpoint"]
     if not checkpoint.is_file():
         raise ValueError(f"{checkpoint} is missing; the run folder {run} is damaged and cannot be resumed.")
-    trainer = keras.models.load_model(checkpoint)
+    try:
+        trainer = modelfile.load_keras(checkpoint, compile=True)
+    except ValueError as error:
+        raise ValueError(
+            f"{error}\n  The checkpoint of epoch {state['epoch']} is damaged, so {run} cannot continue "
+            "exactly; start the run again (same command without --resume, another --out/--run)."
+        ) from None
     steps = int(keras.ops.convert_to_numpy(trainer.optimizer.iterations))
     expected = state["epoch"] * steps_per_epoch(len(dataset.train), config.train.batch_size)
     if steps != expected:
@@ -598,6 +691,25 @@ def _restore(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[Hea
     runs.record_environment(run, "resume")
     rows = runs.read_csv(run / runs.HISTORY_FILE) if (run / runs.HISTORY_FILE).is_file() else []
     return trainer, state, [row for row in rows if row["epoch"] <= state["epoch"]]
+
+
+def check_resumable(run: Path, state: dict[str, Any]) -> None:
+    """Refuse to resume a run that finished or diverged, saying what to do instead."""
+    diverged = state.get("diverged")
+    if diverged:
+        raise ValueError(
+            f"{run} diverged at epoch {diverged['epoch']} (the {diverged['where']} loss became "
+            f"{diverged['loss']}); resuming would repeat it from the same weights and learning rate. "
+            f"Start a new run instead: {diverged.get('advice', 'lower the learning rate')}."
+        )
+    if state.get("finished"):
+        missing = ""
+        if not (Path(run) / runs.REPORT_HTML).is_file():
+            missing = f" Its report was not written (the process ended before it): python report.py {run}."
+        raise ValueError(
+            f"{run} already finished its {state['epoch']} epochs; nothing to resume (its results "
+            f"are in {Path(run) / runs.METRICS_FILE}). Start a new run to train longer.{missing}"
+        )
 
 
 def _fit(
@@ -639,7 +751,9 @@ def _fit(
         plateau,
         validation,
     )
-    all_callbacks = [validation] + ([plateau] if plateau else []) + [recorder] + list(callbacks)
+    all_callbacks = (
+        [_DivergenceGuard(), validation] + ([plateau] if plateau else []) + [recorder] + list(callbacks)
+    )
     if state["epoch"] < settings.epochs:
         try:
             trainer.fit(
@@ -652,6 +766,7 @@ def _fit(
                 verbose=verbose,
             )
         except KeyboardInterrupt:
+            recorder.close()
             if interrupt_advice is not None:
                 advice = interrupt_advice
             elif state["epoch"] == 0:
@@ -661,11 +776,27 @@ def _fit(
             if advice:
                 print(f"\ninterrupted after epoch {state['epoch']}; {advice}", file=sys.stderr)
             raise
-    if recorder.best_weights is not None:
-        model.set_weights(recorder.best_weights)
-    else:  # the best epoch was in an earlier session of a resumed run
-        best = keras.models.load_model(run / runs.CHECKPOINT_DIR / state["best_checkpoint"], compile=False)
-        model.set_weights(best.get_weights())
+        except _Diverged as found:
+            recorder.close()
+            _diverged(
+                config, dataset, specs, run, evaluator, model, recorder, state, found, val_data, test_data
+            )
+        except OSError as error:
+            recorder.close()
+            if error.errno not in _FULL_DISK:
+                raise
+            if state["epoch"]:
+                then = (
+                    f"the run folder is intact up to epoch {state['epoch']} (state.json commits an epoch "
+                    "only once its files are written): free some space, then continue with: "
+                    f"python train.py --resume {run}"
+                )
+            else:
+                then = "no epoch had finished: free some space, then run the same command again"
+            raise TrainingFailed(
+                f"could not save the run: {error.strerror} ({error.filename or run}); {then}"
+            ) from None
+    _load_best(model, recorder, run, state)
     metrics = _final_metrics(
         evaluator, dataset, {"val": val_data, "test": test_data}, specs, state, model, recorder.best_parts
     )
@@ -673,6 +804,49 @@ def _fit(
     state["finished"] = True
     runs.commit_checkpoint(run, state, best_changed=False)
     return TrainResult(run, model, history, metrics)
+
+
+def _load_best(model, recorder, run: Path, state: dict[str, Any]) -> None:
+    """Give ``model`` the best validation epoch's weights."""
+    if recorder.best_weights is not None:
+        model.set_weights(recorder.best_weights)
+    else:  # the best epoch was in an earlier session of a resumed run
+        best = modelfile.load_keras(run / runs.CHECKPOINT_DIR / state["best_checkpoint"], compile=False)
+        model.set_weights(best.get_weights())
+
+
+def _diverged(config, dataset, specs, run, evaluator, model, recorder, state, found, val_data, test_data):
+    """Record a divergence (metrics.json and state.json say so, in strict JSON) and raise
+    :class:`TrainingDiverged` with what happened and what to do."""
+    advice = divergence_advice(config)
+    described = {
+        "epoch": found.epoch,
+        "step": found.step,
+        "where": found.where,
+        "loss": str(found.loss),  # as text: "nan" and "inf" are no JSON numbers
+        "learning_rate": found.rate,
+        "advice": advice,
+    }
+    if state["best_checkpoint"]:  # an earlier epoch finished: its model stays usable
+        _load_best(model, recorder, run, state)
+        pipelines = {"val": val_data, "test": test_data}
+        metrics = _final_metrics(evaluator, dataset, pipelines, specs, state, model, recorder.best_parts)
+        kept = (
+            f"model.keras keeps epoch {state['best_epoch']}, the best before it (validation accuracy "
+            f"{100 * state['best_val_accuracy']:.2f}%)"
+        )
+    else:
+        metrics = {"best_epoch": 0, "epochs": state["epoch"], "train_seconds": state["elapsed_s"]}
+        kept = "no epoch had finished, so no model was saved"
+    metrics["diverged"] = described
+    runs.write_json(run / runs.METRICS_FILE, metrics)
+    state["diverged"] = described
+    runs.commit_checkpoint(run, state, best_changed=False)
+    raise TrainingDiverged(
+        f"training diverged: the {found.where} loss {found.what} at epoch {found.epoch}, step "
+        f"{found.step} (learning rate {found.rate:.3g}). {kept}; {run / runs.METRICS_FILE} marks the run "
+        f"as diverged. To fix: {advice}."
+    )
 
 
 def _final_metrics(evaluator, dataset, pipelines, specs, state, model, known) -> dict[str, Any]:

@@ -12,6 +12,7 @@ A head is described by a :class:`HeadSpec` (its output name, kind and class name
 
 from heads.base import (
     AGGREGATE,
+    LOGITS_SUFFIX,
     AggregateAccuracy,
     HeadSpec,
     MacroF1,
@@ -25,6 +26,7 @@ from heads.single import SINGLE_HEAD, single_head_specs
 
 __all__ = [
     "AGGREGATE",
+    "LOGITS_SUFFIX",
     "AggregateAccuracy",
     "HeadSpec",
     "MacroF1",

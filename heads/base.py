@@ -13,6 +13,8 @@ from keras import ops
 # report the aggregate accuracy (an image is right only if every head is right).
 AGGREGATE = "aggregate"
 KINDS = ("softmax", "sigmoid")
+# Every head's logits layer is named <head> + this (explanations take gradients there).
+LOGITS_SUFFIX = "_logits"
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,9 @@ def build_heads(
     regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
     outputs = {}
     for spec in specs:
-        logits = keras.layers.Dense(spec.units, kernel_regularizer=regularizer, name=f"{spec.name}_logits")(
-            features
-        )
+        logits = keras.layers.Dense(
+            spec.units, kernel_regularizer=regularizer, name=f"{spec.name}{LOGITS_SUFFIX}"
+        )(features)
         outputs[spec.name] = keras.layers.Activation(spec.kind, name=spec.name)(logits)
     return outputs
 

@@ -147,6 +147,8 @@ def test_images_of_any_size_and_mode_and_chosen_filters(trained, tmp_path, capsy
             "layer 'gmp' has output shape (None, 64), not feature maps",
         ),
         (["--image", "missing.png"], "cannot read image missing.png"),
+        (["--image", "line.png", "--patch", "29"], "--patch 29 is larger than the model's 28x28 images"),
+        (["--image", "line.png", "--dataset", "x"], "--dataset names the run's data for --samples"),
     ],
 )
 def test_errors_say_what_to_do(trained, monkeypatch, capsys, argv, message):
@@ -210,3 +212,47 @@ def test_quality_of_a_four_head_model_and_of_files_without_masks(trained, tmp_pa
     with pytest.raises(SystemExit):
         cli.main([*argv[:-2], "--method", "activations", "--out", str(tmp_path)])
     assert "--quality measures heatmaps" in capsys.readouterr().err
+
+
+def test_samples_of_moved_data_are_read_from_dataset(trained, tmp_path, capsys):
+    import json
+    import shutil
+
+    from fruitcnn.data import line
+
+    run = tmp_path / "run"
+    shutil.copytree(trained / "saved_models" / RUNS["single"], run)
+    data = line.generate_line_dataset(6, seed=0)
+    line.write_png_folders(data, tmp_path / "lines")
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["dataset"] = str(tmp_path / "gone")  # trained on a folder that has moved since
+    (run / "config.json").write_text(json.dumps(config))
+    argv = ["--model", str(run), "--samples", "1", "--method", "saliency", "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert "gone" in capsys.readouterr().err
+    assert cli.main([*argv, "--dataset", str(tmp_path / "lines")]) == 0
+
+
+def test_a_model_made_elsewhere_with_a_plain_output_is_explained(trained, tmp_path, capsys):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 3)),
+            keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(5, activation="softmax", name="probabilities"),
+        ]
+    )
+    model.save(tmp_path / "mine.keras")
+    argv = ["--model", str(tmp_path / "mine.keras"), "--image", str(trained / "line.png")]
+    argv += ["--out", str(tmp_path / "out"), "--method", "occlusion,saliency,gradcam"]
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert "pass --input-range 0-1" in capsys.readouterr().err
+    assert cli.main([*argv, "--input-range", "0-1"]) == 0
+    assert "line: " in capsys.readouterr().out  # top predictions, classes by index
+    for name in ("line_occlusion_prob", "line_saliency", "line_gradcam"):
+        assert np.isfinite(np.load(tmp_path / "out" / f"{name}.npy")).all()

@@ -58,7 +58,9 @@ def test_report_command_takes_the_latest_run_and_explains_errors(run_dir, tmp_pa
     with pytest.raises(SystemExit) as stop:
         cli.main([])
     assert stop.value.code == 2
-    assert "no run with a model.keras under saved_models/" in capsys.readouterr().err
+    assert "no finished run (metrics.json and model.keras, not being trained now) under saved_models/" in (
+        capsys.readouterr().err
+    )
     with pytest.raises(SystemExit):
         cli.main([str(tmp_path / "missing")])
     assert "is not a folder" in capsys.readouterr().err
@@ -76,3 +78,26 @@ def test_help_shows_defaults_and_examples(capsys):
         cli.main(["--help"])
     out = capsys.readouterr().out
     assert "(default: val)" in out and "(default: 5)" in out and "python report.py RUN --screenshot" in out
+
+
+def test_a_run_whose_model_was_replaced_by_a_plain_keras_model_is_reported(run_dir, tmp_path, capsys):
+    import shutil
+
+    import keras
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    keras.utils.set_random_seed(0)
+    plain = keras.Sequential(
+        [
+            keras.Input((28, 28, 3)),
+            keras.layers.Rescaling(1 / 255.0),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.GlobalMaxPooling2D(),
+            keras.layers.Dense(96),  # logits, one tensor out
+        ]
+    )
+    plain.save(copy / "model.keras")
+    assert cli.main([str(copy), "--quality-images", "4"]) == 0
+    assert "report written in" in capsys.readouterr().out
+    assert (copy / "report" / "quality.csv").is_file()

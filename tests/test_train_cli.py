@@ -80,6 +80,10 @@ def test_too_small_image_is_refused_with_the_way_out(capsys):
         (["--momentum", "2"], "momentum must be in [0, 1)"),
         (["--arch", "bn(epsilon=none) gap", "--summary"], "bn epsilon must be a number > 0"),
         (["--bn-layer", "keras", "--bn-test-batch-stats", "--summary"], "need fruitcnn's bn layer"),
+        (["--lr", "inf"], "TrainConfig.learning_rate (--lr) must be a finite number, got inf"),
+        (["--l2", "nan"], "ArchConfig.l2 (--l2) must be a finite number, got nan"),
+        (["--run", "../../x"], "--run '../../x' is not a run name: it must be a plain folder name"),
+        (["--unpack-limits", "size=3"], "unpack limit 'size=3': expected member=SIZE"),
     ],
 )
 def test_bad_flags_are_explained(argv, message, capsys):
@@ -214,3 +218,28 @@ def test_bad_datasets_are_explained_without_traceback(tmp_path, capsys):
     with tarfile.open(unsafe, "w") as handle:
         handle.addfile(tarfile.TarInfo("../outside.png"))
     assert "unsafe archive entry" in _fails(["--dataset", str(unsafe)], capsys)
+
+
+def test_an_existing_file_is_no_run_folder(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    err = _fails(["--images-per-class", "2", "--out", str(tmp_path / "notes.txt")], capsys)
+    assert "is an existing file, not a folder" in err and "Traceback" not in err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_an_unusable_cache_dir_is_refused(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    err = _fails(["--images-per-class", "2", "--cache-dir", str(tmp_path / "file")], capsys)
+    assert "--cache-dir" in err and "is not usable" in err
+
+
+def test_a_diverging_run_exits_non_zero_with_strict_json(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    argv = ["--images-per-class", "6", "--batch-size", "32", "--optimizer", "sgd", "--lr", "1e12"]
+    argv += ["--schedule", "constant", "--out", str(out_dir), "--verbose", "0"]
+    code, out, err = _run(argv, capsys)
+    assert code == 1 and "test accuracy" not in out
+    assert "train.py: training diverged: the training loss exploded to" in err and "try --lr 1e+11" in err
+    text = (out_dir / "metrics.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text and json.loads(text)["diverged"]["epoch"] == 1
+    assert "diverged at epoch 1" in _fails(["--resume", str(out_dir)], capsys)

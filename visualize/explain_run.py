@@ -21,7 +21,7 @@ from visualize import draw, quality
 from visualize.activations import activations
 from visualize.filters import filter_patterns, first_layer_weights
 from visualize.gradcam import default_layer, gradcam
-from visualize.occlusion import default_patch, occlusion
+from visualize.occlusion import default_patch, occlusion, training_mean_colour
 from visualize.saliency import saliency
 
 # Filters drawn by the filters method when none are chosen (the first ones of the layer).
@@ -213,6 +213,8 @@ def _maps(model, images, head, targets, methods, options):
     maps: dict[str, np.ndarray] = {}
     importance: dict[str, np.ndarray] = {}
     if "occlusion" in methods:
+        if options.fill == "mean" and training_mean_colour(model) is None:
+            print("occlusion: this model stores no training mean colour; the squares are mid-grey (128)")
         rows = len(range(0, images.shape[1], options.stride))
         total = len(images) * rows * len(range(0, images.shape[2], options.stride))
         bar = keras.utils.Progbar(total, unit_name="position")

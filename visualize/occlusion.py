@@ -83,17 +83,19 @@ class OcclusionMaps:
     baseline_loss: np.ndarray | None = None
 
 
-def training_mean_colour(model: keras.Model) -> np.ndarray:
+def training_mean_colour(model: keras.Model) -> np.ndarray | None:
     """The training split's mean colour (pixel units) stored in the model's
-    ``normalize`` layer: after normalisation it is exactly zero, "no information"."""
-    try:
-        layer = model.get_layer(NORMALIZE_LAYER)
-    except ValueError:
-        raise ValueError(
-            f"fill 'mean' needs the training data's mean colour from a '{NORMALIZE_LAYER}' layer, which this "
-            "model lacks; use --fill gray, zero, blur or a number."
-        ) from None
-    return np.asarray(keras.ops.convert_to_numpy(layer.mean), np.float32).reshape(-1)
+    ``normalize`` layer (after normalisation it is exactly zero, "no information"), or
+    in a Keras ``Normalization`` layer that takes the pixels of a model made elsewhere;
+    None when the model stores none."""
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    own = [layer for layer in layers if layer.name == NORMALIZE_LAYER]
+    first = layers[:1] if layers and isinstance(layers[0], keras.layers.Normalization) else []
+    for layer in own or first:
+        mean = getattr(layer, "mean", None)
+        if mean is not None:
+            return np.asarray(keras.ops.convert_to_numpy(mean), np.float32).reshape(-1)
+    return None
 
 
 def default_patch(shape) -> int:
@@ -105,13 +107,15 @@ def default_patch(shape) -> int:
 def fill_image(model: keras.Model, image: np.ndarray, fill, patch: int) -> np.ndarray:
     """What an occluded square shows, as a whole (H, W, C) image in pixel units.
 
-    ``mean`` (the training mean colour), ``gray`` (128), ``zero`` (0), a number (pixel
-    units 0-255), or ``blur`` (the image averaged over ``patch`` x ``patch`` windows).
+    ``mean`` (the training mean colour; ``gray`` for a model that does not store it),
+    ``gray`` (128), ``zero`` (0), a number (pixel units 0-255), or ``blur`` (the image
+    averaged over ``patch`` x ``patch`` windows).
     """
     if isinstance(fill, (int, float)) and not isinstance(fill, bool):
         return np.full(image.shape, float(fill), np.float32)
-    if fill == "mean":
+    if fill == "mean":  # mid-grey for a model that stores no training mean
         colour = training_mean_colour(model)
+        colour = np.full(image.shape[-1], GRAY, np.float32) if colour is None else colour
         return np.broadcast_to(colour, image.shape).astype(np.float32)
     if fill == "gray":
         return np.full(image.shape, GRAY, np.float32)

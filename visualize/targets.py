@@ -20,14 +20,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-LOGITS_SUFFIX = "_logits"
+from heads import LOGITS_SUFFIX  # the layer name of every head's logits (re-exported)
+
 # Probabilities are clipped away from 0 before the log of a loss.
 _SMALLEST_PROBABILITY = 1e-12
 
 
 def head_names(model: keras.Model) -> list[str]:
-    """The model's heads: every ``<head>_logits`` layer, in model order."""
-    return [layer.name[: -len(LOGITS_SUFFIX)] for layer in model.layers if layer.name.endswith(LOGITS_SUFFIX)]
+    """The model's heads: every ``<head>_logits`` layer, in layer order (for a model with
+    a dict of outputs, those that are outputs)."""
+    suffix = len(LOGITS_SUFFIX)
+    found = [layer.name[:-suffix] for layer in model.layers if layer.name.endswith(LOGITS_SUFFIX)]
+    outputs = getattr(model, "output", None)
+    return [name for name in found if name in outputs] if isinstance(outputs, dict) else found
 
 
 def resolve_head(model: keras.Model, head: str | None) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fruitcnn.config import DataConfig
+from fruitcnn.config import DataConfig, parse_unpack_limits
 from fruitcnn.data import cache, line
 from fruitcnn.data.problems import DatasetError, Problems
 from fruitcnn.data.sources import Part, RawData, check_classes, read_source
@@ -26,6 +26,9 @@ from fruitcnn.data.trees import ARCHIVE_SUFFIXES, open_tree
 DATASETS = ("line",)
 # Split of a dataset without its own split, unless --split says otherwise.
 DEFAULT_SPLIT = "60/40"
+# A validation split whose accuracy moves in steps larger than this (fewer than 50
+# images) cannot tell apart epochs that differ by less: the data summary warns.
+VALIDATION_STEP = 0.02
 
 
 @dataclass(frozen=True)
@@ -121,9 +124,22 @@ def load_dataset(config: DataConfig) -> Dataset:
         "load_seconds": round(time.monotonic() - started, 3),
         "messages": problems.summary(),
     }
+    info["warnings"] = split_warnings(len(val), len(raw.class_names))
     return Dataset(
         name=config.dataset, train=train, val=val, test=test, class_names=raw.class_names, info=info
     )
+
+
+def split_warnings(validation_images: int, classes: int) -> list[str]:
+    """Warnings about a validation split too small to choose the best epoch on."""
+    if validation_images * VALIDATION_STEP >= 1 and validation_images >= classes:
+        return []
+    step = 100.0 / max(validation_images, 1)
+    return [
+        f"warning: the validation split holds {validation_images} image(s) for {classes} classes: its "
+        f"accuracy moves in steps of {step:.3g} points, so the epoch kept as the best is close to a coin "
+        "toss between similar epochs. Give it more images (--val-fraction, --split, more data)."
+    ]
 
 
 def _read(config: DataConfig, problems: Problems) -> tuple[RawData, bool]:
@@ -150,7 +166,7 @@ def _read(config: DataConfig, problems: Problems) -> tuple[RawData, bool]:
             f"({', '.join(ARCHIVE_SUFFIXES)}), or tfds:NAME.\n"
             "  fix: check the path (e.g. --dataset ../shared/data/fruits-360-24.tgz)."
         )
-    tree = open_tree(path, problems)
+    tree = open_tree(path, problems, parse_unpack_limits(config.unpack_limits))
     key = cache.cache_key(tree.fingerprint(), config.image_size)
     cached = cache.load(key)
     if cached is not None:
@@ -212,16 +228,22 @@ def line_dataset(config: DataConfig) -> Dataset:
     )
     whole = Split(data.images, data.labels, data.attributes, data.masks)
     split = DEFAULT_SPLIT if config.split == "auto" else config.split
-    train, val, test = stratified_split(
-        data.labels, split, val_fraction=config.val_fraction, seed=config.seed
+    train, val, test = (
+        whole.take(part)
+        for part in stratified_split(data.labels, split, val_fraction=config.val_fraction, seed=config.seed)
     )
     return Dataset(
         name="line",
-        train=whole.take(train),
-        val=whole.take(val),
-        test=whole.take(test),
+        train=train,
+        val=val,
+        test=test,
         class_names=data.class_names,
         attribute_names=line.ATTRIBUTES,
         attribute_values=line.attribute_values(),
-        info={"source": "line", "format": "generated", "split": f"{split} stratified"},
+        info={
+            "source": "line",
+            "format": "generated",
+            "split": f"{split} stratified",
+            "warnings": split_warnings(len(val), len(data.class_names)),
+        },
     )

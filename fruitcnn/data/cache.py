@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from fruitcnn.data.sources import Part, RawData
 # Bump when the decoded pixels of some source would change (e.g. new resizing).
 READER_VERSION = 1
 _ENV = "FRUITCNN_CACHE"
+_OFF = ("off", "none", "0")
 
 
 def add_cache_dir_argument(parser) -> None:
@@ -42,15 +44,32 @@ def add_cache_dir_argument(parser) -> None:
 
 def use_cache_dir(folder: str | None) -> None:
     """Put this process's cache in ``folder`` (a ``--cache-dir`` value; None keeps
-    ``$FRUITCNN_CACHE`` or the default)."""
-    if folder:
-        os.environ[_ENV] = folder
+    ``$FRUITCNN_CACHE`` or the default).
+
+    Raises:
+        ValueError: when ``folder`` cannot be created or written to (asked for by name,
+            so not ignored: an unusable default only gets a warning when it is written).
+    """
+    if not folder:
+        return
+    if folder.lower() not in _OFF:
+        path = Path(folder).expanduser()
+        try:
+            (path / "decoded").mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path / "decoded", prefix=".probe-"):
+                pass
+        except OSError as error:
+            raise ValueError(
+                f"--cache-dir {folder} is not usable ({error.strerror or error}); give a folder you can "
+                "write to, or --cache-dir off to decode the images every time."
+            ) from None
+    os.environ[_ENV] = folder
 
 
 def cache_root() -> Path | None:
     """The cache folder, or None when caching is off."""
     value = os.environ.get(_ENV, "")
-    if value.lower() in ("off", "none", "0"):
+    if value.lower() in _OFF:
         return None
     return Path(value).expanduser() if value else Path.home() / ".cache" / "fruitcnn"
 
@@ -72,15 +91,16 @@ def load(key: str) -> tuple[RawData, list[dict[str, str]]] | None:
             name: Part(np.load(folder / f"{name}_images.npy"), np.load(folder / f"{name}_labels.npy"))
             for name in meta["parts"]
         }
-    except (OSError, ValueError, KeyError):
-        return None
-    data = RawData(meta["format"], tuple(meta["class_names"]), parts, meta["notes"], meta["ignored"])
-    return data, meta["skipped"]
+        data = RawData(meta["format"], tuple(meta["class_names"]), parts, meta["notes"], meta["ignored"])
+        return data, list(meta["skipped"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError):
+        return None  # a damaged entry is a miss: the source is read again
 
 
 def store(key: str, data: RawData, skipped: list[dict[str, str]], source: str) -> Path | None:
-    """Write an entry atomically; returns its folder (None when caching is off or the
-    cache folder is not writable: caching is an optimisation, never a failure)."""
+    """Write an entry atomically; returns its folder (None when caching is off, or with
+    a warning when the cache folder is not writable: caching is an optimisation, never
+    a failure)."""
     root = cache_root()
     if root is None:
         return None
@@ -105,6 +125,12 @@ def store(key: str, data: RawData, skipped: list[dict[str, str]], source: str) -
             os.rename(temporary, final)
         except OSError:  # another run stored the same entry first
             shutil.rmtree(temporary, ignore_errors=True)
-    except OSError:
+    except OSError as error:
+        print(
+            f"warning: the decoded images were not cached in {root} ({error.strerror or error}); "
+            "the next run "
+            f"decodes them again. Choose another folder with --cache-dir (or ${_ENV}), or 'off'.",
+            file=sys.stderr,
+        )
         return None
     return final

@@ -26,6 +26,13 @@ _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _BACKGROUND = 255  # transparent pixels become white
 # Files decoded per task: large enough to keep the pool's overhead small.
 _CHUNK = 64
+# Largest image decoded, in pixels (after a JPEG's reduction in the decoder): Pillow's
+# own decompression-bomb threshold (89.5 million, about 268 MB as RGB). A small file
+# that claims more (a PNG of zeros declaring 100,000 x 100,000) is refused unread. An
+# image with more than 3 bands (RGBA, CMYK) counts its extra bands as pixels too: its
+# conversion holds several copies (an RGBA PNG just under the pixel limit took 1.7 GB).
+MAX_PIXELS = 89_478_485
+_COUNTED_BANDS = 3
 
 
 def is_image_name(name: str) -> bool:
@@ -57,12 +64,21 @@ def decode(content: bytes, size: tuple[int, int] | None = None, channels: int | 
                     channels = 1 if image.mode in _GREY_MODES else 3
                 if size is not None and image.format == "JPEG":
                     image.draft("RGB" if channels == 3 else "L", (size[1] * 2, size[0] * 2))
+                bands = max(len(image.getbands()), _COUNTED_BANDS) / _COUNTED_BANDS
+                if image.width * image.height * bands > MAX_PIXELS:
+                    raise ImageReadError(
+                        f"{image.width} x {image.height} pixels, more than the {MAX_PIXELS:,} decoded "
+                        "at most "
+                        "(a decompression bomb, or a picture far larger than any training image)"
+                    )
                 image.load()
                 image = _convert(image, channels)
                 if size is not None and (image.height, image.width) != tuple(size):
                     image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
                 array = np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except ImageReadError:
+        raise
+    except Exception as error:  # noqa: BLE001 - Pillow's decoders fail in many ways on damaged files
         raise ImageReadError(_reason(error)) from None
     if array.ndim == 2:
         array = array[:, :, None]
@@ -86,10 +102,11 @@ def _convert(image: Image.Image, channels: int) -> Image.Image:
 
 
 def _reason(error: Exception) -> str:
-    text = str(error) or type(error).__name__
     if isinstance(error, UnidentifiedImageError):
         return "not an image Pillow can read"
-    return text.splitlines()[0][:200]
+    if isinstance(error, (OSError, ValueError, SyntaxError)):
+        return (str(error) or type(error).__name__).splitlines()[0][:200]
+    return f"damaged file ({type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''})"
 
 
 @dataclass

@@ -85,6 +85,13 @@ class Problems:
                 lines.append(f"    fix: {self.fixes[kind]}")
         if self.strict and self.skipped_count:
             lines.append("  (--strict is on: files that would be skipped count as errors)")
+        elif self.skipped_count:  # named now, not only once the errors are fixed
+            lines.append(
+                f"  besides, {self.skipped_count} file(s) would be skipped (--strict makes them errors):"
+            )
+            for kind, items in self.skipped.items():
+                lines.append(f"  {kind} ({len(items)}):")
+                lines.extend(_describe(items))
         raise DatasetError("\n".join(lines))
 
     def summary(self) -> list[str]:

@@ -24,11 +24,13 @@ All problems of one scan are collected in a :class:`Problems` and raised togethe
 from __future__ import annotations
 
 import csv
-import gzip
 import io
+import math
 import os
 import pickle
 import re
+import struct
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +39,7 @@ import numpy as np
 
 from fruitcnn.data.images import ImageReadError, decode, decode_many, is_image_name, resize_many
 from fruitcnn.data.problems import DatasetError, Problems
-from fruitcnn.data.trees import Tree, is_metadata
+from fruitcnn.data.trees import Tree, gunzip, is_metadata
 
 PART_NAMES = ("train", "val", "test")
 _SPLIT_FOLDERS = {
@@ -51,6 +53,9 @@ _SPLIT_FOLDERS = {
 }
 _MNIST = re.compile(r"^(train|t10k|test)[-_](images|labels)[-_.]idx([13])[-_.]ubyte(\.gz)?$", re.IGNORECASE)
 _CIFAR10_TRAIN = tuple(f"data_batch_{index}" for index in range(1, 6))
+# Most classes a dataset may have (ImageNet-21k has 21,841): a label beyond would make
+# a list of a billion class names out of one damaged number.
+MAX_CLASSES = 100_000
 _STL_SIDE = 96
 _STL_BYTES = 3 * _STL_SIDE * _STL_SIDE
 # Decoding holds each image twice (decoded list and final array) at its peak.
@@ -331,22 +336,29 @@ def _read_split_folders(tree: Tree, prefix: str, problems: Problems, image_size:
 
 def _read_mini_imagenet(tree: Tree, prefix: str, problems: Problems, image_size: int | None) -> RawData:
     image_folder = _join(prefix, "images")
-    by_name: dict[str, str] = {}
+    exact: dict[str, str] = {}  # path below images/ -> path; the file name alone as a fallback
+    by_file: dict[str, str] = {}
     for path in tree.files:
         if path.startswith(image_folder + "/") and not is_metadata(path):
-            by_name.setdefault(path[len(image_folder) + 1 :], path)
-            by_name.setdefault(path.rsplit("/", 1)[-1], path)
+            exact[path[len(image_folder) + 1 :]] = path
+            by_file.setdefault(path.rsplit("/", 1)[-1], path)
     listing: dict[str, dict[str, list[str]]] = {}
     for part in PART_NAMES:
         table = _join(prefix, f"{part}.csv")
         if table not in tree.files:
             continue
         text = tree.read_one(table).decode("utf-8-sig", "replace")
-        rows = list(csv.reader(io.StringIO(text)))
-        if rows and [cell.strip().lower() for cell in rows[0][:2]] == ["filename", "label"]:
+        try:  # lines split first: \r, \n and \r\n endings alike
+            rows = list(enumerate(csv.reader(text.splitlines()), start=1))
+        except csv.Error as error:
+            problems.error(
+                "malformed csv file", table, str(error), fix="save it as plain filename,label rows."
+            )
+            continue
+        if rows and [cell.strip().lower() for cell in rows[0][1][:2]] == ["filename", "label"]:
             rows = rows[1:]
         classes: dict[str, list[str]] = {}
-        for number, row in enumerate(rows, start=2):
+        for number, row in rows:
             if not row or not "".join(row).strip():
                 continue
             if len(row) < 2:
@@ -358,7 +370,7 @@ def _read_mini_imagenet(tree: Tree, prefix: str, problems: Problems, image_size:
                 )
                 continue
             filename, label = row[0].strip(), row[1].strip()
-            path = by_name.get(filename)
+            path = exact.get(filename) or by_file.get(filename)
             if path is None:
                 problems.skip(
                     "listed in csv but missing", f"{image_folder}/{filename}", f"{table} line {number}"
@@ -381,14 +393,35 @@ def _read_mini_imagenet(tree: Tree, prefix: str, problems: Problems, image_size:
 # ---------------------------------------------------------------- array formats
 
 
-def _maybe_gunzip(content: bytes, name: str, problems: Problems) -> bytes | None:
+def _maybe_gunzip(content: bytes, name: str, problems: Problems, tree: Tree) -> bytes | None:
+    """``content`` unpacked when it is gzip-compressed (held to the tree's unpack limits)."""
     if content[:2] != b"\x1f\x8b":
         return content
     try:
-        return gzip.decompress(content)
-    except (OSError, EOFError) as error:
+        return gunzip(content, name, tree.limits)
+    except (OSError, EOFError, zlib.error) as error:
         problems.error("corrupt gzip file", name, str(error), fix="download the file again.")
         return None
+
+
+def _class_ids(values: Any, where: str, problems: Problems) -> np.ndarray | None:
+    """Labels as int32 class ids 0..K-1 (K at most ``MAX_CLASSES``), or None with the
+    problem recorded (negative, fractional, too large, or not a list of numbers)."""
+    try:
+        labels = np.asarray(values)
+        if labels.dtype.kind not in "iu" or labels.ndim != 1:
+            raise ValueError(
+                f"expected a list of whole numbers, found {labels.dtype} of shape {labels.shape}"
+            )
+        if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= MAX_CLASSES):
+            raise ValueError(
+                f"labels run from {int(labels.min())} to {int(labels.max())}; expected class ids "
+                f"0..K-1 with at most {MAX_CLASSES:,} classes"
+            )
+    except (TypeError, ValueError, OverflowError) as error:
+        problems.error("unusable labels", where, str(error), fix="download the file again.")
+        return None
+    return labels.astype(np.int32)
 
 
 def parse_idx(content: bytes, name: str) -> np.ndarray:
@@ -404,7 +437,7 @@ def parse_idx(content: bytes, name: str) -> np.ndarray:
         raise DatasetError(f"{name}: IDX header truncated ({len(content)} bytes).")
     shape = tuple(int(value) for value in np.frombuffer(content, ">u4", ndim, 4))
     dtype = np.dtype(dtypes[code])
-    expected = header + int(np.prod(shape)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     if len(content) != expected:
         raise DatasetError(
             f"{name}: IDX file of shape {shape} should have {expected} bytes, has {len(content)} "
@@ -437,7 +470,7 @@ def _read_mnist(tree: Tree, prefix: str, problems: Problems, image_size: int | N
             continue
         arrays = {}
         for kind, path in names.items():
-            content = _maybe_gunzip(tree.read_one(path), path, problems)
+            content = _maybe_gunzip(tree.read_one(path), path, problems, tree)
             if content is None:
                 continue
             try:
@@ -446,7 +479,9 @@ def _read_mnist(tree: Tree, prefix: str, problems: Problems, image_size: int | N
                 problems.error("malformed IDX file", path, str(error).split(": ", 1)[-1])
         if len(arrays) < 2:
             continue
-        images, labels = arrays["images"], arrays["labels"]
+        images, labels = arrays["images"], _class_ids(arrays["labels"], names["labels"], problems)
+        if labels is None:
+            continue
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
             problems.error(
                 "MNIST files do not match",
@@ -455,21 +490,24 @@ def _read_mnist(tree: Tree, prefix: str, problems: Problems, image_size: int | N
                 fix="use the images and labels file of the same split.",
             )
             continue
-        parts[part] = Part(np.ascontiguousarray(images[..., None].astype(np.uint8)), labels.astype(np.int32))
+        parts[part] = Part(np.ascontiguousarray(images[..., None].astype(np.uint8)), labels)
     problems.raise_if_any()
-    if "train" not in parts:
+    if "train" not in parts or not len(parts["train"].labels):
         raise DatasetError(
             f"{tree.label}: MNIST training files (train-images-idx3-ubyte, "
             "train-labels-idx1-ubyte) not found."
         )
-    classes = int(max(part.labels.max() for part in parts.values())) + 1
+    classes = int(max(part.labels.max() for part in parts.values() if part.labels.size)) + 1
     return _array_data("mnist", tuple(str(index) for index in range(classes)), parts, image_size)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Admits only what CIFAR's pickles contain: numpy arrays, dtypes, bytes and plain
-    containers. Anything else (``os.system``, ``builtins.eval`` ...) is refused, so an
-    altered file cannot run code."""
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Admits only what CIFAR's pickles contain: numpy arrays (rebuilt from their data,
+    never allocated from a declared shape alone), dtypes, bytes (latin-1 text, as
+    protocol 2 stores them) and plain containers. Anything else (``os.system``,
+    ``builtins.eval`` ...) is refused, so an altered file cannot run code. It is
+    Python's pure unpickler: the C one allocates whatever memo size a file declares
+    (a 10-byte pickle asked for 4 GiB)."""
 
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
@@ -477,18 +515,34 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("_codecs", "encode"),
+        ("__builtin__", "bytes"),
+        ("builtins", "bytes"),
     }
 
     def find_class(self, module, name):
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refused to load {module}.{name} (not part of the CIFAR format)")
         if module == "_codecs":
-            import codecs
-
-            return codecs.encode
+            return _latin1_encode
+        if name == "bytes":
+            return bytes
         if name == "_reconstruct":
-            return np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's array reconstructor
+            return _empty_array
         return getattr(np, name)
+
+
+def _latin1_encode(text, encoding="latin1"):
+    """``_codecs.encode`` as protocol-2 pickles of bytes call it, latin-1 only."""
+    if not isinstance(text, str) or str(encoding).lower().replace("-", "").replace("_", "") != "latin1":
+        raise pickle.UnpicklingError(f"refused to encode with {encoding!r} (CIFAR's pickles use latin1)")
+    return text.encode("latin1")
+
+
+def _empty_array(kind, shape, dtype):
+    """numpy's array reconstructor, for the empty array a pickle then fills with its data."""
+    if kind is not np.ndarray or tuple(shape) != (0,):
+        raise pickle.UnpicklingError(f"refused to build an array of shape {shape!r} without its data")
+    return np.ndarray.__reduce__(np.zeros(1))[0](kind, shape, dtype)
 
 
 def load_cifar_pickle(content: bytes, name: str) -> dict[str, Any]:
@@ -497,7 +551,19 @@ def load_cifar_pickle(content: bytes, name: str) -> dict[str, Any]:
         data = _RestrictedUnpickler(io.BytesIO(content), encoding="bytes").load()
     except pickle.UnpicklingError as error:
         raise DatasetError(f"{name}: unsafe or damaged pickle: {error}.") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
+    except (
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        MemoryError,
+        LookupError,
+        struct.error,
+        RecursionError,
+    ) as error:
         raise DatasetError(f"{name}: damaged CIFAR pickle ({type(error).__name__}: {error}).") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{name}: expected a dict in the CIFAR pickle, found {type(data).__name__}.")
@@ -518,7 +584,9 @@ def _cifar_batch(tree: Tree, path: str, label_key: str, problems: Problems) -> P
     if not isinstance(data, np.ndarray) or labels is None:
         problems.error("unreadable CIFAR batch", path, f"no 'data' array or '{label_key}' list")
         return None
-    labels = np.asarray(labels, np.int32)
+    labels = _class_ids(labels if isinstance(labels, (list, tuple, np.ndarray)) else [labels], path, problems)
+    if labels is None:
+        return None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
         problems.error(
             "unreadable CIFAR batch",
@@ -568,7 +636,9 @@ def _read_cifar(tree: Tree, prefix: str, problems: Problems, image_size: int | N
                 np.concatenate([b.images for b in batches]), np.concatenate([b.labels for b in batches])
             )
     problems.raise_if_any()
-    count = int(max(part.labels.max() for part in parts.values())) + 1
+    if "train" not in parts or not len(parts["train"].labels):
+        raise DatasetError(f"{tree.label}: the CIFAR training batches hold no images.")
+    count = int(max(part.labels.max() for part in parts.values() if part.labels.size)) + 1
     class_names = _label_names(tree, _join(prefix, meta), names_key, count)
     return _array_data(fmt, class_names, parts, image_size)
 
@@ -625,7 +695,8 @@ def _read_stl10(tree: Tree, prefix: str, problems: Problems, image_size: int | N
     class_names = tuple(str(index) for index in range(10))
     names_file = lower.get("class_names.txt")
     if names_file:
-        listed = [line.strip() for line in tree.read_one(_join(prefix, names_file)).decode().splitlines()]
+        text = tree.read_one(_join(prefix, names_file)).decode("utf-8", "replace")
+        listed = [line.strip() for line in text.splitlines()]
         listed = [name for name in listed if name]
         if len(listed) == 10:
             class_names = tuple(listed)

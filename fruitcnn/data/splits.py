@@ -4,36 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def parse_split(text: str) -> tuple[str, tuple[float, ...]]:
-    """Read a split such as ``60/40`` or ``8000/2000/3000``.
-
-    Returns:
-        ``("fractions", (...))`` when the parts are percentages summing to 100, or
-        ``("counts", (...))`` for image counts.
-
-    Raises:
-        ValueError: for anything else, with examples of what works.
-    """
-    parts = [part.strip() for part in str(text).split("/")]
-    try:
-        values = tuple(float(part) for part in parts)
-    except ValueError:
-        values = ()
-    if len(values) not in (2, 3) or any(value <= 0 for value in values):
-        raise ValueError(
-            f"cannot read split {text!r}; expected train/test or train/val/test, as "
-            "percentages summing to 100 (e.g. 60/40 or 70/10/20) or as image counts "
-            "(e.g. 8000/2000/3000)."
-        )
-    if abs(sum(values) - 100.0) < 1e-6:
-        return "fractions", tuple(value / 100.0 for value in values)
-    if all(value.is_integer() for value in values):
-        return "counts", values
-    raise ValueError(
-        f"split {text!r} is neither percentages summing to 100 (they sum to "
-        f"{sum(values):g}) nor whole image counts."
-    )
+from fruitcnn.config import parse_split  # noqa: F401  (the split syntax lives with the settings)
 
 
 def stratified_split(
@@ -42,10 +13,13 @@ def stratified_split(
     """Split indices into train, validation and test, stratified by class.
 
     Part sizes are exact: the given counts, or ``round(share * total)`` for
-    percentages. Every class is spread over the parts in proportion to within one
-    image: each class's images get evenly spaced keys in [0, 1) (in a seeded random
-    order, with a random offset per class), all images are sorted by key, and the
-    sorted list is cut at the part sizes. Validation is carved from the training part
+    percentages. Every class is spread over the parts in proportion: each class's
+    images get evenly spaced keys in [0, 1) (in a seeded random order, with a random
+    offset per class), all images are sorted by key, and the sorted list is cut at the
+    part sizes. So each class's count in a part is within one image of the same
+    share w of it for every class, and w differs from the part's share by less than
+    (classes / images): with balanced classes, within two images of its proportional
+    share (and within one for all but tiny datasets). Validation is carved from the training part
     when the split has two parts, never from the test part.
 
     Args:

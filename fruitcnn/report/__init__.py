@@ -93,6 +93,7 @@ class RunRecord:
     history: list[dict[str, Any]]
     metrics: dict[str, Any]
     environment: list[dict[str, Any]] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def read(cls, folder: str | Path) -> RunRecord:
@@ -103,26 +104,44 @@ class RunRecord:
                 f"{folder} is not a folder; give a run folder such as saved_models/<run> "
                 "(python report.py with no argument takes the latest run)."
             )
+
+        def optional(name: str, default):
+            return runs.read_json(folder / name) if (folder / name).is_file() else default
+
+        metrics = optional(runs.METRICS_FILE, {})
         if not (folder / runs.MODEL_FILE).is_file():
+            diverged = metrics.get("diverged") if isinstance(metrics, dict) else None
+            if diverged:
+                raise ValueError(
+                    f"{folder} diverged at epoch {diverged.get('epoch')}, step {diverged.get('step')} (the "
+                    f"{diverged.get('where', 'training')} loss became {diverged.get('loss')}) before any "
+                    "epoch "
+                    f"finished, so there is no model to report on. To fix: {diverged.get('advice', '')}."
+                )
             raise ValueError(
                 f"{folder} has no {runs.MODEL_FILE}: the run never finished an epoch, or this is not a "
                 "fruitcnn run folder."
             )
         history_path = folder / runs.HISTORY_FILE
-        environment_path = folder / runs.ENVIRONMENT_FILE
+        state_path = folder / runs.CHECKPOINT_DIR / runs.STATE_FILE
         return cls(
             folder=folder,
             config=RunConfig.from_dict(runs.read_json(folder / runs.CONFIG_FILE)),
             classes=runs.read_json(folder / runs.CLASSES_FILE),
-            data=runs.read_json(folder / runs.DATA_FILE) if (folder / runs.DATA_FILE).is_file() else {},
+            data=optional(runs.DATA_FILE, {}),
             history=runs.read_csv(history_path) if history_path.is_file() else [],
-            metrics=runs.read_json(folder / runs.METRICS_FILE)
-            if (folder / runs.METRICS_FILE).is_file()
-            else {},
-            environment=runs.read_json(environment_path).get("sessions", [])
-            if environment_path.is_file()
-            else [],
+            metrics=metrics,
+            environment=optional(runs.ENVIRONMENT_FILE, {}).get("sessions", []),
+            state=runs.read_json(state_path) if state_path.is_file() else {},
         )
+
+    @property
+    def status(self) -> str:
+        """``finished``, ``diverged`` or ``interrupted`` (no metrics.json: the run
+        stopped between epochs; its model.keras is the best epoch so far)."""
+        if self.metrics.get("diverged"):
+            return "diverged"
+        return "finished" if self.metrics else "interrupted"
 
 
 @dataclass
@@ -198,8 +217,10 @@ def build_report(
     model=None,
     options: ReportOptions | None = None,
     progress: Callable[[str], None] = print,
+    input_range: str = "auto",
 ) -> ReportResult:
-    """Evaluate a run and write report.html, report.md and report/.
+    """Evaluate a run and write report.html, report.md and report/, holding the run
+    folder meanwhile (``fruitcnn.runs.hold``: refused while another process trains it).
 
     Args:
         run_dir: the run folder.
@@ -207,6 +228,8 @@ def build_report(
         model: the run's model (default: its model.keras).
         options: what to show (:class:`ReportOptions`).
         progress: receives one line per step (default: print).
+        input_range: for a model.keras made elsewhere, the pixel range it expects
+            (``fruitcnn.modelfile.adapt_model``).
 
     Returns:
         A :class:`ReportResult`.
@@ -214,13 +237,17 @@ def build_report(
     Raises:
         ValueError: for a folder that is no finished run, or data other than the run's.
     """
+    with runs.hold(Path(run_dir), "writing the report of"):
+        return _build_report(run_dir, dataset, model, options or ReportOptions(), progress, input_range)
+
+
+def _build_report(run_dir, dataset, model, options: ReportOptions, progress, input_range) -> ReportResult:
     started = time.monotonic()
-    options = options or ReportOptions()
     record = RunRecord.read(run_dir)
     if model is None:
         from fruitcnn import load_model
 
-        model = load_model(record.folder)
+        model = load_model(record.folder, input_range=input_range, head_names=list(record.classes))
     if dataset is None:
         from fruitcnn.data import load_dataset
 

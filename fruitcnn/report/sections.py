@@ -24,6 +24,7 @@ import pandas as pd
 
 from fruitcnn import evaluation, plots
 from fruitcnn.report.pages import Details, Facts, Figure, Row, Section, Table, Text
+from fruitcnn.runs import finite_json
 
 SPLIT_TITLES = {"train": "training", "val": "validation", "test": "test"}
 # Splits shown open in the page; the others are folded away (they are all in the files).
@@ -76,7 +77,7 @@ def summary_section(record, results) -> Section:
             "test macro F1" + (" (mean of heads)" if multi else ""),
             f"{np.mean([head.averages.loc['macro', 'f1'] for head in test.heads.values()]):.3f}",
         ),
-        ("best epoch", f"{metrics.get('best_epoch', '?')} of {metrics.get('epochs', len(record.history))}"),
+        ("best epoch", _best_epoch(record)),
         ("training time", _duration(metrics["train_seconds"]) if "train_seconds" in metrics else "?"),
         ("parameters", f"{metrics['parameters']:,}" if "parameters" in metrics else "?"),
         (
@@ -86,7 +87,7 @@ def summary_section(record, results) -> Section:
         ),
         ("images", " / ".join(f"{results[name].images:,}" for name in ("train", "val", "test"))),
     ]
-    blocks: list[Any] = [Facts(facts)]
+    blocks: list[Any] = [*_status_notes(record), Facts(facts)]
     blocks.append(
         Text(
             f"Data {data.get('name', record.config.data.dataset)!s}"
@@ -99,6 +100,44 @@ def summary_section(record, results) -> Section:
     blocks.append(_split_table(results, metrics))
     blocks.extend(_consistency(results, metrics))
     return Section("Summary", "summary", blocks)
+
+
+def _best_epoch(record) -> str:
+    """``2 of 4``; for an interrupted run the epochs finished so far, from its checkpoint."""
+    metrics, state = record.metrics, record.state
+    if record.status == "interrupted":
+        finished = state.get("epoch", len(record.history))
+        planned = record.config.train.epochs
+        return f"{state.get('best_epoch', '?')} of {finished} finished so far ({planned} planned)"
+    return f"{metrics.get('best_epoch', '?')} of {metrics.get('epochs', len(record.history))}"
+
+
+def _status_notes(record) -> list[Text]:
+    """A warning at the top of the report of a run that diverged or was interrupted."""
+    if record.status == "diverged":
+        found = record.metrics["diverged"]
+        return [
+            Text(
+                f"Training diverged: the {found.get('where', 'training')} loss became {found.get('loss')} at "
+                f"epoch {found.get('epoch')}, step {found.get('step')} (learning rate "
+                f"{found.get('learning_rate')}). This report shows epoch "
+                f"{record.metrics.get('best_epoch')}'s "
+                f"model, the best before it. To fix: {found.get('advice', 'lower the learning rate')}.",
+                "warning",
+            )
+        ]
+    if record.status == "interrupted":
+        finished = record.state.get("epoch", len(record.history))
+        return [
+            Text(
+                f"This run was interrupted after epoch {finished} of {record.config.train.epochs} (there is "
+                "no "
+                f"metrics.json yet): this report shows the best epoch so far. Continue it with "
+                f"python train.py --resume {record.folder}.",
+                "warning",
+            )
+        ]
+    return []
 
 
 def _split_table(results, metrics) -> Table:
@@ -628,4 +667,4 @@ def summary_json(record, results) -> bytes:
             for average in evaluation.AVERAGES:
                 entry[f"{prefix}{average}_f1"] = float(head_result.averages.loc[average, "f1"])
         summary[name] = entry
-    return (json.dumps(summary, indent=2) + "\n").encode("utf-8")
+    return (json.dumps(finite_json(summary), indent=2, allow_nan=False) + "\n").encode("utf-8")

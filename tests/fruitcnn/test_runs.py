@@ -1,6 +1,7 @@
 """Run-folder I/O: atomic writes, checkpoint commits, clear errors."""
 
 import json
+import os
 
 import pytest
 
@@ -84,3 +85,109 @@ def test_run_names_of_dataset_paths_are_short():
     assert new_run_name("/data/mnist/", "single").startswith("mnist-single-")
     assert new_run_name("tfds:cifar10", "single").startswith("tfds-cifar10-single-")
     assert new_run_name("line", "multi").startswith("line-multi-")
+
+
+def test_run_folders_are_created_exclusively(tmp_path):
+    first = runs.create_run_folder(tmp_path, "line-single-20261203-101010")
+    second = runs.create_run_folder(tmp_path, "line-single-20261203-101010")
+    third = runs.create_run_folder(tmp_path, "line-single-20261203-101010")
+    assert [first.name, second.name, third.name] == [
+        "line-single-20261203-101010",
+        "line-single-20261203-101010-2",
+        "line-single-20261203-101010-3",
+    ]
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "/tmp/x", "..", "", "a\\b"])
+def test_run_names_are_not_paths(name):
+    with pytest.raises(ValueError, match="is not a run name: it must be a plain folder name"):
+        runs.check_run_name(name)
+
+
+def test_out_folder_may_not_be_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is an existing file, not a folder"):
+        runs.check_out_folder(tmp_path / "file")
+    assert runs.check_out_folder(tmp_path / "new") == tmp_path / "new"
+
+
+def _hold_in_another_process(run, seconds):
+    """A child process that holds ``run`` for ``seconds`` (prints 'held' once it does)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time\n"
+        "from fruitcnn import runs\n"
+        f"with runs.hold({str(run)!r}, 'training'):\n"
+        "    print('held', flush=True)\n"
+        f"    time.sleep({seconds})\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held"
+    return child
+
+
+def test_a_held_run_refuses_a_second_process_and_names_the_holder(tmp_path):
+    run = tmp_path / "run"
+    child = _hold_in_another_process(run, 30)
+    try:
+        assert runs.holder(run)["pid"] == child.pid
+        with pytest.raises(
+            runs.RunInUse, match=f"in use: process {child.pid} is training .*kill {child.pid}"
+        ):
+            with runs.hold(run, "resuming"):
+                pass
+    finally:
+        child.kill()
+        child.wait()
+    assert runs.holder(run) is None  # the OS releases the lock of a killed process
+    with runs.hold(run, "resuming"):
+        with runs.hold(run, "writing the report of"):  # reentrant in one process
+            assert runs.holder(run)["pid"] == os.getpid()
+    assert runs.holder(run) is None
+
+
+def test_a_folder_created_for_a_run_that_wrote_nothing_is_removed(tmp_path):
+    with pytest.raises(RuntimeError):
+        with runs.hold(tmp_path / "new", "training"):
+            raise RuntimeError("failed before the first file")
+    assert not (tmp_path / "new").exists()
+    with runs.hold(tmp_path / "kept", "training"):
+        (tmp_path / "kept" / "config.json").write_text("{}")
+    assert sorted(path.name for path in (tmp_path / "kept").iterdir()) == [".lock", "config.json"]
+
+
+def test_json_is_strict_not_finite_numbers_become_null(tmp_path):
+    import numpy as np
+
+    runs.write_json(tmp_path / "m.json", {"a": float("nan"), "b": [np.float32("inf"), 1.5], "c": np.int64(3)})
+    text = (tmp_path / "m.json").read_text()
+
+    def refuse(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    assert json.loads(text, parse_constant=refuse) == {"a": None, "b": [None, 1.5], "c": 3}
+
+
+def test_finished_runs_are_complete_not_diverged_and_not_in_use(tmp_path):
+    for name, metrics in (
+        ("done", {"best_epoch": 1}),
+        ("diverged", {"diverged": {"epoch": 1}}),
+        ("busy", {}),
+    ):
+        run = tmp_path / name
+        run.mkdir()
+        (run / runs.CONFIG_FILE).write_text("{}")
+        (run / runs.MODEL_FILE).write_text("x")
+        (run / runs.METRICS_FILE).write_text(json.dumps(metrics))
+    (tmp_path / "interrupted").mkdir()
+    (tmp_path / "interrupted" / runs.CONFIG_FILE).write_text("{}")
+    (tmp_path / "interrupted" / runs.MODEL_FILE).write_text("x")  # no metrics.json yet
+    child = _hold_in_another_process(tmp_path / "busy", 30)
+    try:
+        assert [run.name for run in runs.finished_runs(tmp_path)] == ["done"]
+    finally:
+        child.kill()
+        child.wait()
+    assert sorted(run.name for run in runs.finished_runs(tmp_path)) == ["busy", "done"]

@@ -403,3 +403,110 @@ def test_validation_confusion_matrix_is_that_of_the_evaluated_predictions(small_
         expected.heads["class"].averages.loc["macro", "f1"], abs=1e-6
     )
     assert logs["val_accuracy"] == pytest.approx(expected.accuracy, abs=1e-6)
+
+
+class _PoisonAt(keras.callbacks.Callback):
+    """Makes one kernel NaN at the first step of ``epoch`` (0-based): the loss of that
+    step is the first non-finite one."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch, self.current = epoch, -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.current == self.epoch and batch == 0:
+            kernel = self.model.get_layer("conv1").kernel
+            kernel.assign(kernel * float("nan"))
+
+
+def _strict_json(path):
+    def refuse(token):
+        raise AssertionError(f"{path} holds the non-JSON token {token}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_a_diverging_run_stops_at_once_and_says_so(tmp_path, small_line):
+    from fruitcnn.training import TrainingDiverged
+
+    config = _config(epochs=3)
+    with pytest.raises(TrainingDiverged, match=r"training loss became nan at epoch 1, step 1 .*lower the"):
+        train(config, dataset=small_line, run_dir=tmp_path / "r", callbacks=[_PoisonAt(0)], verbose=0)
+    metrics = _strict_json(tmp_path / "r" / "metrics.json")
+    assert metrics["diverged"]["epoch"] == 1 and metrics["diverged"]["loss"] == "nan"
+    assert metrics["best_epoch"] == 0 and not (tmp_path / "r" / "model.keras").exists()
+    assert not (tmp_path / "r" / "history.csv").exists()  # no epoch of NaN weights was recorded
+    with pytest.raises(ValueError, match="diverged at epoch 1 .*resuming would repeat it"):
+        train(config, dataset=small_line, run_dir=tmp_path / "r", resume=True, verbose=0)
+    from fruitcnn.report import RunRecord
+
+    with pytest.raises(ValueError, match="diverged at epoch 1, step 1 .* no model to report on"):
+        RunRecord.read(tmp_path / "r")
+    assert not runs.finished_runs(tmp_path)
+
+
+def test_a_loss_that_explodes_without_becoming_nan_is_divergence_too(tmp_path, small_line):
+    from fruitcnn.training import TrainingDiverged
+
+    config = _config(optimizer="sgd", learning_rate=1e12, schedule="constant")
+    with pytest.raises(TrainingDiverged, match=r"loss exploded to \S+ at epoch 1, .*try --lr 1e\+11"):
+        train(config, dataset=small_line, run_dir=tmp_path / "r", verbose=0)
+    assert _strict_json(tmp_path / "r" / "metrics.json")["diverged"]["epoch"] == 1
+
+
+def test_a_run_diverging_after_good_epochs_keeps_the_best_and_reports_it(tmp_path, small_line):
+    from fruitcnn.report import ReportOptions, build_report
+    from fruitcnn.training import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match="at epoch 2, step 1 .*model.keras keeps epoch 1"):
+        train(_config(), dataset=small_line, run_dir=tmp_path / "r", callbacks=[_PoisonAt(1)], verbose=0)
+    metrics = _strict_json(tmp_path / "r" / "metrics.json")
+    assert metrics["best_epoch"] == 1 and metrics["diverged"]["epoch"] == 2
+    (first,) = runs.read_csv(tmp_path / "r" / "history.csv")  # the NaN epoch left no row
+    assert metrics["test_accuracy"] == pytest.approx(first["test_accuracy"])  # epoch 1's model
+    state = _strict_json(tmp_path / "r" / "checkpoint" / "state.json")
+    assert state["epoch"] == 1 and state["diverged"]["step"] == 1
+    report = build_report(
+        tmp_path / "r", dataset=small_line, options=ReportOptions(quality_images=0), progress=lambda _: None
+    )
+    assert "Training diverged: the training loss became nan at epoch 2" in report.markdown.read_text()
+
+
+def test_the_report_of_an_interrupted_run_says_how_far_it_got(tmp_path, small_line):
+    from fruitcnn.report import ReportOptions, build_report
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(), dataset=small_line, run_dir=tmp_path / "r", callbacks=[_StopAfter(2)], verbose=0)
+    report = build_report(
+        tmp_path / "r", dataset=small_line, options=ReportOptions(quality_images=0), progress=lambda _: None
+    )
+    text = report.html.read_text()
+    assert "of 2 finished so far (3 planned)" in text
+    assert "interrupted after epoch 2 of 3" in text and f"--resume {tmp_path / 'r'}" in text
+
+
+def test_a_finished_run_whose_report_is_missing_says_how_to_write_it(single_run, small_line):
+    with pytest.raises(ValueError, match=r"Its report was not written .*python report.py"):
+        train(_config(), dataset=small_line, run_dir=single_run.run_dir, resume=True, verbose=0)
+
+
+def test_a_corrupt_checkpoint_is_named_on_resume(tmp_path, small_line):
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(), dataset=small_line, run_dir=tmp_path / "r", callbacks=[_StopAfter(1)], verbose=0)
+    checkpoint = tmp_path / "r" / "checkpoint" / "epoch-0001.keras"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="(?s)epoch-0001.keras is not a valid .keras file.*cannot continue"):
+        train(_config(), dataset=small_line, run_dir=tmp_path / "r", resume=True, verbose=0)
+
+
+def test_a_tiny_validation_split_is_warned_about():
+    from fruitcnn.data import load_dataset
+
+    dataset = load_dataset(DataConfig(images_per_class=2, split="150/2/40", seed=1))
+    assert len(dataset.val) == 2
+    (warning,) = dataset.info["warnings"]
+    assert "holds 2 image(s) for 96 classes" in warning and "steps of 50 points" in warning
+    assert load_dataset(DataConfig(images_per_class=24, seed=3)).info["warnings"] == []

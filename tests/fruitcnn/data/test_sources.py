@@ -481,3 +481,144 @@ def test_a_set_too_large_for_memory_is_refused_before_decoding(tmp_path, monkeyp
     monkeypatch.setattr(sources, "_available_memory", lambda: 4000)  # bytes
     with pytest.raises(DatasetError, match=r"(?s)8 images of 16x16x3 need .* --image-size 9 or smaller"):
         load(tmp_path / "d")
+
+
+# ------------------------------------------------------------------ unpack limits, links, bombs
+
+
+@pytest.fixture
+def small_floor(monkeypatch):
+    """Ratios are judged from 1 MiB on (64 MiB in use), so the bombs here stay small."""
+    from fruitcnn.data import trees
+
+    monkeypatch.setattr(trees, "RATIO_FLOOR", 1 << 20)
+
+
+def _zip_with(path, members):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as handle:
+        for name, content in members.items():
+            handle.writestr(name, content)
+    return path
+
+
+def test_a_zip_bomb_is_refused_from_its_headers_before_anything_is_read(tmp_path, small_floor, monkeypatch):
+    formats.class_tree(tmp_path / "data", {"a": 3, "b": 3})
+    members = {f"data/{p.relative_to(tmp_path / 'data').as_posix()}": p.read_bytes() for p in
+               (tmp_path / "data").rglob("*.png")}  # fmt: skip
+    members["data/a/zeros.png"] = bytes(8 << 20)  # 8 MiB of zeros: about 8 KiB packed
+    members["data/b/more.png"] = bytes(4 << 20)
+    archive = _zip_with(tmp_path / "bomb.zip", members)
+    from fruitcnn.data import trees
+
+    read = []
+    original = trees.ZipTree._read
+    monkeypatch.setattr(
+        trees.ZipTree, "_read", lambda self, names: read.append(names) or original(self, names)
+    )
+    with pytest.raises(DatasetError) as error:
+        load(archive)
+    message = str(error.value)
+    assert "beyond the unpack limits (2)" in message  # one pass names both
+    assert "data/a/zeros.png: unpacks to 8.0 MiB from" in message and "data/b/more.png" in message
+    assert "--unpack-limits ratio=" in message and not read
+    data = load(archive, unpack_limits="ratio=100000", split="50/50", val_fraction=0.5)  # trusted: raised
+    assert data.info["skipped"][0]["reason"] == "corrupt or unreadable image"
+
+
+def test_per_file_and_total_limits_name_the_files(tmp_path):
+    formats.class_tree(tmp_path / "data", {"a": 3, "b": 3}, size=32)
+    with pytest.raises(DatasetError, match=r"unpacks to .* more than the per-file limit 1.0 KiB"):
+        load(tmp_path / "data", unpack_limits="member=1K")
+    with pytest.raises(
+        DatasetError, match=r"the files read unpack to .* in all, more than the limit 4.0 KiB"
+    ):
+        load(tmp_path / "data", unpack_limits="total=4KiB")
+
+
+def test_a_tar_gz_whose_headers_claim_too_much_is_refused_while_listing(tmp_path, small_floor):
+    archive = tmp_path / "bomb.tgz"
+    with tarfile.open(archive, "w:gz") as handle:
+        for index in range(3):
+            info = tarfile.TarInfo(f"data/c{index}/zeros.png")
+            info.size = 4 << 20
+            handle.addfile(info, io.BytesIO(bytes(info.size)))
+    claimed = r"bomb at entry 'data/c\d/zeros.png': its entries claim .* MiB of data from a .* KiB archive"
+    with pytest.raises(DatasetError, match=claimed):
+        load(archive)
+
+
+def test_a_tar_gz_that_unpacks_far_more_than_it_read_is_refused_while_streaming(tmp_path, small_floor):
+    archive = tmp_path / "mixed.tgz"
+    noise = np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes()
+    with tarfile.open(archive, "w:gz") as handle:
+        for name, content in (("data/a/zeros.png", bytes(6 << 20)), ("data/b/noise.png", noise)):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            handle.addfile(info, io.BytesIO(content))
+    # 9 MiB claimed from a 3 MiB archive passes ratio 10, but the first 6 MiB came from a few KiB
+    with pytest.raises(
+        DatasetError, match=r"bomb at entry 'data/b/noise.png': 6.0 MiB unpacked from the first"
+    ):
+        load(archive, unpack_limits="ratio=10")
+
+
+def test_a_gzipped_idx_bomb_is_refused_while_it_is_unpacked(tmp_path, small_floor):
+    folder = tmp_path / "mnist"
+    formats.write_mnist(folder, train=20, test=10)
+    bomb = folder / "t10k-images-idx3-ubyte.gz"
+    bomb.write_bytes(gzip.compress(bytes(16 << 20)))
+    with pytest.raises(
+        DatasetError, match=r"t10k-images-idx3-ubyte.gz: refused as a possible decompression bomb"
+    ):
+        load(folder)
+
+
+def test_an_image_that_declares_too_many_pixels_is_refused_unread():
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    header = struct.pack(">II", 10000, 10000) + bytes(data[24:29])  # IHDR: width, height, then the rest
+    data[16:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    with pytest.raises(ValueError, match="10000 x 10000 pixels, more than the 89,478,485 decoded"):
+        decode(bytes(data))
+
+
+def test_linked_class_folders_are_followed_and_loops_listed(tmp_path):
+    formats.class_tree(tmp_path / "elsewhere", {"b": 4})
+    formats.class_tree(tmp_path / "data", {"a": 4})
+    (tmp_path / "data" / "b").symlink_to(tmp_path / "elsewhere" / "b", target_is_directory=True)
+    (tmp_path / "data" / "a" / "loop").symlink_to(tmp_path / "data", target_is_directory=True)
+    data = load(tmp_path / "data", split="50/50", val_fraction=0.5)
+    assert data.class_names == ("a", "b")
+    assert sum(len(split) for split in data.splits.values()) == 8
+    (skipped,) = data.info["skipped"]
+    assert skipped["reason"] == "folder reached twice through links"
+    assert skipped["file"] == "a/loop/" and "the same folder as the dataset's own folder" in skipped["detail"]
+
+
+def test_an_error_lists_the_files_that_would_be_skipped_too(tmp_path):
+    formats.class_tree(tmp_path / "data", {"a": 4, "b": 4})
+    (tmp_path / "data" / "empty").mkdir()
+    (tmp_path / "data" / "a" / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "data" / "b" / "notes.txt").write_text("x")
+    with pytest.raises(DatasetError) as error:
+        load(tmp_path / "data")
+    message = str(error.value)
+    assert "empty class folder (1)" in message and "besides, 2 file(s) would be skipped" in message
+    assert "a/broken.png" in message and "b/notes.txt" in message
+
+
+def test_an_unusable_cache_dir_is_an_error_and_a_failing_cache_a_warning(tmp_path, monkeypatch, capsys):
+    from fruitcnn.data import cache
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"--cache-dir .*file/sub is not usable .*or --cache-dir off"):
+        cache.use_cache_dir(str(tmp_path / "file" / "sub"))
+    monkeypatch.setenv("FRUITCNN_CACHE", str(tmp_path / "file"))  # a file: nothing can be stored
+    formats.class_tree(tmp_path / "data", {"a": 2, "b": 2})
+    load(tmp_path / "data", split="50/50", val_fraction=0.5)
+    assert "warning: the decoded images were not cached" in capsys.readouterr().err
