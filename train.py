@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 from fruitcnn.config import (  # noqa: E402
     BN_LAYERS,
     FLIPS,
+    INITS,
     OPTIMIZERS,
     PRESETS,
     SCHEDULES,
@@ -135,9 +136,31 @@ def build_parser() -> argparse.ArgumentParser:
     add("--bn-momentum", "momentum of the batch-norm moving statistics", type=float, metavar="F")
     add("--bn-test-batch-stats", "batch norm uses batch statistics at test time too", action="store_true")
     add("--bn-layer", "batch-norm implementation", choices=BN_LAYERS)
+    add(
+        "--init",
+        "conv and dense kernel initialiser (auto: he for ReLU networks without batch norm, else glorot)",
+        choices=INITS,
+    )
+    model.add_argument(
+        "--no-normalize",
+        dest="normalize",
+        action="store_false",
+        default=None,
+        help="divide the pixels by 255 only, instead of standardising each channel with the training "
+        "split's mean and variance (to measure what normalisation brings)",
+    )
     training = parser.add_argument_group("training")
     add = _adder(training)
     add("--epochs", "epochs", type=int, metavar="N")
+    training.add_argument(
+        "--time-budget",
+        type=_duration,
+        default=None,
+        metavar="T",
+        help="instead of --epochs: train for T (300, 300s, 5m, 1h30m) of steps and per-epoch evaluations, "
+        "the learning-rate decay ending when the time is up; data loading, the final evaluation and the "
+        "report are outside it (default: none)",
+    )
     add("--batch-size", "images per step", type=int, metavar="N")
     add("--optimizer", "optimizer", choices=OPTIMIZERS)
     add("--lr", "peak learning rate", type=float, metavar="F")
@@ -210,6 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="0 silent, 1 progress bars, 2 one line per epoch (default: 1 on a terminal, else 2)",
     )
     return parser
+
+
+def _duration(text: str) -> float:
+    from fruitcnn.config import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _adder(group):
@@ -428,6 +460,13 @@ def _print_result(result, runs) -> None:
         f"| best epoch {metrics['best_epoch']} of {metrics['epochs']} "
         f"| {metrics['train_seconds']:.0f} s training"
     )
+    spent = metrics.get("time_budget")
+    if spent:
+        print(
+            f"time budget {spent['budget_s']:g} s: {spent['used_s']:.0f} s used "
+            f"({100 * spent['used_s'] / spent['budget_s']:.0f}%), {spent['steps']} steps = "
+            f"{spent['epochs']:g} epochs at {spent.get('step_ms', 0):.0f} ms per step"
+        )
     print(
         f"run saved in {result.run_dir}/ ({runs.MODEL_FILE}, {runs.HISTORY_FILE}, "
         f"{runs.METRICS_FILE}; tensorboard --logdir {result.run_dir / runs.TENSORBOARD_DIR})"

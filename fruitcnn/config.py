@@ -77,10 +77,11 @@ LAYER_KINDS: dict[str, dict[str, Any]] = {
 ACTIVATIONS = ("relu", "elu", "gelu", "tanh", "sigmoid", "leaky_relu", "swish")
 _ALIASES = {"dense": "fc", "batchnorm": "bn", "conv2d": "conv"}
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
-SCHEDULES = ("constant", "step", "cosine", "plateau")
+SCHEDULES = ("constant", "step", "cosine", "linear", "plateau")
 HEADS = ("single", "multi")
 TTAS = ("none", "flip")
 BN_LAYERS = ("fruitcnn", "keras")
+INITS = ("auto", "glorot", "he")
 
 
 @dataclass
@@ -437,6 +438,13 @@ class ArchConfig:
             at inference ("train mode for the test check"); off by default.
         bn_layer: ``fruitcnn`` (the reduce_mean layer) or ``keras``
             (keras.layers.BatchNormalization, for comparisons).
+        normalize: standardise every channel with the training split's mean and
+            variance (the ``normalize`` layer); False: only divide by 255 (a layer
+            named ``scale``), to measure what normalisation brings.
+        init: the conv and dense kernels' initialiser: ``glorot`` (Keras's default,
+            uniform), ``he`` (He normal, for ReLU networks without batch norm) or
+            ``auto`` (he for a network without batch norm whose activations are all
+            ReLU, else glorot).
     """
 
     name: str = "custom"
@@ -446,6 +454,8 @@ class ArchConfig:
     bn_momentum: float = 0.9
     bn_batch_stats_at_inference: bool = False
     bn_layer: str = "fruitcnn"
+    normalize: bool = True
+    init: str = "auto"
 
     def __post_init__(self):
         self.layers = [
@@ -462,11 +472,26 @@ class ArchConfig:
             raise ValueError(f"bn_momentum must be in [0, 1), got {self.bn_momentum!r}.")
         if self.bn_layer not in BN_LAYERS:
             raise ValueError(f"bn_layer must be one of {BN_LAYERS}, got {self.bn_layer!r}.")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}.")
         if self.bn_batch_stats_at_inference and self.bn_layer != "fruitcnn":
             raise ValueError(
                 "batch statistics at inference (--bn-test-batch-stats) need fruitcnn's bn layer; "
                 f"got bn_layer={self.bn_layer!r}: drop --bn-layer keras or the flag."
             )
+
+
+def kernel_initializer(arch: ArchConfig) -> str:
+    """The Keras initialiser of the conv and dense kernels: ``arch.init``, with ``auto``
+    resolved (He normal for ReLU networks without batch norm: their signal would shrink
+    layer by layer from Glorot's smaller weights, so a deep one starts with outputs near
+    zero and does not learn; else Keras's Glorot uniform)."""
+    init = arch.init
+    if init == "auto":
+        kinds = {spec.kind for spec in arch.layers}
+        functions = {spec.params["fn"] for spec in arch.layers if spec.kind == "act"}
+        init = "he" if "bn" not in kinds and functions and functions <= {"relu"} else "glorot"
+    return {"he": "he_normal", "glorot": "glorot_uniform"}[init]
 
 
 def _layer_dict(spec: Any) -> dict[str, Any]:
@@ -803,6 +828,33 @@ class AugmentConfig:
         return self.flip != "none" or self.translate > 0 or self.rotate > 0 or self.color_jitter > 0
 
 
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s?)?\s*$"
+)
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds of ``300``, ``300s``, ``5m``, ``1h30m``, ``2.5m`` (``--time-budget``).
+
+    Raises:
+        ValueError: for anything else, or a duration that is not positive and finite.
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(str(text).lower())
+        if not match or not any(match.groups()):
+            raise ValueError(
+                f"cannot read the time budget {text!r}; give seconds (300), minutes (5m) or hours and "
+                "minutes (1h30m)."
+            )
+        hours, minutes, seconds = (float(part) if part else 0.0 for part in match.groups())
+        seconds = 3600 * hours + 60 * minutes + seconds
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"the time budget must be a positive number of seconds, got {text!r}.")
+    return seconds
+
+
 @dataclass
 class TrainConfig:
     """How the network is trained.
@@ -814,9 +866,11 @@ class TrainConfig:
         learning_rate: peak learning rate per step.
         momentum: momentum of sgd and rmsprop.
         schedule: ``constant``, ``step`` (times step_factor every step_epochs),
-            ``cosine`` (to zero over the run) or ``plateau`` (times plateau_factor when
-            the validation loss has not improved for plateau_patience epochs).
-        warmup_epochs: linear warm-up from 0 before a cosine schedule, in epochs.
+            ``cosine`` or ``linear`` (decay to zero at the end of the run) or
+            ``plateau`` (times plateau_factor when the validation loss has not
+            improved for plateau_patience epochs).
+        warmup_epochs: linear warm-up from 0 before a cosine or linear decay, in
+            epochs (at most half of the run).
         step_epochs: epochs between decays of the step schedule.
         step_factor: multiplier of each step decay.
         plateau_patience: epochs without improvement before a plateau decay.
@@ -829,6 +883,9 @@ class TrainConfig:
         tta: test-time augmentation of validation and test evaluation: ``none``, or
             ``flip`` (average the probabilities of each image and its mirror image;
             the saved model itself predicts without it).
+        time_budget: seconds of training and per-epoch evaluation (0: none, ``epochs``
+            decide); the run plans its steps to fill them, the decay ending with the
+            time (``fruitcnn.budget``). ``epochs`` is then not used.
     """
 
     epochs: int = 2
@@ -846,8 +903,11 @@ class TrainConfig:
     test_each_epoch: bool = True
     label_smoothing: float = 0.0
     tta: str = "none"
+    time_budget: float = 0.0
 
     def __post_init__(self):
+        if isinstance(self.time_budget, str):
+            self.time_budget = parse_duration(self.time_budget)
         _check_field_types(self)
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs!r}.")
@@ -861,7 +921,11 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}.")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}; e.g. 0.9.")
-        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+        if self.time_budget < 0:
+            raise ValueError(
+                f"time_budget must be 0 (none) or a positive number of seconds, got {self.time_budget!r}."
+            )
+        if self.warmup_epochs < 0 or (self.warmup_epochs > self.epochs and not self.time_budget):
             raise ValueError(
                 f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs!r}."
             )
@@ -958,6 +1022,8 @@ SETTING_FIELDS: dict[str, tuple[str, str]] = {
     "bn_momentum": ("arch", "bn_momentum"),
     "bn_test_batch_stats": ("arch", "bn_batch_stats_at_inference"),
     "bn_layer": ("arch", "bn_layer"),
+    "normalize": ("arch", "normalize"),
+    "init": ("arch", "init"),
     "epochs": ("train", "epochs"),
     "batch_size": ("train", "batch_size"),
     "optimizer": ("train", "optimizer"),
@@ -973,6 +1039,7 @@ SETTING_FIELDS: dict[str, tuple[str, str]] = {
     "test_each_epoch": ("train", "test_each_epoch"),
     "label_smoothing": ("train", "label_smoothing"),
     "tta": ("train", "tta"),
+    "time_budget": ("train", "time_budget"),
 }
 # Settings that are not a single field: the architecture and the head choice.
 SETTING_EXTRAS = ("arch", "multihead")
@@ -1017,11 +1084,18 @@ def config_from_settings(
                 f"unknown setting {name!r}; {setting_hint(name)}settings are train.py's flag names with '_' "
                 f"for '-': {', '.join(known)}."
             )
+    if "time_budget" in settings and "epochs" in settings:
+        raise ValueError(
+            "give a number of epochs or a time budget, not both: with --time-budget the run plans its "
+            "epochs to fill the time."
+        )
     changes: dict[str, dict[str, Any]] = {"data": {}, "arch": {}, "train": {}, "augment": {}}
     for name, value in settings.items():
         if name in SETTING_FIELDS:
             section, field_name = SETTING_FIELDS[name]
             changes[section][field_name] = value
+    if "epochs" in settings:  # epochs given: a base config's time budget no longer applies
+        changes["train"]["time_budget"] = 0.0
     data = dataclasses.replace(base.data if base else DataConfig(), **changes["data"])
     if settings.get("arch"):
         if not isinstance(settings["arch"], str):

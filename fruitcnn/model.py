@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from fruitcnn.config import ArchConfig, LayerSpec
+from fruitcnn.config import ArchConfig, LayerSpec, kernel_initializer
 from fruitcnn.layers import BatchNorm
 from heads import HeadSpec, build_heads
 
 INPUT_NAME = "image"
+NORMALIZE_NAME, SCALE_NAME = "normalize", "scale"
 # Largest image side searched when looking for the smallest input that fits.
 _MAX_SEARCH_SIZE = 4096
 
@@ -187,9 +188,12 @@ def build_model(
         channel_mean = [127.5] * channels
         channel_variance = [127.5**2] * channels
     inputs = keras.Input(shape=tuple(int(size) for size in input_shape), name=INPUT_NAME)
-    x = keras.layers.Normalization(
-        axis=-1, mean=list(channel_mean), variance=list(channel_variance), name="normalize"
-    )(inputs)
+    if arch.normalize:
+        x = keras.layers.Normalization(
+            axis=-1, mean=list(channel_mean), variance=list(channel_variance), name=NORMALIZE_NAME
+        )(inputs)
+    else:  # pixels only brought to 0..1, as without a normalising transform
+        x = keras.layers.Rescaling(1.0 / 255.0, name=SCALE_NAME)(inputs)
     regularizer = keras.regularizers.L2(arch.l2) if arch.l2 > 0 else None
     specs = arch.layers
     for index, (name, spec) in enumerate(zip(layer_names(arch), specs)):
@@ -210,6 +214,7 @@ def _make_layer(spec: LayerSpec, name: str, arch: ArchConfig, regularizer, follo
             strides=params["stride"],
             padding=padding if isinstance(padding, str) else "valid",
             use_bias=use_bias,
+            kernel_initializer=kernel_initializer(arch),
             kernel_regularizer=regularizer,
             name=name,
         )
@@ -240,7 +245,12 @@ def _make_layer(spec: LayerSpec, name: str, arch: ArchConfig, regularizer, follo
         return keras.layers.GlobalAveragePooling2D(name=name)
     if kind == "gmp":
         return keras.layers.GlobalMaxPooling2D(name=name)
-    return keras.layers.Dense(params["units"], kernel_regularizer=regularizer, name=name)
+    return keras.layers.Dense(
+        params["units"],
+        kernel_initializer=kernel_initializer(arch),
+        kernel_regularizer=regularizer,
+        name=name,
+    )
 
 
 def flops_per_image(model: keras.Model) -> int:

@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from fruitcnn import modelfile, runs
+from fruitcnn.budget import MAX_EPOCHS, BudgetPlanner, PlannedDecay
 from fruitcnn.config import AugmentConfig, RunConfig, TrainConfig
 from fruitcnn.data import Dataset, Split, load_dataset
 from fruitcnn.data.augment import augment_batch
@@ -71,6 +72,14 @@ _EVAL_BATCH = 512
 # even if finite: with logits the cross-entropy is unbounded, and --lr 1e12 gave 1e22
 # (a model confidently wrong on every image by a margin of 1000 ln K nats).
 EXPLODED = 1000.0
+# After its first epoch a network whose training and validation losses are both within
+# this share of the loss of guessing has learnt nothing: its outputs stay uniform (the
+# ECE4179 deep net's stayed at 2.303 = ln 10 for 6 epochs; a learning one is far from
+# it: the line model's 0.05 against 4.56).
+FLAT = 0.02
+# Learning rates above which a network without batch norm usually does not train: the
+# ECE4179 deep net stayed at chance with Adam at 0.01 (see not_learning_advice).
+ADAPTIVE_RATE_WITHOUT_BN, SGD_RATE_WITHOUT_BN = 3e-3, 0.05
 # How the splits are named in messages.
 SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
 # Errors of a write that mean the disk (or the process's file-size limit) is full.
@@ -155,6 +164,37 @@ class _DivergenceGuard(keras.callbacks.Callback):
             raise _Diverged(self.epoch + 1, batch + 1, float(loss), rate, "training")
 
 
+def not_learning_advice(config: RunConfig, specs: Sequence[HeadSpec], losses: Sequence[float]) -> str | None:
+    """Why a network does not learn, in words, when its training and validation losses
+    after the first epoch are both flat at the loss of guessing (within ``FLAT`` of it:
+    its outputs stay uniform, as a network whose units are dead gives); else None. A loss
+    above guessing is not flat: early in training a network is often confidently wrong."""
+    chance = chance_loss(specs)
+    if any(abs(loss - chance) > FLAT * chance for loss in losses):
+        return None
+    train_loss = losses[0]
+    settings = config.train
+    rate = settings.learning_rate
+    has_bn = any(spec.kind == "bn" for spec in config.arch.layers)
+    if not has_bn and settings.optimizer in ("adam", "rmsprop") and rate > ADAPTIVE_RATE_WITHOUT_BN:
+        cause = (
+            f"{settings.optimizer} at --lr {rate:g} moves the weights of a network without batch norm too "
+            f"far per step (its ReLUs die or its outputs saturate): try --lr "
+            f"{ADAPTIVE_RATE_WITHOUT_BN / 3:g}, or add batch norm after the conv layers"
+        )
+    elif not has_bn and settings.optimizer == "sgd" and rate > SGD_RATE_WITHOUT_BN:
+        cause = f"sgd at --lr {rate:g} is too fast without batch norm: try --lr {SGD_RATE_WITHOUT_BN / 5:g}"
+    else:
+        cause = (
+            f"the learning rate (--lr {rate:g}) may be too high or too low for this network: try ten times "
+            "lower and higher; or the labels do not match the images"
+        )
+    return (
+        f"the model is not learning: after its first epoch the training loss is {train_loss:.3f}, the loss "
+        f"of guessing is {chance:.3f}. Likely cause: {cause}."
+    )
+
+
 def divergence_advice(config: RunConfig) -> str:
     """What usually cures a diverging run of this configuration, in words."""
     settings = config.train
@@ -208,17 +248,16 @@ def heads_model(trainer: keras.Model, specs: Sequence[HeadSpec]) -> keras.Model:
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """Optimizer with the learning-rate schedule of ``config`` (per-step schedules)."""
-    total_steps = config.epochs * steps_per_epoch
+    """Optimizer with the learning-rate schedule of ``config`` (per-step schedules).
+
+    ``cosine`` and ``linear`` decay to 0 at the end of the run: after ``epochs`` epochs,
+    or, with a time budget, where ``fruitcnn.budget.BudgetPlanner`` plans the end (the
+    schedule's ``total_steps`` starts far away and is set after the first steps)."""
     rate: Any = config.learning_rate
-    if config.schedule == "cosine":
+    if config.schedule in PlannedDecay.SHAPES:
+        total = MAX_EPOCHS * steps_per_epoch if config.time_budget else config.epochs * steps_per_epoch
         warmup = int(round(config.warmup_epochs * steps_per_epoch))
-        rate = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0 if warmup else config.learning_rate,
-            decay_steps=max(1, total_steps - warmup),
-            warmup_target=config.learning_rate if warmup else None,
-            warmup_steps=warmup,
-        )
+        rate = PlannedDecay(config.learning_rate, warmup, total, config.schedule)
     elif config.schedule == "step":
         rate = keras.optimizers.schedules.ExponentialDecay(
             config.learning_rate,
@@ -398,8 +437,22 @@ class _Validation(keras.callbacks.Callback):
 class _EpochRecorder(keras.callbacks.Callback):
     """Evaluates test data, writes history/checkpoints/best model after every epoch."""
 
-    def __init__(self, run, trainer, evaluator, model, specs, test_data, state, history, plateau, validation):
+    def __init__(
+        self,
+        run,
+        trainer,
+        evaluator,
+        model,
+        specs,
+        test_data,
+        state,
+        history,
+        plateau,
+        validation,
+        config,
+    ):
         super().__init__()
+        self.config = config
         self.run, self.trainer, self.evaluator, self.plain, self.specs = run, trainer, evaluator, model, specs
         self.validation = validation
         self.test_data, self.history, self.plateau = test_data, history, plateau
@@ -408,12 +461,14 @@ class _EpochRecorder(keras.callbacks.Callback):
         self.best_parts: dict[str, dict[str, float]] | None = None  # val/test at the best epoch
         self.session_start = time.monotonic()
         self.prior_elapsed = float(state["elapsed_s"])  # from earlier sessions of a resumed run
+        self.budget = float(config.train.time_budget)  # seconds of a time budget, or 0
         self.writers = {}  # TensorBoard writers per split, made when first used
 
     def on_epoch_begin(self, epoch, logs=None):
         # The rate of the epoch's first step (step decay and plateau change it only
         # between epochs, so for them it is the epoch's rate).
         self.epoch_rate = float(keras.ops.convert_to_numpy(self.trainer.optimizer.learning_rate))
+        self.epoch_step = int(keras.ops.convert_to_numpy(self.trainer.optimizer.iterations))
         self.epoch_start = self.last_step_end = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
@@ -428,6 +483,10 @@ class _EpochRecorder(keras.callbacks.Callback):
             "train_s": round(self.last_step_end - self.epoch_start, 3),
             "lr": self.epoch_rate,
         }
+        if self.budget:  # a time budget's epochs: the last one may be partial
+            row["steps"] = (
+                int(keras.ops.convert_to_numpy(self.trainer.optimizer.iterations)) - self.epoch_step
+            )
         parts = {
             "train": standard_metrics(logs, self.specs),
             "val": standard_metrics(logs, self.specs, "val_"),
@@ -447,9 +506,17 @@ class _EpochRecorder(keras.callbacks.Callback):
             if not math.isfinite(loss) or loss > EXPLODED * chance_loss(self.specs):
                 steps = self.params.get("steps") or 0
                 raise _Diverged(epoch + 1, steps, loss, self.epoch_rate, SPLIT_WORDS[split])
+        if epoch == 0:  # a network that learnt nothing in a whole epoch will not start later
+            losses = (parts["train"]["loss"], parts["val"]["loss"])
+            advice = not_learning_advice(self.config, self.specs, losses)
+            if advice:
+                print(f"warning: {advice}", file=sys.stderr)
+                self.state.setdefault("warnings", []).append(advice)
         # Timestamps once the epoch's evaluations are done.
         row["timestamp"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         row["elapsed_s"] = round(self.prior_elapsed + time.monotonic() - self.session_start, 3)
+        if self.budget:
+            row["budget_left_s"] = round(self.budget - row["elapsed_s"], 3)
         for split in ("train", "val", "test"):
             for name in ("loss", "accuracy"):
                 row[f"{split}_{name}"] = parts.get(split, {}).get(name, "")
@@ -681,8 +748,11 @@ def _restore(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[Hea
             "exactly; start the run again (same command without --resume, another --out/--run)."
         ) from None
     steps = int(keras.ops.convert_to_numpy(trainer.optimizer.iterations))
-    expected = state["epoch"] * steps_per_epoch(len(dataset.train), config.train.batch_size)
-    if steps != expected:
+    epoch_steps = steps_per_epoch(len(dataset.train), config.train.batch_size)
+    expected = state["epoch"] * epoch_steps
+    # a time budget may end inside an epoch (its last, partial one)
+    partial = config.train.time_budget and expected - epoch_steps < steps <= expected
+    if steps != expected and not partial:
         raise ValueError(
             f"{checkpoint} holds {steps} optimiser steps but epoch {state['epoch']} should end at "
             f"{expected}; was the run resumed with other data? Start a new run instead."
@@ -716,13 +786,15 @@ def _fit(
     config, dataset, specs, run, trainer, model, state, history, callbacks, verbose, interrupt_advice
 ) -> TrainResult:
     settings = config.train
+    budget = settings.time_budget
+    last_epoch = MAX_EPOCHS if budget else settings.epochs  # a budget plans its own end
     train_data, steps = batches(
         dataset.train,
         specs,
         settings.batch_size,
         shuffle_seed=settings.seed,
         first_epoch=state["epoch"],
-        end_epoch=settings.epochs,
+        end_epoch=last_epoch,
         augment=config.augment,
     )
     eval_size = eval_batch_size(config)
@@ -750,15 +822,19 @@ def _fit(
         history,
         plateau,
         validation,
+        config,
     )
-    all_callbacks = (
-        [_DivergenceGuard(), validation] + ([plateau] if plateau else []) + [recorder] + list(callbacks)
-    )
-    if state["epoch"] < settings.epochs:
+    own = [_DivergenceGuard(), validation] + ([plateau] if plateau else []) + [recorder]
+    if budget:  # Keras's progress would count to the epoch bound: one line per epoch instead
+        own.append(_planner(config, dataset, trainer, state, steps))
+        own.extend([_BudgetProgress(budget, recorder)] if verbose else [])
+        verbose = 0
+    all_callbacks = own + list(callbacks)
+    if (state["elapsed_s"] < budget) if budget else (state["epoch"] < settings.epochs):
         try:
             trainer.fit(
                 train_data,
-                epochs=settings.epochs,
+                epochs=last_epoch,
                 initial_epoch=state["epoch"],
                 steps_per_epoch=steps,
                 callbacks=all_callbacks,
@@ -800,10 +876,71 @@ def _fit(
     metrics = _final_metrics(
         evaluator, dataset, {"val": val_data, "test": test_data}, specs, state, model, recorder.best_parts
     )
+    if state.get("warnings"):
+        metrics["warnings"] = list(state["warnings"])
+    if budget:
+        done = int(keras.ops.convert_to_numpy(trainer.optimizer.iterations))
+        final_rate = float(keras.ops.convert_to_numpy(trainer.optimizer.learning_rate))
+        metrics["time_budget"] = {**budget_summary(state, done, steps), "final_learning_rate": final_rate}
     runs.write_json(run / runs.METRICS_FILE, metrics)
     state["finished"] = True
     runs.commit_checkpoint(run, state, best_changed=False)
     return TrainResult(run, model, history, metrics)
+
+
+class _BudgetProgress(keras.callbacks.Callback):
+    """One line per epoch of a time-budget run: steps, seconds, the budget left, metrics."""
+
+    def __init__(self, budget: float, recorder: _EpochRecorder):
+        super().__init__()
+        self.budget, self.recorder = budget, recorder
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = self.recorder.history[-1] if self.recorder.history else {}
+        shown = " - ".join(
+            f"{name} {value:.4f}"
+            for name, value in (logs or {}).items()
+            if name in ("loss", "accuracy", "val_loss", "val_accuracy", "aggregate_accuracy")
+        )
+        print(
+            f"epoch {epoch + 1}: {row.get('steps', '?')} steps in {row.get('train_s', 0):.1f} s, "
+            f"{max(0.0, row.get('budget_left_s', 0.0)):.0f} s of the {self.budget:g} s budget left - {shown}",
+            flush=True,
+        )
+
+
+def _planner(
+    config: RunConfig, dataset: Dataset, trainer, state: dict[str, Any], steps: int
+) -> BudgetPlanner:
+    """The time budget's planner, which records its plans in the run's state."""
+    settings = config.train
+    evaluated = len(dataset.val) + (len(dataset.test) if settings.test_each_epoch else 0)
+    passes = 2 if settings.tta == "flip" else 1
+    # Keras keeps the schedule object (not its current value) as _learning_rate
+    schedule = getattr(trainer.optimizer, "_learning_rate", None)
+    return BudgetPlanner(
+        settings.time_budget,
+        prior_s=float(state["elapsed_s"]),
+        epoch_steps=steps,
+        schedule=schedule if isinstance(schedule, PlannedDecay) else None,
+        eval_steps=passes * evaluated / settings.batch_size,
+        record=lambda plan: state.update(budget=plan),
+    )
+
+
+def budget_summary(state: dict[str, Any], steps: int, epoch_steps: int) -> dict[str, Any]:
+    """How a time budget was spent, for metrics.json and the report: the budget, the
+    seconds used, optimisation steps and epochs (a partial last epoch as a fraction),
+    and the last plan (step time, evaluation time per epoch, number of plans)."""
+    plan = dict(state.get("budget") or {})
+    budget = plan.pop("budget_s", None)
+    return {
+        "budget_s": budget,
+        "used_s": round(float(state["elapsed_s"]), 3),
+        "steps": steps,
+        "epochs": round(steps / epoch_steps, 3),
+        **plan,
+    }
 
 
 def _load_best(model, recorder, run: Path, state: dict[str, Any]) -> None:

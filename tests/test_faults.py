@@ -140,6 +140,7 @@ class Trial:
     finished: bool
     identical: bool  # the final history equals the uninterrupted run's, bit for bit
     max_relative_difference: float
+    error: str = ""  # the end of what the finishing command printed, when it failed
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +186,7 @@ def kill_trial(tmp_path: Path, rng: np.random.Generator, reference) -> Trial:
         finished=finished,
         identical=final == history,
         max_relative_difference=max(differences, default=float("inf")),
+        error="" if finished else result.stderr[-600:],
     )
 
 

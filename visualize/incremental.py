@@ -74,7 +74,7 @@ IDENTITY_LAYERS = (
     keras.layers.ActivityRegularization,
 )
 # Element-wise layers called as they are on any window.
-ELEMENTWISE_LAYERS = (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU)
+ELEMENTWISE_LAYERS = (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU, keras.layers.Rescaling)
 SPATIAL_LAYERS = (keras.layers.Conv2D, keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
 TRANSITIONS = {
     keras.layers.Flatten: "flatten",

@@ -187,16 +187,19 @@ def _assemble(raw: RawData, config: DataConfig) -> tuple[Split, Split, Split, st
     parts = raw.parts
     if _uses_own_split(raw, config):
         train = _split_of(parts["train"])
-        test = _split_of(parts["test"])
-        if "val" in parts:
-            return train, _split_of(parts["val"]), test, "own train/val/test"
+        if "val" in parts and "test" in parts:
+            return train, _split_of(parts["val"]), _split_of(parts["test"]), "own train/val/test"
         kept, held = holdout(train.labels, config.val_fraction, seed=config.seed)
-        return (
-            train.take(kept),
-            train.take(held),
-            test,
-            f"own train/test, val = {config.val_fraction:g} of train",
+        if "test" in parts:
+            how = f"own train/test, val = {config.val_fraction:g} of train"
+            return train.take(kept), train.take(held), _split_of(parts["test"]), how
+        # train/ + val/ as ImageNet-style sets ship them: results are reported on val/,
+        # so it is the test split here, and the model is chosen on a part of train/
+        how = (
+            f"own train/val: val/ is the test split (as such sets are reported), "
+            f"validation = {config.val_fraction:g} of train/"
         )
+        return train.take(kept), train.take(held), _split_of(parts["val"]), how
     split = DEFAULT_SPLIT if config.split == "auto" else config.split
     if len(parts) == 1:
         whole = _split_of(next(iter(parts.values())))
@@ -213,8 +216,9 @@ def _assemble(raw: RawData, config: DataConfig) -> tuple[Split, Split, Split, st
 
 
 def _uses_own_split(raw: RawData, config: DataConfig) -> bool:
-    """Whether the source's own train/test split is used (else all parts are pooled)."""
-    return config.split == "auto" and "train" in raw.parts and "test" in raw.parts
+    """Whether the source's own split (train/test, train/val/test, or train/val) is used
+    (else, with an explicit --split or no train part, all parts are pooled)."""
+    return config.split == "auto" and "train" in raw.parts and ("test" in raw.parts or "val" in raw.parts)
 
 
 def _split_of(part: Part) -> Split:

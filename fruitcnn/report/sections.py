@@ -79,6 +79,7 @@ def summary_section(record, results) -> Section:
         ),
         ("best epoch", _best_epoch(record)),
         ("training time", _duration(metrics["train_seconds"]) if "train_seconds" in metrics else "?"),
+        *([("time budget", _budget_text(metrics["time_budget"]))] if metrics.get("time_budget") else []),
         ("parameters", f"{metrics['parameters']:,}" if "parameters" in metrics else "?"),
         (
             ("classes per head", " / ".join(str(len(names)) for names in record.classes.values()))
@@ -102,6 +103,17 @@ def summary_section(record, results) -> Section:
     return Section("Summary", "summary", blocks)
 
 
+def _budget_text(spent: dict) -> str:
+    """How a time budget was spent, in one line."""
+    share = 100 * spent["used_s"] / spent["budget_s"] if spent.get("budget_s") else float("nan")
+    return (
+        f"{spent.get('budget_s', 0):g} s: {spent['used_s']:.0f} s used ({share:.0f}%), "
+        f"{spent['steps']:,} steps = {spent['epochs']:g} epochs at {spent.get('step_ms', 0):.0f} ms per "
+        f"step, evaluations {spent.get('eval_s_per_epoch', 0):.1f} s per epoch; the learning rate ended at "
+        f"{spent.get('final_learning_rate', 0):.3g}"
+    )
+
+
 def _best_epoch(record) -> str:
     """``2 of 4``; for an interrupted run the epochs finished so far, from its checkpoint."""
     metrics, state = record.metrics, record.state
@@ -113,7 +125,16 @@ def _best_epoch(record) -> str:
 
 
 def _status_notes(record) -> list[Text]:
-    """A warning at the top of the report of a run that diverged or was interrupted."""
+    """Warnings at the top of the report: a run that diverged, was interrupted, or did
+    not learn (metrics.json's ``warnings``)."""
+    notes = [
+        Text(f"Warning during training: {warning}", "warning")
+        for warning in record.metrics.get("warnings", [])
+    ]
+    return _state_notes(record) + notes
+
+
+def _state_notes(record) -> list[Text]:
     if record.status == "diverged":
         found = record.metrics["diverged"]
         return [

@@ -1,6 +1,8 @@
 """The one training path: learning, the run folder, best-on-validation, resume."""
 
+import dataclasses
 import json
+import math
 
 import keras
 import numpy as np
@@ -510,3 +512,47 @@ def test_a_tiny_validation_split_is_warned_about():
     (warning,) = dataset.info["warnings"]
     assert "holds 2 image(s) for 96 classes" in warning and "steps of 50 points" in warning
     assert load_dataset(DataConfig(images_per_class=24, seed=3)).info["warnings"] == []
+
+
+def test_a_network_flat_at_chance_is_said_not_to_learn_with_the_likely_cause():
+    from fruitcnn.config import resolve_arch
+    from fruitcnn.training import chance_loss, not_learning_advice
+    from heads import single_head_specs
+
+    specs = single_head_specs([str(index) for index in range(10)])
+    chance = chance_loss(specs)
+    assert chance == pytest.approx(math.log(10))
+    deep = RunConfig(
+        arch=resolve_arch("ece4179-deep"), train=TrainConfig(optimizer="adam", learning_rate=0.01)
+    )
+    advice = not_learning_advice(deep, specs, (2.3039, 2.3026))
+    assert (
+        "not learning: after its first epoch the training loss is 2.304, the loss of guessing is 2.303"
+        in advice
+    )
+    assert "adam at --lr 0.01 moves the weights of a network without batch norm too far" in advice
+    assert "try --lr 0.001" in advice
+    assert not_learning_advice(deep, specs, (2.3039, 1.9)) is None  # validation learnt something
+    assert not_learning_advice(deep, specs, (6.2, 4.0)) is None  # confidently wrong early: not flat
+    sgd = RunConfig(arch=resolve_arch("ece4179-deep"), train=TrainConfig(optimizer="sgd", learning_rate=0.5))
+    assert "sgd at --lr 0.5 is too fast without batch norm: try --lr 0.01" in not_learning_advice(
+        sgd, specs, (chance, chance)
+    )
+    with_bn = RunConfig(train=TrainConfig(optimizer="adam", learning_rate=0.01))  # the line preset has bn
+    assert "may be too high or too low" in not_learning_advice(with_bn, specs, (chance, chance))
+
+
+def test_initialisers_follow_the_architecture_and_normalisation_can_be_left_out():
+    from fruitcnn.config import kernel_initializer, preset, resolve_arch
+    from fruitcnn.model import build_model
+    from heads import single_head_specs
+
+    assert kernel_initializer(resolve_arch("ece4179-deep")) == "he_normal"  # ReLU, no batch norm
+    assert kernel_initializer(preset("line")) == "glorot_uniform"  # batch norm
+    assert kernel_initializer(resolve_arch("conv(8) tanh gap")) == "glorot_uniform"
+    arch = dataclasses.replace(preset("line"), normalize=False)
+    model = build_model(arch, input_shape=(28, 28, 3), heads=single_head_specs(["a", "b"]))
+    assert model.layers[1].name == "scale" and "normalize" not in [layer.name for layer in model.layers]
+    image = np.full((1, 28, 28, 3), 255.0, np.float32)
+    probe = keras.Model(model.inputs, model.get_layer("scale").output)
+    np.testing.assert_allclose(probe.predict(image, verbose=0), np.ones((1, 28, 28, 3)), rtol=1e-6)

@@ -129,6 +129,22 @@ def test_train_val_test_folders_use_their_own_validation(tmp_path):
     assert data.info["split"] == "own train/val/test"
 
 
+def test_train_and_val_folders_as_imagenet_ships_them_report_on_val(tmp_path):
+    train = formats.class_tree(tmp_path / "imagenette" / "train", {"n01": 10, "n02": 10})
+    val = formats.class_tree(tmp_path / "imagenette" / "val", {"n01": 3, "n02": 4}, start=100)
+    data = load(tmp_path / "imagenette")
+    # val/ is where such sets are reported: it is the test split, unchanged ...
+    assert as_set(data.test.images) == as_set(val["n01"] + val["n02"])
+    # ... and the model is chosen on a part of train/, never on val/
+    assert as_set(np.concatenate([data.train.images, data.val.images])) == as_set(train["n01"] + train["n02"])
+    assert (len(data.train), len(data.val), len(data.test)) == (18, 2, 7)
+    assert data.info["split"] == "own train/val: val/ is the test split (as such sets are reported), " + (
+        "validation = 0.1 of train/"
+    )
+    pooled = load(tmp_path / "imagenette", split="60/40")  # pooling only when asked for
+    assert "pooled" in pooled.info["split"] and len(pooled.test) == round(0.4 * 27)
+
+
 def test_explicit_split_pools_the_own_parts(tmp_path):
     formats.class_tree(tmp_path / "d" / "Training", {"a": 8, "b": 8})
     formats.class_tree(tmp_path / "d" / "Test", {"a": 2, "b": 2}, start=50)

@@ -1,0 +1,197 @@
+"""Time budgets: fit a whole training schedule into a number of seconds.
+
+``train.py --time-budget 300`` (or ``5m``) trains for as many optimisation steps as fit
+into the budget, with the learning rate reaching the end of its schedule (zero for
+``cosine`` and ``linear``) at the last step. The budget counts the optimisation steps
+and the evaluations after every epoch (what ``history.csv``'s ``elapsed_s`` counts,
+summed over resumed sessions); loading the data, building the model, the final
+evaluation of the best model and the report are outside it.
+
+How: :class:`BudgetPlanner` times the first steps of each session (the first
+``CALIBRATION_SKIP`` are left out: they include tracing), plans the number of steps that
+fit into the time left, with an evaluation at every epoch end, and plans again at the
+end of every epoch with that epoch's measured step and evaluation times. The plan sets
+the step at which training stops (mid-epoch: the last epoch is then partial and
+evaluated like any other) and the ``total_steps`` of :class:`PlannedDecay`, the
+schedule the learning rate follows, so a re-plan moves the end of the decay, not the
+rate already used. A run is therefore as long as the machine is fast: its number of
+steps is machine-dependent, unlike an ``--epochs`` run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+# Steps left out of the first timing of a session (tracing, warm caches).
+CALIBRATION_SKIP = 3
+# Steps timed before the first plan: this share of an epoch, within these bounds.
+CALIBRATION_SHARE, CALIBRATION_MIN, CALIBRATION_MAX = 0.1, 5, 50
+# The plan keeps this share of the time left in reserve for jitter of the step times.
+SAFETY = 0.01
+# At most this share of the planned steps warms up (a short budget keeps a decay).
+MAX_WARMUP_SHARE = 0.5
+# Upper bound of the epochs of a budget run (the planner stops it long before).
+MAX_EPOCHS = 100_000
+
+
+@keras.saving.register_keras_serializable(package="fruitcnn")
+class PlannedDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then ``cosine`` or
+    ``linear`` decay to 0 at ``total_steps``, which is a variable: a time budget moves
+    it when it plans again. (With a fixed total and ``cosine`` it equals Keras's
+    ``CosineDecay`` with warm-up.)
+
+    Args:
+        peak: the learning rate after the warm-up.
+        warmup_steps: steps of the warm-up (at most half of ``total_steps``).
+        total_steps: the step at which the rate reaches 0.
+        shape: ``cosine`` or ``linear``.
+    """
+
+    SHAPES = ("cosine", "linear")
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int, shape: str = "cosine"):
+        if shape not in self.SHAPES:
+            raise ValueError(f"decay shape {shape!r}? expected one of {', '.join(self.SHAPES)}.")
+        self.peak, self.warmup_steps, self.shape = float(peak), int(warmup_steps), shape
+        self.total_steps = tf.Variable(float(max(1, total_steps)), trainable=False, dtype=tf.float32)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        total = self.total_steps
+        warmup = tf.minimum(float(self.warmup_steps), MAX_WARMUP_SHARE * total)
+        warming = self.peak * step / tf.maximum(warmup, 1.0)
+        progress = tf.clip_by_value((step - warmup) / tf.maximum(total - warmup, 1.0), 0.0, 1.0)
+        if self.shape == "cosine":
+            decayed = self.peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        else:
+            decayed = self.peak * (1.0 - progress)
+        return tf.where(step < warmup, warming, decayed)
+
+    def set_total(self, steps: int) -> None:
+        """Move the end of the decay to ``steps``."""
+        self.total_steps.assign(float(max(1, steps)))
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": int(self.total_steps.numpy()),
+            "shape": self.shape,
+        }
+
+
+def steps_that_fit(
+    seconds_left: float, step_s: float, eval_s: float, done_in_epoch: int, epoch_steps: int
+) -> int:
+    """The most further optimisation steps that fit into ``seconds_left`` when each costs
+    ``step_s`` and every epoch end they reach (a partial last epoch's too) costs
+    ``eval_s``; ``done_in_epoch`` steps of the current epoch are done already."""
+    usable = seconds_left * (1.0 - SAFETY)
+    if usable <= 0 or step_s <= 0:
+        return 0
+    best, ends = 0, 1
+    while ends <= MAX_EPOCHS:
+        before = (ends - 1) * epoch_steps - done_in_epoch  # more steps than this reach end number `ends`
+        if max(before, 0) * step_s + ends * eval_s > usable:
+            break  # not even one step past the previous end fits
+        most = min(ends * epoch_steps - done_in_epoch, int((usable - ends * eval_s) / step_s))
+        if most > max(before, 0):
+            best = most
+        ends += 1
+    return best
+
+
+class BudgetPlanner(keras.callbacks.Callback):
+    """Stops training when the planned steps are done and keeps the schedule's end there
+    (see the module docstring). Runs after fruitcnn's recorder, so an epoch's
+    evaluation time is measured when it plans again.
+
+    Args:
+        budget_s: the time budget in seconds.
+        prior_s: seconds spent by earlier sessions of a resumed run.
+        epoch_steps: optimisation steps of a full epoch.
+        schedule: the optimizer's :class:`PlannedDecay`, or None (constant, step,
+            plateau: only the stop is planned).
+        eval_steps: forward passes of a training batch's size that an epoch end's
+            evaluations make (the first estimate of their time, before one is measured).
+        record: receives the plan after each planning (kept in state.json and
+            metrics.json).
+    """
+
+    def __init__(self, budget_s, prior_s, epoch_steps, schedule, eval_steps, record):
+        super().__init__()
+        self.budget_s, self.prior_s, self.epoch_steps = float(budget_s), float(prior_s), int(epoch_steps)
+        self.schedule, self.eval_steps, self.record = schedule, float(eval_steps), record
+        self.calibration = min(CALIBRATION_MAX, max(CALIBRATION_MIN, int(CALIBRATION_SHARE * epoch_steps)))
+        self.total_steps: int | None = None
+        self.step_s: float | None = None
+        self.eval_s: float | None = None
+        self.plans = 0
+
+    def on_train_begin(self, logs=None):
+        self.session_start = time.monotonic()
+        self.session_steps, self.session_epochs = 0, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.timed_from: tuple[float, int] | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.session_steps += 1
+        now = self.last_step_end = time.monotonic()
+        # timed from the end of an epoch's first step; in a session's first epoch from the
+        # CALIBRATION_SKIP-th (the first steps include tracing)
+        if self.timed_from is None and (self.session_epochs or self.session_steps >= CALIBRATION_SKIP):
+            self.timed_from = (now, self.session_steps)
+            return
+        timed = self.session_steps - self.timed_from[1] if self.timed_from else 0
+        if self.step_s is None and timed == self.calibration:
+            self.step_s = (now - self.timed_from[0]) / timed
+            self._plan(now, done_in_epoch=batch + 1)
+        if self.total_steps is not None and self._step() >= self.total_steps:
+            if timed:  # plan again with this epoch's steps so far: stop only if nothing more fits
+                self.step_s = (now - self.timed_from[0]) / timed
+                self._plan(now, done_in_epoch=batch + 1)
+            self.model.stop_training = self._step() >= self.total_steps
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.monotonic()
+        self.session_epochs += 1
+        if self.model.stop_training:  # the plan ended inside this epoch: its decay ends here too
+            return
+        if self.timed_from and self.session_steps > self.timed_from[1]:  # this epoch's own step time
+            self.step_s = (self.last_step_end - self.timed_from[0]) / (
+                self.session_steps - self.timed_from[1]
+            )
+        self.eval_s = now - self.last_step_end
+        if self.step_s is not None:
+            self._plan(now, done_in_epoch=0)
+        if self.total_steps is not None and self._step() >= self.total_steps:
+            self.model.stop_training = True
+
+    def _step(self) -> int:
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def _plan(self, now: float, done_in_epoch: int) -> None:
+        # before an epoch end was measured: a forward pass costs about a third of a step
+        eval_s = self.eval_s if self.eval_s is not None else self.eval_steps * self.step_s / 3
+        spent = self.prior_s + now - self.session_start
+        more = steps_that_fit(self.budget_s - spent, self.step_s, eval_s, done_in_epoch, self.epoch_steps)
+        self.total_steps = min(self._step() + more, MAX_EPOCHS * self.epoch_steps)
+        if self.schedule is not None:
+            self.schedule.set_total(self.total_steps)
+        self.plans += 1
+        self.record(
+            {
+                "budget_s": self.budget_s,
+                "planned_steps": self.total_steps,
+                "step_ms": round(1000 * self.step_s, 3),
+                "eval_s_per_epoch": round(eval_s, 3),
+                "plans": self.plans,
+            }
+        )

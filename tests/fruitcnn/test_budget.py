@@ -1,0 +1,117 @@
+"""Time budgets: the plan against brute force, the schedule against Keras's, and real runs
+that end on time with the learning rate at the end of its decay."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from fruitcnn import runs
+from fruitcnn.budget import PlannedDecay, steps_that_fit
+from fruitcnn.config import DataConfig, RunConfig, TrainConfig, config_from_settings, parse_duration
+from fruitcnn.training import train
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("300", 300), ("300s", 300), ("5m", 300), ("2.5m", 150), ("1h30m", 5400), ("1h", 3600), (45.5, 45.5)],
+)
+def test_durations_are_read_in_seconds(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "five minutes", "5x", "-3", "0", "inf", "nan"])
+def test_unreadable_durations_are_explained(text):
+    with pytest.raises(ValueError, match="time budget"):
+        parse_duration(text)
+
+
+def _brute_force(seconds, step_s, eval_s, done, epoch_steps, limit=10_000):
+    """The most steps s with s * step_s + (epoch ends reached) * eval_s <= the usable time."""
+    from fruitcnn.budget import SAFETY
+
+    usable = seconds * (1 - SAFETY)
+    best = 0
+    for steps in range(1, limit):
+        ends = math.ceil((done + steps) / epoch_steps)
+        if steps * step_s + ends * eval_s <= usable:
+            best = steps
+    return best
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_plan_is_the_most_steps_that_fit(seed):
+    rng = np.random.default_rng(seed)
+    epoch_steps = int(rng.integers(1, 40))
+    case = (
+        float(rng.uniform(0, 60)),
+        float(rng.uniform(0.01, 1.0)),
+        float(rng.uniform(0, 10)),
+        int(rng.integers(0, epoch_steps)),
+        epoch_steps,
+    )
+    assert steps_that_fit(*case) == _brute_force(*case, limit=int(case[0] / case[1]) + 2)
+
+
+def test_planned_cosine_equals_keras_cosine_decay_with_warmup():
+    ours = PlannedDecay(0.2, warmup_steps=10, total_steps=50, shape="cosine")
+    keras_own = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=40, warmup_target=0.2, warmup_steps=10
+    )
+    for step in range(0, 55):
+        assert float(ours(step)) == pytest.approx(float(keras_own(step)), abs=1e-6), step
+
+
+def test_planned_linear_decays_to_zero_where_the_plan_moves_it():
+    schedule = PlannedDecay(1.0, warmup_steps=0, total_steps=100, shape="linear")
+    assert [round(float(schedule(step)), 4) for step in (0, 50, 100, 120)] == [1.0, 0.5, 0.0, 0.0]
+    schedule.set_total(200)  # a re-plan: the end moves, the start stays
+    assert [round(float(schedule(step)), 4) for step in (0, 100, 200)] == [1.0, 0.5, 0.0]
+    copy = PlannedDecay.from_config(schedule.get_config())
+    assert float(copy(150)) == pytest.approx(0.25)
+    short = PlannedDecay(1.0, warmup_steps=100, total_steps=40, shape="linear")  # warm-up capped at half
+    assert float(short(20)) == pytest.approx(1.0) and float(short(40)) == pytest.approx(0.0)
+
+
+def test_a_budget_and_epochs_together_are_refused():
+    with pytest.raises(ValueError, match="a number of epochs or a time budget, not both"):
+        config_from_settings({"epochs": 3, "time_budget": 60})
+    assert config_from_settings({"time_budget": "2m"}).train.time_budget == 120.0
+
+
+def _budget_config(budget, **changes):
+    settings = {"batch_size": 32, "time_budget": budget, "warmup_epochs": 0.0, **changes}
+    return RunConfig(data=DataConfig(images_per_class=24, seed=3), train=TrainConfig(**settings))
+
+
+def test_a_budget_run_ends_on_time_with_the_rate_at_the_end_of_its_decay(tmp_path, small_line):
+    budget = 30.0
+    result = train(_budget_config(budget), dataset=small_line, run_dir=tmp_path / "r", verbose=0)
+    spent = result.metrics["time_budget"]
+    # honoured within 5% (or 10 s): the steps and the evaluations after every epoch
+    assert abs(spent["used_s"] - budget) <= max(0.05 * budget, 10.0), spent
+    assert spent["used_s"] == pytest.approx(result.history[-1]["elapsed_s"])
+    assert spent["final_learning_rate"] == pytest.approx(0.0, abs=1e-9)
+    assert spent["steps"] == spent["planned_steps"] == sum(row["steps"] for row in result.history)
+    assert spent["epochs"] == pytest.approx(spent["steps"] / (len(small_line.train) // 32), abs=1e-3)
+    rates = [row["lr"] for row in result.history]
+    assert rates == sorted(rates, reverse=True) and len(rates) >= 2  # one decay over the whole run
+    assert [row["budget_left_s"] for row in result.history][-1] >= -max(0.05 * budget, 10.0)
+
+
+class _StopAfter(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise KeyboardInterrupt
+
+
+def test_a_resumed_budget_run_counts_the_time_of_every_session(tmp_path, small_line):
+    budget = 30.0
+    config = _budget_config(budget)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, dataset=small_line, run_dir=tmp_path / "r", callbacks=[_StopAfter()], verbose=0)
+    first = runs.read_json(tmp_path / "r" / "checkpoint" / "state.json")["elapsed_s"]
+    resumed = train(config, dataset=small_line, run_dir=tmp_path / "r", resume=True, verbose=0)
+    spent = resumed.metrics["time_budget"]
+    assert first < spent["used_s"] and abs(spent["used_s"] - budget) <= max(0.05 * budget, 10.0)
+    assert spent["final_learning_rate"] == pytest.approx(0.0, abs=1e-9)
