@@ -33,6 +33,8 @@ ENGINES = ("auto", "incremental", "batched")
 SPLITS = ("train", "val", "test")
 # Top predictions printed per head.
 TOP = 3
+# Training and test images sampled for the filter images (energy bound, dead filters, percentiles).
+REFERENCE_IMAGES = 256
 
 EXAMPLES = """examples:
   python explain.py --layer conv2 --image x.png            # the latest run, default methods
@@ -91,7 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--layer",
         default=None,
-        help="layer of gradcam, activations and filters (default: the last feature maps, e.g. relu3)",
+        help="layer(s) of gradcam, activations and filters: a name, a comma list (conv1,conv2), or all (the "
+        "last layer of every conv block: relu1, relu2 ...) (default: the last feature maps, e.g. relu3)",
+    )
+    parser.add_argument(
+        "--filter-objective",
+        choices=("centre", "mean"),
+        default="centre",
+        help="filters: maximise the unit at the centre of the filter's map (its receptive field shows what "
+        "it responds to) or the map's mean (a texture over the whole image) (default: centre)",
     )
     parser.add_argument(
         "--target",
@@ -136,9 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--smoothgrad",
         type=int,
-        default=0,
+        default=16,
         metavar="N",
-        help="saliency: average over N noisy copies (default: 0, off)",
+        help="saliency: average the gradients of N noisy copies (SmoothGrad; 0: the plain gradient); the "
+        "figure clips the map at its 99th percentile (default: 16)",
     )
     parser.add_argument("--times-input", action="store_true", help="saliency: gradient x input")
     parser.add_argument(
@@ -193,15 +204,34 @@ def _check_patch(patch: int | None, stride: int, model) -> None:
             )
 
 
-def _filters(text: str | None, model, layer: str | None, methods) -> tuple[int, ...] | None:
-    """The filter indices of --filters (None: the default first ones)."""
+def _layers(text: str | None, model, methods) -> tuple[str, ...]:
+    """The layers of --layer: checked names, or every conv block's last layer for all."""
+    if not text:
+        return ()
+    from visualize.gradcam import check_layer
+    from visualize.quality import gradcam_method_layers
+
+    if text == "all":
+        layers = tuple(dict.fromkeys(gradcam_method_layers(model).values()))
+        if not layers:
+            raise ValueError("--layer all: this model has no conv layer.")
+        return tuple(sorted(layers, key=[layer.name for layer in model.layers].index))
+    layers = tuple(item.strip() for item in text.split(",") if item.strip())
+    for layer in layers:  # activations take any layer; Grad-CAM and filters need feature maps
+        check_layer(model, layer, spatial=bool({"gradcam", "filters"} & set(methods)))
+    return layers
+
+
+def _filters(text: str | None, model, layers: tuple[str, ...], methods) -> tuple[int, ...] | str | None:
+    """The filter indices of --filters ("all": every filter of each layer; None: the
+    default first ones)."""
     if text is None or "filters" not in methods:
         return None
+    if text == "all":
+        return "all"
     from visualize.gradcam import default_layer
 
-    count = int(model.get_layer(layer or default_layer(model)).output.shape[-1])
-    if text == "all":
-        return tuple(range(count))
+    count = min(int(model.get_layer(layer).output.shape[-1]) for layer in layers or (default_layer(model),))
     try:
         chosen = tuple(int(item) for item in text.split(","))
     except ValueError:
@@ -211,6 +241,37 @@ def _filters(text: str | None, model, layer: str | None, methods) -> tuple[int, 
     if any(index < 0 or index >= count for index in chosen):
         raise ValueError(f"--filters {text!r}: the layer has filters 0..{count - 1}.")
     return chosen
+
+
+def _reference(args, run: Path, methods):
+    """Real images of the run for the filter images (visualize.explain_run.Reference):
+    a seeded sample of its training and test images, or why there are none."""
+    from visualize.explain_run import Reference
+
+    if "filters" not in methods:
+        return Reference()
+    import dataclasses
+
+    import numpy as np
+
+    from fruitcnn import runs
+    from fruitcnn.config import RunConfig
+    from fruitcnn.data import load_dataset
+
+    folder = run if run.is_dir() else run.parent
+    try:
+        config = RunConfig.from_dict(runs.read_json(folder / runs.CONFIG_FILE))
+        data = dataclasses.replace(config.data, dataset=args.dataset) if args.dataset else config.data
+        dataset = load_dataset(data)
+    except ValueError as error:
+        note = str(error).splitlines()[0]
+        return Reference(note=f"no real images to compare with: {note}; dead filters are not detected")
+    rng = np.random.default_rng(args.seed)
+
+    def sample(split):
+        return split.images[np.sort(rng.choice(len(split), min(REFERENCE_IMAGES, len(split)), replace=False))]
+
+    return Reference(train=sample(dataset.train), test=sample(dataset.test))
 
 
 def _fill(text: str):
@@ -317,9 +378,11 @@ def _inputs(args, run: Path, model):
         if args.samples < 1:
             raise ValueError(f"--samples must be at least 1, got {args.samples}.")
         return _samples(args, run)
-    if not args.image:
-        raise ValueError("nothing to explain: give --image FILE (repeatable) or --samples N.")
     height, width, channels = (int(size) for size in model.inputs[0].shape[1:])
+    if not args.image:
+        if set(_methods(args.method)) <= {"filters"}:  # filter images need no input image
+            return np.zeros((0, height, width, channels), np.uint8), [], None, None
+        raise ValueError("nothing to explain: give --image FILE (repeatable) or --samples N.")
     images = np.stack([read_image_file(path, (height, width), channels) for path in args.image])
     return images, [Path(path).stem for path in args.image], None, None
 
@@ -395,21 +458,24 @@ def main(argv: list[str] | None = None) -> int:
         classes = _classes(saved, model)
         _check_patch(args.patch, args.stride, model)
         head, target = _parse_target(args.target, classes)
-        if args.layer:
-            from visualize.gradcam import check_layer
-
-            # activations take any layer; Grad-CAM and filters need feature maps
-            check_layer(model, args.layer, spatial=bool({"gradcam", "filters"} & set(methods)))
+        layers = _layers(args.layer, model, methods)
         images, stems, truth, masks = _inputs(args, run, model)
         out = Path(args.out) if args.out else (run if run.is_dir() else run.parent) / "explanations"
+
         from visualize.explain_run import Options, explain_images
         from visualize.targets import class_probabilities
 
-        probabilities = class_probabilities(model, images, classes)
-        _print_predictions(probabilities, stems, classes)
+        if len(images):
+            probabilities = class_probabilities(model, images, classes)
+            _print_predictions(probabilities, stems, classes)
+        else:  # only filter images, which need no input image
+            probabilities = {
+                head: images[:0, :1, 0, 0].astype(float).repeat(len(names), 1)
+                for head, names in classes.items()
+            }
 
         options = Options(
-            layer=args.layer,
+            layers=layers,
             patch=args.patch,
             stride=args.stride,
             fill=fill,
@@ -417,13 +483,14 @@ def main(argv: list[str] | None = None) -> int:
             saliency_of=args.saliency,
             smoothgrad=args.smoothgrad,
             times_input=args.times_input,
-            filters=_filters(args.filters, model, args.layer, methods),
+            filters=_filters(args.filters, model, layers, methods),
+            filter_objective=args.filter_objective,
             quality=args.quality,
         )
 
         written = explain_images(
             model, images, stems, classes, probabilities, methods=methods, head=head, target=target,
-            truth=truth, options=options, out=out, masks=masks,
+            truth=truth, options=options, out=out, masks=masks, reference=_reference(args, run, methods),
         )  # fmt: skip
     except ValueError as error:
         parser.exit(2, f"explain.py: error: {error}\n")

@@ -26,6 +26,8 @@ EXAMPLES = """examples:
   python study.py studies/fruits-dropout-bn.toml          # dropout with and without batch norm
   python study.py studies/miniimagenet-module-cifar10.toml --plan   # list the trials, train nothing
   python study.py studies/cs671-part2-mnist.toml --out saved_models/studies/mine
+  python study.py studies/cs671-part2-mnist.toml --dataset ~/data/mnist      # your copy of the data
+  python study.py studies/line-filters.toml --set epochs=4 --set batch_size=128
   tensorboard --logdir saved_models/studies/line-filters/runs     # HParams dashboard and curves
 
 several machines (Keras Tuner's chief/worker mode; same command and study file on each):
@@ -47,6 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("study", metavar="STUDY_FILE", help="the study file (.toml or .json)")
     parser.add_argument(
         "--out", default=None, metavar="DIR", help="study folder (default: saved_models/studies/<name>)"
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        metavar="PATH",
+        help="run the study on this data instead of the study file's (every trial; the folder gets its name)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set one more base entry for every trial, e.g. --set epochs=5 (repeatable)",
     )
     parser.add_argument(
         "--plan",
@@ -92,13 +107,33 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, run (or plan) the study, print where the tables went."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from fruitcnn.study import DEFAULT_ROOT, STUDY_CSV, STUDY_MD, STUDY_PLOT, check_settings, load_study
+    from fruitcnn.study import (
+        DEFAULT_ROOT,
+        STUDY_CSV,
+        STUDY_MD,
+        STUDY_PLOT,
+        check_settings,
+        load_study,
+        missing_data,
+        override_suffix,
+        parse_override,
+    )
 
-    use_cache_dir(args.cache_dir)
     try:
-        study = load_study(args.study)
+        use_cache_dir(args.cache_dir)
+        overrides = dict(parse_override(text) for text in args.set)
+        if args.dataset:
+            overrides["dataset"] = args.dataset
+        study = load_study(args.study, overrides)
+        missing = missing_data(study)
+        if missing:
+            raise ValueError(
+                f"the data of study {study.name} is not here: {', '.join(missing)} does not exist. Give "
+                f"your copy: python study.py {args.study} --dataset PATH."
+            )
         check_settings(study)
-        folder = Path(args.out) if args.out else DEFAULT_ROOT / study.name
+        name = f"{study.name}-{override_suffix(overrides)}" if overrides else study.name
+        folder = Path(args.out) if args.out else DEFAULT_ROOT / name
         if args.plan:
             return _plan(study, folder, restart=args.restart)
         from fruitcnn.tuning import run_study, set_distributed

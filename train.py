@@ -52,6 +52,9 @@ EXAMPLES = """examples:
   python report.py saved_models/<run>              # the report again, other options
 """
 
+# Characters per line of --summary's table.
+SUMMARY_WIDTH = 110
+
 _DEFAULTS = {
     "data": DataConfig(),
     "arch": ArchConfig(layers=["gap"]),
@@ -131,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="four heads (length, width, colour, angle) instead of one softmax",
     )
+    add(
+        "--head-layers",
+        "layers of each head before its logits: 'fc(64) relu' for every head, or per head "
+        "'angle=fc(64) relu; colour=fc(8) relu'",
+        metavar="LAYERS",
+    )
     add("--l2", "L2 weight decay on conv and dense kernels", type=float, metavar="F")
     add("--dropout", "dropout rate before the heads", type=float, metavar="F")
     add("--bn-momentum", "momentum of the batch-norm moving statistics", type=float, metavar="F")
@@ -173,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--plateau-factor", "plateau: decay factor", type=float, metavar="F")
     add("--seed", "seed of initialisation, dropout and batch order", type=int, metavar="N")
     add("--label-smoothing", "label smoothing of the cross-entropy", type=float, metavar="S")
+    add(
+        "--weight-decay",
+        "decoupled weight decay: each step every weight shrinks by lr x F of itself",
+        type=float,
+        metavar="F",
+    )
     add(
         "--tta",
         "test-time augmentation of val/test evaluation (flip: average with the mirror image)",
@@ -334,7 +349,17 @@ def _summary(config: RunConfig, num_classes: int | None) -> None:
     size = config.data.image_size or line.IMAGE_SIZE
     shape = (size, size, 3)
     model = build_model(config.arch, input_shape=shape, heads=specs)
-    model.summary(line_length=100)
+    # rich draws the table 80 characters wide when the output is no terminal (a pipe, a
+    # file), cutting the last column; COLUMNS sets its width
+    previous = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(SUMMARY_WIDTH)
+    try:
+        model.summary(line_length=SUMMARY_WIDTH)
+    finally:
+        if previous is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = previous
     flops = flops_per_image(model)
     print(
         f"architecture {config.arch.name}: input {shape[0]}x{shape[1]}x{shape[2]}, "

@@ -25,6 +25,12 @@ flatten   (no arguments)
 gap       global average pooling (no arguments)
 gmp       global max pooling (no arguments)
 fc        units (a fully connected layer; ``dense`` is the same)
+whiten    kernel=2: the first layer only; a frozen kernel x kernel conv whose 2*C*k*k
+          filters whiten the training images' patches (the eigenvectors of their
+          covariance over the square roots of its eigenvalues, and their negatives),
+          with a trained bias (airbench's first layer)
+scale     factor: multiply by a constant (e.g. ``gmp scale(0.111)`` before the heads:
+          smaller logits, as airbench's 1/9, which keeps high learning rates stable)
 ========  =========================================================================
 
 Separate layers by spaces, commas or semicolons. A ``.json`` file holding
@@ -73,6 +79,8 @@ LAYER_KINDS: dict[str, dict[str, Any]] = {
     "gap": {},
     "gmp": {},
     "fc": {"units": _REQUIRED},
+    "whiten": {"kernel": 2},
+    "scale": {"factor": _REQUIRED},
 }
 ACTIVATIONS = ("relu", "elu", "gelu", "tanh", "sigmoid", "leaky_relu", "swish")
 _ALIASES = {"dense": "fc", "batchnorm": "bn", "conv2d": "conv"}
@@ -162,6 +170,11 @@ def _check_values(kind: str, params: dict[str, Any]) -> None:
             raise ValueError(f"{kind} padding must be 'same' or 'valid', got {params['padding']!r}.")
     elif kind == "fc":
         positive_int("units")
+    elif kind == "whiten":
+        positive_int("kernel")
+    elif kind == "scale":
+        if not (_is_number(params["factor"]) and 0 < params["factor"] < math.inf):
+            raise ValueError(f"scale factor must be a positive number, got {params['factor']!r}.")
     elif kind == "dropout":
         if not _is_number(params["rate"]) or not 0.0 <= params["rate"] < 1.0:
             raise ValueError(f"dropout rate must be in [0, 1), got {params['rate']!r}.")
@@ -445,6 +458,9 @@ class ArchConfig:
             uniform), ``he`` (He normal, for ReLU networks without batch norm) or
             ``auto`` (he for a network without batch norm whose activations are all
             ReLU, else glorot).
+        head_layers: layers of each head between the shared features and its logits
+            (:func:`parse_head_layers`): ``fc(64) relu`` for every head, or
+            ``angle=fc(64) relu; colour=fc(8) relu`` per head ('' none).
     """
 
     name: str = "custom"
@@ -456,6 +472,7 @@ class ArchConfig:
     bn_layer: str = "fruitcnn"
     normalize: bool = True
     init: str = "auto"
+    head_layers: str = ""
 
     def __post_init__(self):
         self.layers = [
@@ -474,11 +491,56 @@ class ArchConfig:
             raise ValueError(f"bn_layer must be one of {BN_LAYERS}, got {self.bn_layer!r}.")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}.")
+        parse_head_layers(self.head_layers)
         if self.bn_batch_stats_at_inference and self.bn_layer != "fruitcnn":
             raise ValueError(
                 "batch statistics at inference (--bn-test-batch-stats) need fruitcnn's bn layer; "
                 f"got bn_layer={self.bn_layer!r}: drop --bn-layer keras or the flag."
             )
+
+
+# Layer kinds a head may have (they work on the feature vector).
+HEAD_LAYER_KINDS = ("fc", "act", "dropout", "bn")
+
+
+def parse_head_layers(text: str, heads=None) -> dict[str, list[LayerSpec]]:
+    """The head layers of ``text`` by head: ``fc(64) relu`` gives every head those
+    layers (key ``*``), ``angle=fc(64) relu; colour=fc(8) relu`` chosen heads theirs.
+
+    Args:
+        text: the head layers ('' for none).
+        heads: the model's head names, to resolve ``*`` and check the names (None:
+            syntax only, ``*`` kept).
+
+    Raises:
+        ValueError: a layer a head cannot have, an unknown head, a head given twice.
+    """
+    found: dict[str, list[LayerSpec]] = {}
+    if not str(text).strip():
+        return found
+    items = [item.strip() for item in str(text).split(";") if item.strip()]
+    for item in items:
+        head, _, layers = item.partition("=") if "=" in item.split("(")[0] else ("*", "", item)
+        head = head.strip()
+        if head in found:
+            raise ValueError(f"head layers: head {head!r} is given twice in {text!r}.")
+        specs = parse_layers(layers)
+        wrong = [spec.to_text() for spec in specs if spec.kind not in HEAD_LAYER_KINDS]
+        if wrong:
+            raise ValueError(
+                f"head layers {layers.strip()!r}: a head works on the feature vector, so it can have "
+                f"{', '.join(HEAD_LAYER_KINDS)} layers, not {', '.join(wrong)}."
+            )
+        found[head] = specs
+    if heads is None:
+        return found
+    unknown = [head for head in found if head != "*" and head not in heads]
+    if unknown:
+        raise ValueError(
+            f"head layers for {', '.join(unknown)}, but this model's heads are {', '.join(heads)}."
+        )
+    shared = found.get("*", [])
+    return {head: found.get(head, shared) for head in heads if found.get(head, shared)}
 
 
 def kernel_initializer(arch: ArchConfig) -> str:
@@ -697,17 +759,25 @@ def _limit_values(text: str) -> dict[str, float]:
     return values
 
 
+# A split that starts with this re-splits only the source's own training part (CS671:
+# "use 60% of the training data for training and 40% for testing": --split train:60/40).
+TRAINING_PART = "train:"
+
+
 def parse_split(text: str) -> tuple[str, tuple[float, ...]]:
-    """Read a split such as ``60/40`` or ``8000/2000/3000``.
+    """Read a split such as ``60/40``, ``8000/2000/3000`` or ``train:60/40``.
 
     Returns:
         ``("fractions", (...))`` when the parts are percentages summing to 100, or
-        ``("counts", (...))`` for image counts.
+        ``("counts", (...))`` for image counts (a ``train:`` prefix, which says what
+        is split, does not change them).
 
     Raises:
         ValueError: for anything else, with examples of what works.
     """
-    parts = [part.strip() for part in str(text).split("/")]
+    text = str(text)
+    body = text[len(TRAINING_PART) :] if text.startswith(TRAINING_PART) else text
+    parts = [part.strip() for part in body.split("/")]
     try:
         values = tuple(float(part) for part in parts)
     except ValueError:
@@ -716,7 +786,7 @@ def parse_split(text: str) -> tuple[str, tuple[float, ...]]:
         raise ValueError(
             f"cannot read split {text!r}; expected train/test or train/val/test, as "
             "percentages summing to 100 (e.g. 60/40 or 70/10/20) or as image counts "
-            "(e.g. 8000/2000/3000)."
+            "(e.g. 8000/2000/3000), optionally of the training part only (train:60/40)."
         )
     if abs(sum(values) - 100.0) < 1e-6:
         return "fractions", tuple(value / 100.0 for value in values)
@@ -883,6 +953,9 @@ class TrainConfig:
         tta: test-time augmentation of validation and test evaluation: ``none``, or
             ``flip`` (average the probabilities of each image and its mirror image;
             the saved model itself predicts without it).
+        weight_decay: decoupled weight decay: every step each weight shrinks by
+            ``learning rate x weight_decay`` of itself (Keras's optimizers'
+            ``weight_decay``; unlike ``l2`` it is not part of the loss).
         time_budget: seconds of training and per-epoch evaluation (0: none, ``epochs``
             decide); the run plans its steps to fill them, the decay ending with the
             time (``fruitcnn.budget``). ``epochs`` is then not used.
@@ -904,6 +977,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     tta: str = "none"
     time_budget: float = 0.0
+    weight_decay: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.time_budget, str):
@@ -921,6 +995,8 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}.")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}; e.g. 0.9.")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}.")
         if self.time_budget < 0:
             raise ValueError(
                 f"time_budget must be 0 (none) or a positive number of seconds, got {self.time_budget!r}."
@@ -1024,6 +1100,7 @@ SETTING_FIELDS: dict[str, tuple[str, str]] = {
     "bn_layer": ("arch", "bn_layer"),
     "normalize": ("arch", "normalize"),
     "init": ("arch", "init"),
+    "head_layers": ("arch", "head_layers"),
     "epochs": ("train", "epochs"),
     "batch_size": ("train", "batch_size"),
     "optimizer": ("train", "optimizer"),
@@ -1040,6 +1117,7 @@ SETTING_FIELDS: dict[str, tuple[str, str]] = {
     "label_smoothing": ("train", "label_smoothing"),
     "tta": ("train", "tta"),
     "time_budget": ("train", "time_budget"),
+    "weight_decay": ("train", "weight_decay"),
 }
 # Settings that are not a single field: the architecture and the head choice.
 SETTING_EXTRAS = ("arch", "multihead")

@@ -118,3 +118,14 @@ class HorizontalFlip(keras.layers.Layer):
 
     def call(self, inputs):
         return keras.ops.flip(inputs, axis=2)
+
+
+@keras.saving.register_keras_serializable(package="fruitcnn")
+class Whiten(keras.layers.Conv2D):
+    """A conv layer whose kernel is fixed (not trained; set from the training data, see
+    ``fruitcnn.model.whitening_filters``) and whose bias is trained: airbench's first
+    layer. The kernel stays frozen after saving and loading."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.kernel.trainable = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
+# Inches per head (width) and height of the branches figure; characters per line in its boxes.
+BRANCH_INCHES, BRANCH_CHARS = (2.6, 3.6), 28
 # Colours of the splits in every curve, so figures read alike.
 SPLIT_COLOURS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
 SPLIT_LABELS = {"train": "train", "val": "validation", "test": "test"}
@@ -140,20 +143,21 @@ def learning_curves(
         axis.set_title(title)
     for index, head in enumerate(heads):
         colour = f"C{index}"
-        for split, style in (("val", "o-"), ("test", "s--")):
+        for split, style in (("train", "^:"), ("val", "o-"), ("test", "s--")):
             values = _series(history, f"{split}_{head}_accuracy")
             if np.isfinite(values).any():
                 axes[2].plot(positions, values, style, markersize=3, color=colour, label=f"{head} ({split})")
-        axes[2].set_title("accuracy per head")
+        axes[2].set_title("accuracy per head (train dotted, validation solid, test dashed)", fontsize=9)
     for axis in axes:
         axis.set_xlabel(label)
         axis.grid(alpha=0.3)
         if best_epoch is not None and best_epoch in epochs:
             axis.axvline(positions[list(epochs).index(best_epoch)], color="grey", linestyle=":", linewidth=1)
         axis.legend(fontsize=7)
-    if x == "epoch":
+    if x == "epoch":  # whole epochs, half an epoch of margin (one epoch: a single tick at 1)
         for axis in axes:
             axis.xaxis.get_major_locator().set_params(integer=True)
+            axis.set_xlim(np.nanmin(epochs) - 0.5, np.nanmax(epochs) + 0.5)
     return figure
 
 
@@ -467,4 +471,31 @@ def confident_grid(
     if title:
         top = 1 - GRID_SPACING_X / (height + title_px)
         figure.text(0.5, top, title, ha="center", va="top", fontsize=GRID_TITLE_POINTS, parse_math=False)
+    return figure
+
+
+def branches_figure(trunk: Sequence[str], heads: Mapping[str, Sequence[str]], *, title: str) -> Figure:
+    """The shared feature extractor and each head's own layers as boxes with arrows.
+
+    Args:
+        trunk: the shared layers, input to the branch point, as short labels.
+        heads: for every head, its own layers after the branch point (down to its output).
+        title: the figure's title.
+    """
+    count = max(1, len(heads))
+    width = max(BRANCH_INCHES[0] * count, BRANCH_INCHES[0] * 2)
+    figure = Figure(figsize=(width, BRANCH_INCHES[1]), layout="constrained")
+    axis = figure.subplots()
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.axis("off")
+    box = {"boxstyle": "round,pad=0.4", "facecolor": "#eef3fb", "edgecolor": "#4c72b0"}
+    trunk_text = textwrap.fill(" > ".join(trunk), width=int(BRANCH_CHARS * width / BRANCH_INCHES[0]))
+    axis.text(0.5, 0.88, trunk_text, ha="center", va="top", fontsize=7, bbox=box, family="monospace")
+    for index, (head, layers) in enumerate(heads.items()):
+        x = (index + 0.5) / count
+        text = head + "\n" + "\n".join(textwrap.fill(layer, BRANCH_CHARS) for layer in layers)
+        axis.text(x, 0.08, text, ha="center", va="bottom", fontsize=7, bbox={**box, "facecolor": "#fdf1e6"})
+        axis.annotate("", xy=(x, 0.42), xytext=(0.5, 0.6), arrowprops={"arrowstyle": "->", "color": "#555"})
+    figure.suptitle(title, fontsize=10, parse_math=False)
     return figure

@@ -153,8 +153,13 @@ class Study:
         raise ValueError(f"no trial of study {self.name!r} has the values {labels}.")
 
 
-def load_study(path: str | Path) -> Study:
+def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Study:
     """Read and plan a study file (``.toml`` or ``.json``).
+
+    Args:
+        path: the study file.
+        overrides: base entries to replace (``study.py --dataset PATH``, ``--set key=value``):
+            the same study on other data or with another setting for every trial.
 
     Raises:
         ValueError: naming the entry that is wrong and what it should be.
@@ -177,7 +182,61 @@ def load_study(path: str | Path) -> Study:
             f"study file {path} must hold a table of entries (name, base, grid ...), "
             f"not {type(data).__name__}."
         )
+    if overrides:
+        data = _overridden(data, overrides, path)
     return study_from_dict(data, default_name=path.stem, source=path)
+
+
+def _overridden(data: dict[str, Any], overrides: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The study's entries with ``overrides`` replacing (or adding) base entries; a name
+    the grid or a variant varies cannot be overridden for every trial."""
+    varied = set(_table(data.get("grid", {}), "[grid]"))
+    variants = data.get("variants", [])
+    if isinstance(variants, list):
+        varied |= {str(key).replace("-", "_") for item in variants if isinstance(item, dict) for key in item}
+    overrides = {str(key).replace("-", "_"): value for key, value in overrides.items()}
+    clash = sorted(set(overrides) & varied)
+    if clash:
+        raise ValueError(
+            f"{', '.join(clash)} is varied by the study ({path}'s [grid] or [[variants]]), so it cannot be "
+            "set for every trial; edit a copy of the study file instead."
+        )
+    return {**data, "base": {**_table(data.get("base", {}), "[base]"), **overrides}}
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` of ``study.py --set``: the value read as in a study file (a number,
+    true/false, a "string"), else as plain text."""
+    key, equals, value = str(text).partition("=")
+    if not equals or not key.strip():
+        raise ValueError(f"--set {text!r}: expected key=value, e.g. --set epochs=5 or --set lr=0.01.")
+    try:
+        parsed = tomllib.loads(f"value = {value.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key.strip().replace("-", "_"), parsed
+
+
+def override_suffix(overrides: dict[str, Any]) -> str:
+    """A folder-name suffix for a study run with ``overrides`` (its results differ)."""
+    parts = []
+    for key, value in overrides.items():
+        text = (
+            str(value).replace("\\", "/").rstrip("/").split("/")[-1] if key == "dataset" else f"{key}{value}"
+        )
+        parts.append(re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._"))
+    return "-".join(part for part in parts if part)[:_FOLDER_CHARS] or "custom"
+
+
+def missing_data(study: Study) -> list[str]:
+    """The datasets the study's trials name that do not exist here (paths only: ``line``
+    and ``tfds:`` names are not files)."""
+    named = {str(trial.settings.get("dataset", "line")) for trial in study.trials}
+    return sorted(
+        name
+        for name in named
+        if name != "line" and not name.startswith("tfds:") and not Path(name).expanduser().exists()
+    )
 
 
 def study_from_dict(

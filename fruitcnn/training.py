@@ -40,7 +40,7 @@ from fruitcnn.config import AugmentConfig, RunConfig, TrainConfig
 from fruitcnn.data import Dataset, Split, load_dataset
 from fruitcnn.data.augment import augment_batch
 from fruitcnn.layers import HorizontalFlip
-from fruitcnn.model import build_model, plan_layers
+from fruitcnn.model import build_model, plan_layers, whitening_filters
 from heads import (
     AGGREGATE,
     SINGLE_HEAD,
@@ -265,11 +265,12 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
             decay_rate=config.step_factor,
             staircase=True,
         )
+    decay = config.weight_decay or None  # decoupled: w -= rate * decay * w every step
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=True)
+        return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=True, weight_decay=decay)
     if config.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(rate, momentum=config.momentum)
-    return keras.optimizers.Adam(rate)
+        return keras.optimizers.RMSprop(rate, momentum=config.momentum, weight_decay=decay)
+    return keras.optimizers.Adam(rate, weight_decay=decay)
 
 
 def steps_per_epoch(train_images: int, batch_size: int) -> int:
@@ -712,6 +713,7 @@ def _start(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[HeadS
         )
     # A folder whose run never finished an epoch has nothing to keep: start it afresh.
     mean, variance = channel_statistics(dataset.train.images)
+    whiten = next((spec for spec in config.arch.layers if spec.kind == "whiten"), None)
     model = build_model(
         config.arch,
         input_shape=dataset.image_shape,
@@ -719,6 +721,11 @@ def _start(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[HeadS
         channel_mean=mean,
         channel_variance=variance,
         seed=config.train.seed,
+        whitening=None
+        if whiten is None
+        else whitening_filters(
+            dataset.train.images, whiten.params["kernel"], mean, variance, seed=config.train.seed
+        ),
     )
     trainer = training_model(model, specs)
     steps = steps_per_epoch(len(dataset.train), config.train.batch_size)

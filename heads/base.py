@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -52,17 +53,28 @@ class HeadSpec:
 
 
 def build_heads(
-    features, specs: Sequence[HeadSpec], *, l2: float = 0.0, dropout: float = 0.0, seed=None
+    features,
+    specs: Sequence[HeadSpec],
+    *,
+    l2: float = 0.0,
+    dropout: float = 0.0,
+    seed=None,
+    branch: Callable[[str, Any], Any] | None = None,
 ) -> dict:
-    """Put the heads on a feature vector; returns ``{head name: probability tensor}``."""
+    """Put the heads on a feature vector; returns ``{head name: probability tensor}``.
+
+    ``branch(head name, features)`` gives a head's own layers between the shared
+    features and its logits (``fruitcnn.model`` builds them from the architecture's
+    ``head_layers``); None: the logits sit on the shared features."""
     if dropout > 0:
         features = keras.layers.Dropout(dropout, seed=seed, name="dropout_head")(features)
     regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
     outputs = {}
     for spec in specs:
+        own = branch(spec.name, features) if branch is not None else features
         logits = keras.layers.Dense(
             spec.units, kernel_regularizer=regularizer, name=f"{spec.name}{LOGITS_SUFFIX}"
-        )(features)
+        )(own)
         outputs[spec.name] = keras.layers.Activation(spec.kind, name=spec.name)(logits)
     return outputs
 

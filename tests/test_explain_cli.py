@@ -78,6 +78,10 @@ def test_a_model_the_incremental_engine_cannot_follow_falls_back_and_says_why(
         cli.main([*argv, "--occlusion-engine", "incremental", "--out", str(tmp_path)])
     assert "incremental occlusion cannot handle this model: layer conv9" in capsys.readouterr().err
     assert (cli.FILLS, cli.ENGINES) == (occlusion.FILLS, occlusion.ENGINES)  # --help needs no TensorFlow
+    from visualize.explain_run import DEFAULT_SMOOTHGRAD
+
+    smoothgrad = next(action for action in cli.build_parser()._actions if action.dest == "smoothgrad")
+    assert smoothgrad.default == DEFAULT_SMOOTHGRAD
 
 
 def test_all_methods_on_a_four_head_model_with_a_chosen_target(trained, tmp_path, capsys):
@@ -97,7 +101,12 @@ def test_all_methods_on_a_four_head_model_with_a_chosen_target(trained, tmp_path
     assert "line [angle]:" in out and "line [colour]:" in out
     names = {path.name for path in tmp_path.iterdir()}
     assert {"line_occlusion_prob_angle.npy", "line_saliency_angle.png", "line_gradcam_angle.npy"} <= names
-    assert {"line_activations_relu3.png", "line_filters_relu3.png", "line_filters_weights.png"} <= names
+    assert {
+        "line_activations_relu3.png",
+        "filters_relu3.png",
+        "filters_relu3.csv",
+        "filters_weights.png",
+    } <= names
     assert not any(name.endswith("_colour.npy") for name in names)  # only the chosen head
 
 
@@ -128,7 +137,8 @@ def test_images_of_any_size_and_mode_and_chosen_filters(trained, tmp_path, capsy
     run = trained / "saved_models" / RUNS["single"]
     argv = ["--model", str(run), "--image", str(trained / "big.png"), "--out", str(tmp_path)]
     assert cli.main([*argv, "--method", "activations,filters", "--layer", "conv2", "--filters", "0,5"]) == 0
-    assert np.load(tmp_path / "big_filters_conv2.npy").shape == (2, 28, 28, 3)
+    assert np.load(tmp_path / "filters_conv2.npy").shape == (2, 28, 28, 3)  # once per layer, not per image
+    assert np.load(tmp_path / "big_activations_conv2.npy").shape == (14, 14, 32)
     assert cli.main([*argv, "--method", "activations", "--layer", "gmp"]) == 0  # any layer, also not spatial
     assert np.load(tmp_path / "big_activations_gmp.npy").shape == (64,)
 
@@ -256,3 +266,40 @@ def test_a_model_made_elsewhere_with_a_plain_output_is_explained(trained, tmp_pa
     assert "line: " in capsys.readouterr().out  # top predictions, classes by index
     for name in ("line_occlusion_prob", "line_saliency", "line_gradcam"):
         assert np.isfinite(np.load(tmp_path / "out" / f"{name}.npy")).all()
+
+
+def test_first_layer_filter_images_are_its_kernels_and_every_layer_in_one_call(trained, tmp_path, capsys):
+    from visualize.filters import window_correlation
+
+    run = trained / "saved_models" / RUNS["single"]
+    argv = ["--model", str(run), "--method", "filters", "--out", str(tmp_path)]
+    assert cli.main([*argv, "--layer", "conv1", "--filters", "all"]) == 0  # no image needed
+    patterns = np.load(tmp_path / "filters_conv1.npy")
+    kernels = np.load(tmp_path / "filters_weights.npy")
+    assert patterns.shape == (16, 28, 28, 3) and kernels.shape == (16, 4, 4, 3)
+    scores = [window_correlation(pattern, kernel) for pattern, kernel in zip(patterns, kernels)]
+    assert np.mean(scores) >= 0.9, scores
+    measures = pd.read_csv(tmp_path / "filters_conv1.csv")
+    assert list(measures.columns) == [
+        "filter",
+        "dead",
+        "activation",
+        "percentile_99",
+        "structure",
+        "above_percentile",
+    ]
+    living = measures[~measures["dead"]]
+    assert living["above_percentile"].all() and (living["structure"] > 0.3).all()
+    assert "living above the 99th percentile of their activations there" in capsys.readouterr().out
+    assert cli.main([*argv, "--layer", "all"]) == 0
+    assert sorted(path.name for path in tmp_path.glob("filters_relu*.png")) == [
+        "filters_relu1.png",
+        "filters_relu2.png",
+        "filters_relu3.png",
+    ]
+    cams = ["--model", str(run), "--image", str(trained / "line.png"), "--method", "gradcam"]
+    assert cli.main([*cams, "--layer", "relu1,relu3", "--out", str(tmp_path / "cams")]) == 0
+    assert sorted(path.name for path in (tmp_path / "cams").glob("*.npy")) == [
+        "line_gradcam_relu1.npy",
+        "line_gradcam_relu3.npy",
+    ]

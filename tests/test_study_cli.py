@@ -283,3 +283,21 @@ def test_a_worker_with_another_study_file_is_refused(tmp_path):
     other = load_study(_study(tmp_path, GRID_2X2.replace("epochs = 1", "epochs = 2"), "other.toml"))
     with pytest.raises(ValueError, match="this worker's study file plans other trials than the chief's"):
         _check_same_study(other, chief_space)
+
+
+def test_a_study_runs_on_the_users_own_data_and_settings(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = GRID_2X2.replace('dataset = "line"', 'dataset = "../shared/data/nowhere.tgz"')
+    study = _study(tmp_path, text)
+    with pytest.raises(SystemExit) as stop:
+        study_cli.main([str(study), "--plan"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "../shared/data/nowhere.tgz does not exist" in err
+    assert f"python study.py {study} --dataset PATH" in err
+    assert study_cli.main([str(study), "--plan", "--dataset", "line", "--set", "epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert "4 trials -> saved_models/studies/small-epochs3-line" in out  # a folder of its own
+    assert "base dataset = 'line'" in out and "base epochs = 3" in out
+    with pytest.raises(SystemExit):
+        study_cli.main([str(study), "--plan", "--dataset", "line", "--set", "filters=4"])
+    assert "filters is varied by the study" in capsys.readouterr().err

@@ -7,6 +7,7 @@ is drawn as zeros instead of dividing by a zero range.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,6 +19,8 @@ PANEL_INCHES, TILE_INCHES = 3.2, 0.9
 OVERLAY_ALPHA = 0.5
 # Tiles per row of activation and filter grids.
 GRID_COLUMNS = 8
+# Characters per line of a heatmap's label.
+LABEL_WIDTH = 44
 
 
 def unit_range(values: np.ndarray) -> np.ndarray:
@@ -40,7 +43,13 @@ def _show_image(axis, image: np.ndarray) -> None:
 
 
 def heatmap_figure(
-    image: np.ndarray, heatmap: np.ndarray, *, title: str, label: str, cmap: str = "inferno"
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    *,
+    title: str,
+    label: str,
+    cmap: str = "inferno",
+    clip_percentile: float | None = None,
 ) -> Figure:
     """The image, the heatmap with a colour bar in its own units, and their overlay.
 
@@ -50,18 +59,29 @@ def heatmap_figure(
         title: the figure's title (e.g. the prediction and the true label).
         label: the colour bar's label (what the map measures).
         cmap: matplotlib colour map of the heatmap.
+        clip_percentile: show values above this percentile of the map as its value
+            (gradient maps: a few extreme pixels would otherwise leave the rest dark);
+            the colour bar and the label say so. None: the full range.
     """
+    shown_map = np.asarray(heatmap, np.float64)
+    if clip_percentile is not None:
+        ceiling = float(np.percentile(shown_map, clip_percentile))
+        if ceiling > shown_map.min():
+            shown_map = np.minimum(shown_map, ceiling)
+            label = f"{label}, clipped at its {clip_percentile:g}th percentile"
     figure = Figure(figsize=(3 * PANEL_INCHES, PANEL_INCHES + 0.5), layout="constrained")
     left, middle, right = figure.subplots(1, 3)
     _show_image(left, image)
     left.set_title("image", fontsize=9)
-    shown = middle.imshow(heatmap, cmap=cmap, interpolation="nearest")
+    shown = middle.imshow(shown_map, cmap=cmap, interpolation="nearest")
     middle.set_xticks([])
     middle.set_yticks([])
-    middle.set_title(label, fontsize=9, parse_math=False)
+    middle.set_title(textwrap.fill(label, LABEL_WIDTH), fontsize=8, parse_math=False)
     figure.colorbar(shown, ax=middle, shrink=0.8)
     _show_image(right, image)
-    right.imshow(unit_range(heatmap), cmap=cmap, alpha=OVERLAY_ALPHA, vmin=0, vmax=1, interpolation="nearest")
+    right.imshow(
+        unit_range(shown_map), cmap=cmap, alpha=OVERLAY_ALPHA, vmin=0, vmax=1, interpolation="nearest"
+    )
     right.set_title("overlay (map scaled to 0..1)", fontsize=9)
     figure.suptitle(title, fontsize=10, parse_math=False)
     return figure
@@ -89,6 +109,45 @@ def tile_figure(
         else:
             axis.imshow(tile.reshape(tile.shape[:2]), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
         axis.set_title(labels[index] if labels else str(index), fontsize=6, parse_math=False)
+    figure.suptitle(title, fontsize=10, parse_math=False)
+    return figure
+
+
+def filters_figure(
+    patterns: np.ndarray,
+    *,
+    title: str,
+    labels: Sequence[str],
+    dead: Sequence[bool] | None = None,
+    crop: tuple[slice, slice] | None = None,
+) -> Figure:
+    """Filter images as a grid, each scaled to its own range (a filter's pattern, not its
+    contrast, is what the figure compares), cropped to ``crop`` (the receptive field of a
+    centre unit); a dead filter's tile is left grey and labelled "dead"."""
+    crop = crop or (slice(None), slice(None))
+    shown = np.stack([pattern[crop] for pattern in np.asarray(patterns)])
+    dead = list(dead) if dead is not None else [False] * len(shown)
+    count = shown.shape[0]
+    columns = min(GRID_COLUMNS, count)
+    rows = math.ceil(count / columns)
+    figure = Figure(figsize=(columns * TILE_INCHES, rows * TILE_INCHES + 0.5), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).reshape(-1)
+    for index, axis in enumerate(axes):
+        axis.set_xticks([])
+        axis.set_yticks([])
+        if index >= count:
+            axis.axis("off")
+            continue
+        if dead[index]:
+            axis.imshow(np.full(shown.shape[1:3], 0.5), cmap="gray", vmin=0, vmax=1)
+            axis.text(0.5, 0.5, "dead", transform=axis.transAxes, ha="center", va="center", fontsize=7)
+        else:
+            tile = unit_range(shown[index])
+            if tile.shape[-1] == 1:
+                axis.imshow(tile[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                axis.imshow(tile, interpolation="nearest")
+        axis.set_title(labels[index], fontsize=6, parse_math=False)
     figure.suptitle(title, fontsize=10, parse_math=False)
     return figure
 

@@ -19,13 +19,25 @@ import pandas as pd
 from fruitcnn import plots, runs
 from visualize import draw, quality
 from visualize.activations import activations
-from visualize.filters import filter_patterns, first_layer_weights
+from visualize.filters import (
+    PERCENTILE,
+    filter_measures,
+    filter_patterns,
+    first_layer_weights,
+    receptive_field,
+)
 from visualize.gradcam import default_layer, gradcam
 from visualize.occlusion import default_patch, occlusion, training_mean_colour
 from visualize.saliency import saliency
 
 # Filters drawn by the filters method when none are chosen (the first ones of the layer).
 SHOWN_FILTERS = 32
+# Saliency as explain.py draws it by default: SmoothGrad of the loss over this many noisy
+# copies (on the line model its maximum lay on the line for 61.5% of the images, against
+# 29% for the plain gradient), shown clipped at this percentile of each map.
+DEFAULT_SMOOTHGRAD, SALIENCY_CLIP_PERCENTILE = 16, 99.0
+# Columns of filters_<layer>.csv besides the filter index.
+FILTER_COLUMNS = ("dead", "activation", "percentile_99", "structure")
 EXPLAINED_FILE = "explained.csv"
 QUALITY_FILE = "quality.csv"
 # Characters per line of the quality legend printed.
@@ -34,18 +46,25 @@ QUALITY_TEXT_WIDTH = 100
 
 @dataclass(frozen=True)
 class Options:
-    """The method settings of explain.py (see its --help)."""
+    """The method settings of explain.py (see its --help). ``layers``: the layers of
+    Grad-CAM, activations and filters (empty: the default layer)."""
 
-    layer: str | None = None
+    layers: tuple[str, ...] = ()
     patch: int | None = None  # None: a tenth of the image side (occlusion.default_patch)
     stride: int = 1
     fill: object = "mean"
     occlusion_engine: str = "auto"
     saliency_of: str = "loss"
-    smoothgrad: int = 0
+    smoothgrad: int = DEFAULT_SMOOTHGRAD
     times_input: bool = False
-    filters: tuple[int, ...] | None = None
+    filters: tuple[int, ...] | str | None = None  # "all": every filter of each layer
+    filter_objective: str = "centre"
     quality: bool = False
+
+    @property
+    def layer(self) -> str | None:
+        """The first chosen layer (Grad-CAM's in the quality measures), or None."""
+        return self.layers[0] if self.layers else None
 
 
 def _save(out: Path, name: str, figure=None, array=None) -> int:
@@ -82,6 +101,7 @@ def explain_images(
     options: Options,
     out: Path,
     masks: np.ndarray | None = None,
+    reference: Reference | None = None,
 ) -> int:
     """Run ``methods`` on ``images`` for ``head`` (default: every head) and write the
     files; returns how many were written. ``probabilities`` are the model's, per head
@@ -121,7 +141,7 @@ def explain_images(
         written += _heatmaps(model, images, stems, titles, drawn, options, out, suffix)
         if options.quality and importance:
             scores.append(_quality(model, images, stems, name, targets, importance, options, masks))
-    written += _layer_pictures(model, images, stems, methods, options, out)
+    written += _layer_pictures(model, images, stems, methods, options, out, reference or Reference())
     runs.write_csv(out / EXPLAINED_FILE, rows)
     if scores:
         frame = pd.concat(scores, ignore_index=True)
@@ -248,8 +268,12 @@ def _maps(model, images, head, targets, methods, options):
             times_input=options.times_input,
         )
     if "gradcam" in methods:
-        maps["gradcam"] = gradcam(model, images, head=head, target=targets, layer=options.layer)
-    importance.update((name, maps[name]) for name in ("saliency", "gradcam") if name in maps)
+        for layer in options.layers or (None,):
+            name = "gradcam" if len(options.layers) <= 1 else f"gradcam_{layer}"
+            maps[name] = gradcam(model, images, head=head, target=targets, layer=layer)
+    importance.update(
+        (name, values) for name, values in maps.items() if name.startswith(("saliency", "gradcam"))
+    )
     return maps, importance
 
 
@@ -259,7 +283,7 @@ def _labels(model, options, gradcam_drawn: bool) -> dict[str, str]:
     patch = options.patch
     saliency_label = f"max |d {options.saliency_of} / d pixel| over channels"
     if options.smoothgrad:
-        saliency_label += f", SmoothGrad of {options.smoothgrad}"
+        saliency_label = f"SmoothGrad ({options.smoothgrad} noisy copies) of {saliency_label}"
     if options.times_input:
         saliency_label += ", x input"
     labels = {
@@ -269,45 +293,108 @@ def _labels(model, options, gradcam_drawn: bool) -> dict[str, str]:
     }
     if gradcam_drawn:
         labels["gradcam"] = f"Grad-CAM of {options.layer or default_layer(model)}"
+        labels.update((f"gradcam_{layer}", f"Grad-CAM of {layer}") for layer in options.layers)
     return labels
 
 
 def _heatmaps(model, images, stems, titles, maps, options, out, suffix) -> int:
     if not maps:
         return 0
-    labels = _labels(model, options, "gradcam" in maps)
+    labels = _labels(model, options, any(name.startswith("gradcam") for name in maps))
     written = 0
     for method, values in maps.items():
+        # gradients: a few extreme pixels would leave the rest of the map dark
+        clip = SALIENCY_CLIP_PERCENTILE if method == "saliency" else None
         for index, stem in enumerate(stems):
             figure = draw.heatmap_figure(
-                images[index], values[index], title=titles[index], label=labels[method]
+                images[index], values[index], title=titles[index], label=labels[method], clip_percentile=clip
             )
             written += _save(out, f"{stem}_{method}{suffix}", figure, values[index])
     return written
 
 
-def _layer_pictures(model, images, stems, methods, options, out) -> int:
+def _layer_pictures(model, images, stems, methods, options, out, reference) -> int:
+    """Activations per image and layer; filter images once per layer (they do not depend
+    on the image), with their measures."""
     if "activations" not in methods and "filters" not in methods:
         return 0
     written = 0
-    layer = options.layer or default_layer(model)
-    if "activations" in methods:
-        maps = activations(model, images, layer=layer)
-        for index, stem in enumerate(stems):
-            tiles = np.moveaxis(maps[index], -1, 0) if maps.ndim == 4 else maps[index][:, None, None]
-            figure = draw.tile_figure(tiles, title=f"{stem}: activations of {layer}")
-            written += _save(out, f"{stem}_activations_{layer}", figure, maps[index])
-    if "filters" in methods:  # the same pictures for every image, saved under each image's name
-        count = int(model.get_layer(layer).output.shape[-1])
+    layers = options.layers or (default_layer(model),)
+    for layer in layers:
+        if "activations" in methods:
+            maps = activations(model, images, layer=layer)
+            for index, stem in enumerate(stems):
+                tiles = np.moveaxis(maps[index], -1, 0) if maps.ndim == 4 else maps[index][:, None, None]
+                figure = draw.tile_figure(tiles, title=f"{stem}: activations of {layer}")
+                written += _save(out, f"{stem}_activations_{layer}", figure, maps[index])
+        if "filters" in methods:
+            written += _filter_pictures(model, layer, options, out, reference)
+    if "filters" in methods:
+        weights = first_layer_weights(model)
+        figure = draw.tile_figure(weights, title="the first conv layer's kernels")
+        written += _save(out, "filters_weights", figure, weights)
+    return written
+
+
+def _filter_pictures(model, layer, options, out, reference) -> int:
+    """``filters_<layer>.png/.npy/.csv``: the chosen filters' images and their measures."""
+    count = int(model.get_layer(layer).output.shape[-1])
+    if options.filters == "all":
+        chosen = list(range(count))
+    else:
         chosen = (
             list(options.filters) if options.filters is not None else list(range(min(count, SHOWN_FILTERS)))
         )
-        patterns = filter_patterns(model, layer=layer, filters=chosen)
-        weights = first_layer_weights(model)
-        for stem in stems:
-            title = f"images that excite the filters of {layer} most"
-            figure = draw.tile_figure(patterns, title=title, labels=[str(index) for index in chosen])
-            written += _save(out, f"{stem}_filters_{layer}", figure, patterns)
-            figure = draw.tile_figure(weights, title="the first conv layer's kernels")
-            written += _save(out, f"{stem}_filters_weights", figure, weights)
-    return written
+    start = time.perf_counter()
+    patterns = filter_patterns(
+        model, layer=layer, filters=chosen, objective=options.filter_objective, images=reference.train
+    )
+    seconds = time.perf_counter() - start
+    crop = receptive_field(model, layer) if options.filter_objective == "centre" else None
+    rows = [{"filter": index} for index in chosen]
+    dead = None
+    if reference.test is not None:
+        found = filter_measures(
+            model,
+            patterns,
+            layer=layer,
+            filters=chosen,
+            images=reference.test,
+            objective=options.filter_objective,
+        )
+        dead = found.dead
+        for row, *values in zip(rows, found.dead, found.activation, found.percentile, found.structure):
+            row.update(zip(FILTER_COLUMNS, values))
+            row["above_percentile"] = bool(not row["dead"] and row["activation"] > row["percentile_99"])
+        alive = ~found.dead
+        above = int((found.activation > found.percentile)[alive].sum())
+        structure = np.median(found.structure[alive]) if alive.any() else float("nan")
+        print(
+            f"filters of {layer}: {len(chosen)} images in {seconds:.1f} s; {int(found.dead.sum())} dead "
+            f"(never active on {found.images} test images); {above} of {int(alive.sum())} living above the "
+            f"{PERCENTILE:g}th percentile of their activations there; spatial structure median "
+            f"{structure:.2f}"
+        )
+    else:
+        print(f"filters of {layer}: {len(chosen)} images in {seconds:.1f} s ({reference.note})")
+    what = "unit at the centre of the map" if options.filter_objective == "centre" else "mean over the map"
+    title = (
+        f"{layer}: the inputs that drive each filter's {what} hardest"
+        + (" (cropped to its receptive field" if crop else " (")
+        + ", each scaled to its own range)"
+    )
+    labels = [str(index) for index in chosen]
+    figure = draw.filters_figure(patterns, title=title, labels=labels, dead=dead, crop=crop)
+    runs.write_csv(out / f"filters_{layer}.csv", rows)
+    return _save(out, f"filters_{layer}", figure, patterns) + 1
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Real images for the filter images: training images set their energy bound, test
+    images the percentiles and which filters are dead (None, with ``note``, when the
+    run's data cannot be read)."""
+
+    train: np.ndarray | None = None
+    test: np.ndarray | None = None
+    note: str = ""

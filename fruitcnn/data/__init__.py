@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fruitcnn.config import DataConfig, parse_unpack_limits
+from fruitcnn.config import TRAINING_PART, DataConfig, parse_unpack_limits
 from fruitcnn.data import cache, line
 from fruitcnn.data.problems import DatasetError, Problems
 from fruitcnn.data.sources import Part, RawData, check_classes, read_source
@@ -201,6 +201,14 @@ def _assemble(raw: RawData, config: DataConfig) -> tuple[Split, Split, Split, st
         )
         return train.take(kept), train.take(held), _split_of(parts["val"]), how
     split = DEFAULT_SPLIT if config.split == "auto" else config.split
+    how = f"{split} stratified"
+    if split.startswith(TRAINING_PART):
+        split = split[len(TRAINING_PART) :]
+        if "train" in parts:  # the own test part is not used
+            parts = {"train": parts["train"]}
+            how += (
+                f" of the own training part only ({len(parts['train'].labels)} images; its test part unused)"
+            )
     if len(parts) == 1:
         whole = _split_of(next(iter(parts.values())))
     else:
@@ -208,10 +216,10 @@ def _assemble(raw: RawData, config: DataConfig) -> tuple[Split, Split, Split, st
             np.concatenate([part.images for part in parts.values()]),
             np.concatenate([part.labels for part in parts.values()]).astype(np.int32),
         )
+        how += ", pooled from the own parts"
     train, val, test = stratified_split(
         whole.labels, split, val_fraction=config.val_fraction, seed=config.seed
     )
-    how = f"{split} stratified" + (", pooled from the own parts" if "all" not in parts else "")
     return whole.take(train), whole.take(val), whole.take(test), how
 
 
@@ -231,7 +239,7 @@ def line_dataset(config: DataConfig) -> Dataset:
         config.images_per_class, image_size=config.image_size or line.IMAGE_SIZE, seed=config.seed
     )
     whole = Split(data.images, data.labels, data.attributes, data.masks)
-    split = DEFAULT_SPLIT if config.split == "auto" else config.split
+    split = DEFAULT_SPLIT if config.split == "auto" else config.split.removeprefix(TRAINING_PART)
     train, val, test = (
         whole.take(part)
         for part in stratified_split(data.labels, split, val_fraction=config.val_fraction, seed=config.seed)

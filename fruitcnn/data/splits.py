@@ -33,7 +33,7 @@ def stratified_split(
         Three sorted int64 index arrays (train, val, test).
     """
     labels = np.asarray(labels)
-    mode, values = parse_split(split)
+    mode, values = parse_split(split)  # (which part is split, train:, is the caller's)
     total = labels.size
     if mode == "counts" and sum(values) > total:
         raise ValueError(

@@ -606,7 +606,7 @@ def setup_section(record, dataset) -> Section:
     return Section("Data and hyperparameters", "setup", blocks)
 
 
-def architecture_section(model) -> Section:
+def architecture_section(model, files: dict[str, bytes]) -> Section:
     """Every layer with its output shape and parameters; totals and forward FLOPs."""
     from fruitcnn.model import flops_per_image
 
@@ -635,7 +635,39 @@ def architecture_section(model) -> Section:
         f"{flops / 1e6:.2f} MFLOP per image (forward pass, conv and dense layers)."
     )
     formats = {"trainable": "{:,}", "non-trainable": "{:,}"}
-    return Section("Architecture", "architecture", [Text(text), Table(frame, "", formats)])
+    blocks: list[Any] = [Text(text)]
+    trunk, heads = branches(model)
+    if len(heads) > 1 or any(len(layers) > 2 for layers in heads.values()):
+        figure = plots.branches_figure(
+            trunk, heads, title="shared feature extractor and the heads' own layers"
+        )
+        png = plots.png_bytes(figure, dpi=FIGURE_DPI)
+        files["architecture.png"] = png
+        blocks.append(Figure("architecture.png", png, "The heads branch off the shared features."))
+    blocks.append(Table(frame, "", formats))
+    return Section("Architecture", "architecture", blocks)
+
+
+def branches(model) -> tuple[list[str], dict[str, list[str]]]:
+    """The model's shared layers (input to the last layer every head depends on) and
+    each head's own layers after them, as ``name (type)`` labels in model order."""
+    import keras
+
+    from visualize.targets import head_names
+
+    order = [layer.name for layer in model.layers]
+    needs = {
+        head: {layer.name for layer in keras.Model(model.inputs, model.get_layer(head).output).layers}
+        for head in head_names(model)
+    }
+    shared = set.intersection(*needs.values()) if needs else set(order)
+
+    def label(name: str) -> str:
+        return f"{name} ({type(model.get_layer(name)).__name__})"
+
+    trunk = [label(name) for name in order if name in shared and not name.startswith("image")]
+    own = {head: [label(name) for name in order if name in layers - shared] for head, layers in needs.items()}
+    return trunk, own
 
 
 def _training_start(record) -> str:

@@ -186,7 +186,7 @@ def test_layer_errors_list_the_model_layers():
         occlusion(model, np.zeros((1, 6, 6, 1)), patch=0)
 
 
-def test_filter_visualisation_raises_the_filter_activation_from_grey():
+def test_filter_visualisation_of_the_map_mean_raises_the_filter_activation():
     inputs = keras.Input((8, 8, 1), name="image")
     conv = keras.layers.Conv2D(2, 3, padding="same", name="conv1")(inputs)
     logits = keras.layers.Dense(2, name="class_logits")(keras.layers.GlobalAveragePooling2D()(conv))
@@ -195,7 +195,7 @@ def test_filter_visualisation_raises_the_filter_activation_from_grey():
     kernel[1, 1, 0, 0] = 1.0  # filter 0: the pixel itself (brighter is better)
     kernel[1, 1, 0, 1] = -1.0  # filter 1: darker is better
     model.get_layer("conv1").set_weights([kernel, np.zeros(2, np.float32)])
-    patterns = filter_patterns(model, layer="conv1", steps=20, jitter=0, blur_every=0, decay=0.0)
+    patterns = filter_patterns(model, layer="conv1", objective="mean", steps=20, jitter=0, blur=False)
     assert patterns.shape == (2, 8, 8, 1)
     assert patterns[0].mean() > 128 + 40 and patterns[1].mean() < 128 - 40
     np.testing.assert_array_equal(first_layer_weights(model), np.transpose(kernel, (3, 0, 1, 2)))
@@ -267,3 +267,53 @@ def test_explain_images_of_a_model_without_conv_layers_runs_occlusion(tmp_path):
     with pytest.raises(ValueError, match="no conv layer; Grad-CAM, activations and filters need one"):
         explain_images(model, images, ["x"], classes, probabilities, methods=["gradcam"], options=Options(),
                        **common)  # fmt: skip
+
+
+def _first_layer_model(seed=0):
+    """normalize -> conv1 (4 random 5x5x3 kernels, one with a bias that keeps it off) -> relu1."""
+    rng = np.random.default_rng(seed)
+    inputs = keras.Input((12, 12, 3), name="image")
+    normalized = keras.layers.Normalization(mean=[60.0, 90.0, 120.0], variance=[900.0, 1600.0, 2500.0],
+                                            name="normalize")(inputs)  # fmt: skip
+    conv = keras.layers.Conv2D(4, 5, padding="same", name="conv1")(normalized)
+    rectified = keras.layers.ReLU(name="relu1")(conv)
+    logits = keras.layers.Dense(2, name="class_logits")(keras.layers.GlobalAveragePooling2D()(rectified))
+    model = keras.Model(inputs, {"class": keras.layers.Softmax(name="class")(logits)})
+    kernel = rng.normal(0, 1, (5, 5, 3, 4)).astype(np.float32)
+    bias = np.array([0.0, 0.0, 0.0, -1e4], np.float32)  # filter 3 never fires: dead
+    model.get_layer("conv1").set_weights([kernel, bias])
+    return model, kernel
+
+
+def test_a_first_layer_unit_is_maximised_by_its_own_kernel():
+    from visualize.filters import receptive_field, window_correlation
+
+    model, kernel = _first_layer_model()
+    assert receptive_field(model, "conv1") == (slice(4, 9), slice(4, 9))  # the centre unit's 5x5 window
+    from visualize.filters import input_frame
+
+    patterns = filter_patterns(model, layer="conv1", filters=[0, 1, 2])
+    normalised = input_frame(model).to_normalised(patterns)
+    for index in range(3):  # the maximiser of a linear unit under an energy bound is its kernel
+        assert window_correlation(normalised[index], kernel[..., index]) > 0.999
+    # in pixel units: the kernel scaled by each channel's spread around the mean colour
+    centre = patterns[0][4:9, 4:9] - np.array([60.0, 90.0, 120.0])
+    scaled = (centre / [30.0, 40.0, 50.0]).ravel()
+    assert np.corrcoef(scaled, kernel[..., 0].ravel())[0, 1] == pytest.approx(1.0, abs=1e-4)
+    assert np.abs(patterns[0][:4] - [60.0, 90.0, 120.0]).max() < 1e-3  # outside the field: the mean colour
+
+
+def test_filter_measures_find_dead_filters_percentiles_and_structure():
+    from visualize.filters import filter_measures, spatial_structure
+
+    model, _ = _first_layer_model()
+    images = np.random.default_rng(1).uniform(0, 255, (16, 12, 12, 3)).astype(np.float32)
+    patterns = filter_patterns(model, layer="relu1", images=images)
+    found = filter_measures(model, patterns, layer="relu1", filters=range(4), images=images)
+    assert found.dead.tolist() == [False, False, False, True] and found.images == 16
+    # each living filter's image drives it past the 99th percentile of real images' activations
+    assert (found.activation[:3] > found.percentile[:3]).all()
+    assert spatial_structure(np.ones((5, 5, 3))) == 0.0  # a flat colour field
+    stripes = np.tile(np.array([1.0, -1.0])[:, None, None], (3, 6, 3))
+    assert spatial_structure(stripes) == pytest.approx(1.0)
+    assert (found.structure[:3] > 0.5).all()

@@ -638,3 +638,17 @@ def test_an_unusable_cache_dir_is_an_error_and_a_failing_cache_a_warning(tmp_pat
     formats.class_tree(tmp_path / "data", {"a": 2, "b": 2})
     load(tmp_path / "data", split="50/50", val_fraction=0.5)
     assert "warning: the decoded images were not cached" in capsys.readouterr().err
+
+
+def test_cs671_split_takes_60_40_of_the_training_data_only(tmp_path):
+    arrays = formats.write_mnist(tmp_path / "mnist", train=50, test=20)
+    data = load(tmp_path / "mnist", split="train:60/40", val_fraction=0.1)
+    assert (len(data.train) + len(data.val), len(data.test)) == (30, 20)  # 60/40 of the 50 training images
+    training = as_set(arrays["train"][0][..., None])
+    for split in data.splits.values():  # nothing from t10k
+        assert as_set(split.images) <= training
+    assert "of the own training part only (50 images; its test part unused)" in data.info["split"]
+    line = load_dataset(DataConfig(images_per_class=5, split="train:60/40"))  # no own split: all of it
+    assert len(line.test) == round(0.4 * 480)
+    with pytest.raises(ValueError, match="optionally of the training part only"):
+        DataConfig(dataset="x", split="train:60-40")
