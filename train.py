@@ -40,6 +40,8 @@ EXAMPLES = """examples:
   python train.py                                  # line dataset, 96-class softmax
   python train.py --dataset line --multihead       # four heads: length, width, colour, angle
   python train.py --dataset ../shared/data/fruits-360-24.tgz   # an archive as downloaded
+  python train.py --dataset ~/data/stl10_binary --split 8000/2000/3000 --time-budget 10m
+  python train.py --dataset ~/data/stl10_binary --split 8000/2000/3000 --arch ece4179-deep
   python train.py --dataset ~/data/mnist --epochs 5             # MNIST IDX files
   python train.py --dataset photos/ --split 70/10/20 --image-size 64 --flip horizontal --translate 4
   python train.py --arch cs671-part1 --epochs 5 --optimizer sgd --lr 0.05
@@ -50,6 +52,16 @@ EXAMPLES = """examples:
   python train.py --resume                         # continue the last interrupted run
   tensorboard --logdir saved_models                # learning curves, confusion matrices
   python report.py saved_models/<run>              # the report again, other options
+"""
+
+RECIPES = """recipes (settings the flags leave out; any flag given wins, --config gets none):
+  colour photos without --arch: an airbench-like network (frozen 2x2 whitening, three
+    conv-pool-bn-relu blocks, global max pooling, a hidden fc layer) sized to the time
+    budget (--time-budget, 5m unless --epochs is given) and this machine's speed; SGD with
+    Nesterov momentum, weight decay, label smoothing, linear warm-up and decay, flips,
+    translations and test-time flips; printed at the start and saved in config.json
+  an architecture without batch norm: Adam at 0.001 and He-normal kernels
+  everything else: the defaults below
 """
 
 # Characters per line of --summary's table.
@@ -73,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train.py",
         description=__doc__.split("\n\n")[0],
-        epilog=EXAMPLES,
+        epilog=EXAMPLES + "\n" + RECIPES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data = parser.add_argument_group("data")
@@ -168,14 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help="instead of --epochs: train for T (300, 300s, 5m, 1h30m) of steps and per-epoch evaluations, "
         "the learning-rate decay ending when the time is up; data loading, the final evaluation and the "
-        "report are outside it (default: none)",
+        "report are outside it (default: none; colour photos without --epochs: 5m, see the recipe below)",
     )
     add("--batch-size", "images per step", type=int, metavar="N")
     add("--optimizer", "optimizer", choices=OPTIMIZERS)
     add("--lr", "peak learning rate", type=float, metavar="F")
     add("--momentum", "momentum of sgd and rmsprop", type=float, metavar="F")
     add("--schedule", "learning-rate schedule", choices=SCHEDULES)
-    add("--warmup-epochs", "cosine: linear warm-up length in epochs", type=float, metavar="F")
+    add("--warmup-epochs", "cosine, linear: warm-up length in epochs", type=float, metavar="F")
     add("--step-epochs", "step: epochs between decays", type=int, metavar="N")
     add("--step-factor", "step: decay factor", type=float, metavar="F")
     add("--plateau-patience", "plateau: epochs without val-loss improvement", type=int, metavar="N")
@@ -292,13 +304,18 @@ def data_config(args: argparse.Namespace) -> DataConfig:
     return make_config(args).data
 
 
-def make_config(args: argparse.Namespace, image_shape: tuple[int, int, int] | None = None) -> RunConfig:
+def make_config(args: argparse.Namespace, dataset=None) -> RunConfig:
     """The run configuration: ``--config`` (or defaults) with the given flags applied.
 
-    ``image_shape`` (of the loaded data) picks the default architecture when neither
-    ``--arch`` nor ``--config`` gives one (see ``fruitcnn.config.default_preset``).
+    With the loaded ``dataset`` and no ``--config``, the settings the flags leave out come
+    from the recipe for the data and architecture (``fruitcnn.recipes``; e.g. colour
+    photos get a network sized to a time budget).
     """
-    return config_from_settings(_settings(args), base=_base(args), image_shape=image_shape)
+    if dataset is None:
+        return config_from_settings(_settings(args), base=_base(args))
+    from fruitcnn.recipes import run_config
+
+    return run_config(_settings(args), base=_base(args), dataset=dataset)
 
 
 def load_data(config: DataConfig):
@@ -385,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         make_config(args)  # every flag checked before the data is read
         run_dir = _run_dir(args)
         dataset = load_data(data_config(args))
-        config = make_config(args, dataset.image_shape)
+        config = make_config(args, dataset)
+        if config.recipe:
+            print(config.recipe)
         return _train_and_report(args, config, dataset, run_dir, runs)
     except ValueError as error:
         parser.exit(2, f"train.py: error: {error}\n")

@@ -42,39 +42,61 @@ MAX_EPOCHS = 100_000
 @keras.saving.register_keras_serializable(package="fruitcnn")
 class PlannedDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then ``cosine`` or
-    ``linear`` decay to 0 at ``total_steps``, which is a variable: a time budget moves
-    it when it plans again. (With a fixed total and ``cosine`` it equals Keras's
-    ``CosineDecay`` with warm-up.)
+    ``linear`` decay to 0 at ``total_steps``, an end a time budget may move while the
+    run goes on (:meth:`set_total`). A move never makes the rate jump: the decay goes on
+    from where it is (its progress at that step) to 0 at the new end, so the rate falls
+    without a break or rise. With a fixed end and ``cosine`` it equals Keras's
+    ``CosineDecay`` with warm-up.
 
     Args:
         peak: the learning rate after the warm-up.
         warmup_steps: steps of the warm-up (at most half of ``total_steps``).
         total_steps: the step at which the rate reaches 0.
         shape: ``cosine`` or ``linear``.
+        anchor_step, anchor_progress: where the last move happened and the decay's
+            progress (0..1) there (0, 0: no move yet).
     """
 
     SHAPES = ("cosine", "linear")
 
-    def __init__(self, peak: float, warmup_steps: int, total_steps: int, shape: str = "cosine"):
+    def __init__(self, peak, warmup_steps, total_steps, shape="cosine", anchor_step=0, anchor_progress=0.0):
         if shape not in self.SHAPES:
             raise ValueError(f"decay shape {shape!r}? expected one of {', '.join(self.SHAPES)}.")
         self.peak, self.warmup_steps, self.shape = float(peak), int(warmup_steps), shape
-        self.total_steps = tf.Variable(float(max(1, total_steps)), trainable=False, dtype=tf.float32)
+
+        def variable(value):
+            return tf.Variable(float(value), trainable=False, dtype=tf.float32)
+
+        self.total_steps = variable(max(1, total_steps))
+        self.anchor_step, self.anchor_progress = variable(anchor_step), variable(anchor_progress)
+
+    def _warmup(self):
+        return tf.minimum(float(self.warmup_steps), MAX_WARMUP_SHARE * self.total_steps)
+
+    def progress(self, step):
+        """How far the decay is at ``step``, 0 (peak) .. 1 (zero)."""
+        step, warmup = tf.cast(step, tf.float32), self._warmup()
+        start = tf.maximum(self.anchor_step, warmup)
+        left = tf.maximum(self.total_steps - start, 1.0)
+        done = self.anchor_progress + (1.0 - self.anchor_progress) * (step - start) / left
+        return tf.clip_by_value(done, 0.0, 1.0)
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        total = self.total_steps
-        warmup = tf.minimum(float(self.warmup_steps), MAX_WARMUP_SHARE * total)
-        warming = self.peak * step / tf.maximum(warmup, 1.0)
-        progress = tf.clip_by_value((step - warmup) / tf.maximum(total - warmup, 1.0), 0.0, 1.0)
+        step, warmup = tf.cast(step, tf.float32), self._warmup()
+        progress = self.progress(step)
         if self.shape == "cosine":
             decayed = self.peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
         else:
             decayed = self.peak * (1.0 - progress)
-        return tf.where(step < warmup, warming, decayed)
+        return tf.where(step < warmup, self.peak * step / tf.maximum(warmup, 1.0), decayed)
 
-    def set_total(self, steps: int) -> None:
-        """Move the end of the decay to ``steps``."""
+    def set_total(self, steps: int, at_step: int = 0) -> None:
+        """Move the end of the decay to ``steps``; the decay goes on from its progress at
+        ``at_step`` (the current step)."""
+        at_step = float(at_step)
+        reached = float(self.progress(at_step)) if at_step >= float(self._warmup()) else 0.0
+        self.anchor_step.assign(max(at_step, 0.0))
+        self.anchor_progress.assign(reached)
         self.total_steps.assign(float(max(1, steps)))
 
     def get_config(self) -> dict[str, Any]:
@@ -83,6 +105,8 @@ class PlannedDecay(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_steps": self.warmup_steps,
             "total_steps": int(self.total_steps.numpy()),
             "shape": self.shape,
+            "anchor_step": int(self.anchor_step.numpy()),
+            "anchor_progress": float(self.anchor_progress.numpy()),
         }
 
 
@@ -129,6 +153,7 @@ class BudgetPlanner(keras.callbacks.Callback):
         self.budget_s, self.prior_s, self.epoch_steps = float(budget_s), float(prior_s), int(epoch_steps)
         self.schedule, self.eval_steps, self.record = schedule, float(eval_steps), record
         self.calibration = min(CALIBRATION_MAX, max(CALIBRATION_MIN, int(CALIBRATION_SHARE * epoch_steps)))
+        # (an epoch of fewer steps than this is timed whole, from its second epoch on)
         self.total_steps: int | None = None
         self.step_s: float | None = None
         self.eval_s: float | None = None
@@ -140,6 +165,7 @@ class BudgetPlanner(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.timed_from: tuple[float, int] | None = None
+        self.epoch_start = (time.monotonic(), self.session_steps)
 
     def on_train_batch_end(self, batch, logs=None):
         self.session_steps += 1
@@ -169,9 +195,16 @@ class BudgetPlanner(keras.callbacks.Callback):
                 self.session_steps - self.timed_from[1]
             )
         self.eval_s = now - self.last_step_end
+        steps_in_epoch = self.session_steps - self.epoch_start[1]
+        if self.step_s is None and self.session_epochs > 1 and steps_in_epoch:
+            # epochs too short to time steps within them (fewer than the calibration's):
+            # a whole epoch's steps, timed from its start (not the session's first epoch)
+            self.step_s = (self.last_step_end - self.epoch_start[0]) / steps_in_epoch
         if self.step_s is not None:
             self._plan(now, done_in_epoch=0)
-        if self.total_steps is not None and self._step() >= self.total_steps:
+        spent = self.prior_s + now - self.session_start
+        planned_end = self.total_steps is not None and self._step() >= self.total_steps
+        if planned_end or spent >= self.budget_s:  # the time is up whatever the plan says
             self.model.stop_training = True
 
     def _step(self) -> int:
@@ -184,7 +217,7 @@ class BudgetPlanner(keras.callbacks.Callback):
         more = steps_that_fit(self.budget_s - spent, self.step_s, eval_s, done_in_epoch, self.epoch_steps)
         self.total_steps = min(self._step() + more, MAX_EPOCHS * self.epoch_steps)
         if self.schedule is not None:
-            self.schedule.set_total(self.total_steps)
+            self.schedule.set_total(self.total_steps, at_step=self._step())
         self.plans += 1
         self.record(
             {

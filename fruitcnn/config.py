@@ -600,6 +600,18 @@ PRESETS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "ece4179_block(32) ece4179_block(64) ece4179_block(128) ece4179_block(192) gap",
         {},
     ),
+    "ece4179-better": (
+        "the better network the ECE4179 handout asks for, for 96x96x3: the photo recipe's "
+        "network (fruitcnn.recipes, width 24): a frozen 2x2 whitening conv, max-pool to 32 px, "
+        "three conv-pool-bn-relu-conv-bn-relu blocks of 24, 96, 96 filters, global max pooling, "
+        "fc 96; 45 MFLOP per image against the deep CNN's 230",
+        "whiten(2) relu maxpool(3) "
+        "conv(24,bias=false) maxpool(2) bn(0.4) relu conv(24,bias=false) bn(0.4) relu "
+        "conv(96,bias=false) maxpool(2) bn(0.4) relu conv(96,bias=false) bn(0.4) relu "
+        "conv(96,bias=false) maxpool(2) bn(0.4) relu conv(96,bias=false) bn(0.4) relu "
+        "gmp fc(96) relu scale(0.111)",
+        {},
+    ),
     "fruits": (
         "Fruits-360-sized photos (about 100x100): a 4x4 stride-4 stem, then three "
         "conv-bn-relu stages that double the width",
@@ -632,7 +644,9 @@ SMALL_IMAGE_SIDE = 48
 
 def default_preset(dataset: str, image_shape: tuple[int, int, int] | None = None) -> str:
     """The preset for data without --arch: ``line`` for the line dataset, else by
-    image size and colour (see ``DEFAULT_PRESETS``)."""
+    image size and colour (see ``DEFAULT_PRESETS``). train.py and study trials give
+    colour photos the photo recipe's network instead (``fruitcnn.recipes``); this is
+    the choice for everything else and where no data is at hand."""
     if dataset == "line" or image_shape is None:
         return DEFAULT_PRESETS["line"]
     height, width, channels = image_shape
@@ -1025,6 +1039,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     head: str = "single"
+    recipe: str = ""  # which recipe chose the settings not given, and why (fruitcnn.recipes)
 
     def __post_init__(self):
         _check_field_types(self)

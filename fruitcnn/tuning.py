@@ -30,6 +30,7 @@ from keras_tuner.engine.trial import TrialStatus
 
 from fruitcnn import runs
 from fruitcnn.config import config_from_settings
+from fruitcnn.recipes import run_config
 from fruitcnn.study import (
     DONE,
     FAILED,
@@ -193,9 +194,7 @@ class TrialData:
         try:
             data = config_from_settings(trial.settings, blocks=self.study.blocks).data
             dataset = self._dataset(data)
-            config = config_from_settings(
-                trial.settings, image_shape=dataset.image_shape, blocks=self.study.blocks
-            )
+            config = run_config(trial.settings, dataset=dataset, blocks=self.study.blocks)
             check_run(config, dataset)
         except ValueError as error:
             raise ValueError(f"trial {trial_title(trial)}: {error}") from error

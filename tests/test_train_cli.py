@@ -204,7 +204,11 @@ def test_train_on_a_downloaded_archive_with_a_skipped_file(tmp_path, capsys):
         and data["format"] == "split-folders"
     )
     config = json.loads((out_dir / "config.json").read_text())
-    assert config["arch"]["name"] == "cifar10"  # small colour images get the cifar10 preset
+    assert config["arch"]["name"].startswith("photos-w")  # colour photos get the photo recipe's network
+    recipe = config["recipe"]
+    assert recipe.startswith("recipe photos:") and "16-px colour photos, 2 classes" in recipe
+    assert config["train"]["optimizer"] == "sgd" and config["train"]["warmup_epochs"] == 0.23  # of 1 epoch
+    assert config["train"]["batch_size"] == 8 and config["train"]["time_budget"] == 0  # flags win
     assert config["augment"] == {"flip": "horizontal", "translate": 2, "rotate": 0.0, "color_jitter": 0.0}
     # --strict refuses the same data, naming the file, with no traceback
     err = _fails(["--dataset", str(archive), "--strict", "--out", str(tmp_path / "other")], capsys)

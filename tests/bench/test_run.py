@@ -94,3 +94,26 @@ def test_explain_quality_task_measures_every_method_on_a_small_line_model(tmp_pa
     for figure in report["figures"]:
         assert (tmp_path / figure).stat().st_size > 1000
     assert (tmp_path / report["folder"] / "line-quality.csv").is_file()
+
+
+def test_stl96_task_compares_the_deep_net_with_the_recipe_in_the_same_time(tmp_path, capsys, monkeypatch):
+    formats.write_stl10(tmp_path / "stl10_binary", train=40, test=20)
+    monkeypatch.setattr(bench, "_PEAK_REPEATS", 1)
+    monkeypatch.setitem(bench.RECIPES["stl96"], "flags", ["--split", "30/10/20", "--batch-size", "16"])
+    assert bench.main(["stl96", "--data", str(tmp_path / "stl10_binary"), "--time-budget", "6"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["task"] == "stl96" and report["time_budget_s"] == 6
+    deep, recipe = report["deep"], report["recipe"]
+    assert deep["arch"] == "ece4179-deep" and "no batch norm" in deep["recipe"]
+    assert recipe["arch"].startswith("photos-w") and "96-px colour photos" in recipe["recipe"]
+    assert (
+        report["test_accuracy"] == recipe["test_accuracy"]
+        and report["deep_test_accuracy"] == deep["test_accuracy"]
+    )
+    for run in (deep, recipe):
+        assert len(run["test_accuracy_by_epoch"]) == len(run["elapsed_s_by_epoch"]) >= 1
+        assert run["elapsed_s_by_epoch"][-1] <= 6 + 10  # the budget, within its tolerance
+    assert report["deep_time_to_deep_accuracy_s"] is not None
+    with pytest.raises(SystemExit):
+        bench.main(["mnist", "--time-budget", "5"])
+    assert "--time-budget is for the cifar10 and stl96 tasks" in capsys.readouterr().err

@@ -70,6 +70,16 @@ def test_planned_linear_decays_to_zero_where_the_plan_moves_it():
     assert [round(float(schedule(step)), 4) for step in (0, 100, 200)] == [1.0, 0.5, 0.0]
     copy = PlannedDecay.from_config(schedule.get_config())
     assert float(copy(150)) == pytest.approx(0.25)
+    moving = PlannedDecay(1.0, warmup_steps=0, total_steps=100, shape="linear")
+    moving.set_total(150, at_step=50)  # half-way the plan grows: the rate goes on from 0.5, no jump
+    assert [round(float(moving(step)), 4) for step in (50, 100, 150)] == [0.5, 0.25, 0.0]
+    moving.set_total(110, at_step=100)  # and shrinks: from 0.25 down to 0 in 10 steps
+    assert [round(float(moving(step)), 4) for step in (100, 105, 110)] == [0.25, 0.125, 0.0]
+    cosine = PlannedDecay(1.0, warmup_steps=10, total_steps=100, shape="cosine")
+    before = float(cosine(60))
+    cosine.set_total(300, at_step=60)
+    assert float(cosine(60)) == pytest.approx(before) and float(cosine(300)) == pytest.approx(0.0, abs=1e-7)
+    assert float(PlannedDecay.from_config(cosine.get_config())(200)) == pytest.approx(float(cosine(200)))
     short = PlannedDecay(1.0, warmup_steps=100, total_steps=40, shape="linear")  # warm-up capped at half
     assert float(short(20)) == pytest.approx(1.0) and float(short(40)) == pytest.approx(0.0)
 
@@ -92,12 +102,26 @@ def test_a_budget_run_ends_on_time_with_the_rate_at_the_end_of_its_decay(tmp_pat
     # honoured within 5% (or 10 s): the steps and the evaluations after every epoch
     assert abs(spent["used_s"] - budget) <= max(0.05 * budget, 10.0), spent
     assert spent["used_s"] == pytest.approx(result.history[-1]["elapsed_s"])
-    assert spent["final_learning_rate"] == pytest.approx(0.0, abs=1e-9)
+    # at the end of its decay: 0, or within 1% of the peak when the last epoch end found the
+    # time up earlier than planned (its evaluation took longer than the one before)
+    assert spent["final_learning_rate"] <= 0.01 * 0.01, spent
     assert spent["steps"] == spent["planned_steps"] == sum(row["steps"] for row in result.history)
     assert spent["epochs"] == pytest.approx(spent["steps"] / (len(small_line.train) // 32), abs=1e-3)
     rates = [row["lr"] for row in result.history]
     assert rates == sorted(rates, reverse=True) and len(rates) >= 2  # one decay over the whole run
     assert [row["budget_left_s"] for row in result.history][-1] >= -max(0.05 * budget, 10.0)
+
+
+def test_a_budget_of_one_step_epochs_is_honoured(tmp_path, small_line):
+    # epochs shorter than the calibration's steps are timed whole (found by the stl96 bench)
+    budget, batch = 8.0, len(small_line.train)
+    result = train(
+        _budget_config(budget, batch_size=batch), dataset=small_line, run_dir=tmp_path / "r", verbose=0
+    )
+    spent = result.metrics["time_budget"]
+    assert all(row["steps"] == 1 for row in result.history) and len(result.history) >= 3
+    assert abs(spent["used_s"] - budget) <= max(0.05 * budget, 10.0), spent
+    assert spent["final_learning_rate"] <= 0.01 * 0.01, spent
 
 
 class _StopAfter(keras.callbacks.Callback):
@@ -114,4 +138,4 @@ def test_a_resumed_budget_run_counts_the_time_of_every_session(tmp_path, small_l
     resumed = train(config, dataset=small_line, run_dir=tmp_path / "r", resume=True, verbose=0)
     spent = resumed.metrics["time_budget"]
     assert first < spent["used_s"] and abs(spent["used_s"] - budget) <= max(0.05 * budget, 10.0)
-    assert spent["final_learning_rate"] == pytest.approx(0.0, abs=1e-9)
+    assert spent["final_learning_rate"] <= 0.01 * 0.01, spent

@@ -176,7 +176,7 @@ def test_run_config_json_round_trip():
             lambda: TrainConfig(optimizer="adagrad"),
             "unknown optimizer 'adagrad'; choose one of sgd, adam, rmsprop",
         ),
-        (lambda: TrainConfig(schedule="linear"), "unknown schedule 'linear'"),
+        (lambda: TrainConfig(schedule="triangle"), "unknown schedule 'triangle'"),
         (lambda: TrainConfig(epochs=0), "epochs must be >= 1"),
         (lambda: TrainConfig(epochs=2, warmup_epochs=3), "warmup_epochs must be in"),
         (lambda: DataConfig(val_fraction=0.0), "best model is chosen on validation"),

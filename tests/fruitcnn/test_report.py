@@ -20,6 +20,8 @@ from visualize.quality import DEFAULT_METHODS
 
 FAST = TrainConfig(epochs=2, batch_size=32, learning_rate=0.01, warmup_epochs=0.0)
 QUIET = {"progress": lambda line: None}
+# the explanation-quality section is made on request (report.py --quality-images N)
+MEASURED = ReportOptions(quality_images=32)
 # CI installs Chromium and sets this, so the rendering test cannot skip there.
 REQUIRE_BROWSER = os.environ.get("FRUITCNN_REQUIRE_CHROMIUM") == "1"
 
@@ -38,7 +40,7 @@ def single_report(tmp_path_factory, small_line):
     run = train(
         _config(), dataset=small_line, run_dir=tmp_path_factory.mktemp("report") / "single", verbose=0
     )
-    return run, build_report(run.run_dir, dataset=small_line, model=run.model, **QUIET)
+    return run, build_report(run.run_dir, dataset=small_line, model=run.model, options=MEASURED, **QUIET)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def multi_report(tmp_path_factory, small_line):
     run = train(
         _config("multi"), dataset=small_line, run_dir=tmp_path_factory.mktemp("report") / "multi", verbose=0
     )
-    return run, build_report(run.run_dir, dataset=small_line, **QUIET)
+    return run, build_report(run.run_dir, dataset=small_line, options=MEASURED, **QUIET)
 
 
 def test_report_numbers_match_an_independent_evaluation(single_report, small_line):
@@ -150,7 +152,11 @@ def test_report_of_114_classes_escapes_names_and_renders_in_chromium(tmp_path):
     config = RunConfig(data=DataConfig(dataset="strange"), arch=arch, train=FAST)
     run = train(config, dataset=dataset, run_dir=tmp_path / "strange", verbose=0)
     report = build_report(
-        run.run_dir, dataset=dataset, model=run.model, options=ReportOptions(top_k=3), **QUIET
+        run.run_dir,
+        dataset=dataset,
+        model=run.model,
+        options=ReportOptions(top_k=3, quality_images=32),
+        **QUIET,
     )
     page = report.html.read_text()
     assert '<img src=x onerror="alert(1)">' not in page
@@ -250,7 +256,7 @@ def test_report_evaluates_as_training_did(tmp_path, arch_changes, train_changes)
     train_config = TrainConfig(**{**FAST.__dict__, "batch_size": 16, **train_changes})
     config = RunConfig(data=DataConfig(dataset="small"), arch=arch, train=train_config)
     run = train(config, dataset=dataset, run_dir=tmp_path / "run", verbose=0)
-    report = build_report(run.run_dir, dataset=dataset, **QUIET)
+    report = build_report(run.run_dir, dataset=dataset, options=MEASURED, **QUIET)
     for split in ("val", "test"):
         assert report.splits[split].accuracy == pytest.approx(run.metrics[f"{split}_accuracy"], abs=1e-6)
     page = report.html.read_text()
@@ -341,7 +347,7 @@ def test_multi_head_report_measures_every_head_and_quality_can_be_left_out(
     run, report = multi_report
     for head in ("length", "width", "colour", "angle"):
         assert len(pd.read_csv(report.folder / f"quality-{head}.csv")) == len(DEFAULT_METHODS)
-    again = build_report(run.run_dir, dataset=small_line, options=ReportOptions(quality_images=0), **QUIET)
+    again = build_report(run.run_dir, dataset=small_line, **QUIET)  # the default: not measured
     assert "Explanation quality" not in again.html.read_text()
     assert not list(again.folder.glob("quality*"))
     with pytest.raises(ValueError, match="quality_images must be 0"):

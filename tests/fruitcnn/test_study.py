@@ -279,6 +279,7 @@ SHIPPED_SHAPES = {
     "../shared/data/fruits-360-24.tgz": (100, 100, 3),
     "../shared/data/cifar10-jpg.tgz": (32, 32, 3),
     "../shared/data/mnist": (28, 28, 1),
+    "../shared/data/stl10-standin/stl10_binary": (96, 96, 3),
 }
 
 

@@ -652,3 +652,23 @@ def test_cs671_split_takes_60_40_of_the_training_data_only(tmp_path):
     assert len(line.test) == round(0.4 * 480)
     with pytest.raises(ValueError, match="optionally of the training part only"):
         DataConfig(dataset="x", split="train:60-40")
+
+
+def test_stl10_with_the_ece4179_split_pools_both_parts(tmp_path):
+    # as the handout uses it: 5,000 + 8,000 labelled images pooled, 8000/2000/3000 by class
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    for part, count in (("train", 5000), ("test", 8000)):
+        labels = (np.arange(count) % 10).astype(np.uint8)
+        # each image filled with its own number (mod 251) and its label in the first pixel
+        images = np.zeros((count, 3, 96, 96), np.uint8)
+        images[:, :, 0, 0] = labels[:, None]
+        images[:, :, 1, 1] = (np.arange(count) % 251)[:, None] + (part == "test")
+        (folder / f"{part}_X.bin").write_bytes(images.tobytes())
+        (folder / f"{part}_y.bin").write_bytes((labels + 1).tobytes())
+    data = load(folder, split="8000/2000/3000", seed=4)
+    assert (len(data.train), len(data.val), len(data.test)) == (8000, 2000, 3000)
+    for split in (data.train, data.val, data.test):
+        assert np.array_equal(split.images[:, 0, 0, 0], split.labels)  # every image keeps its label
+        assert np.bincount(split.labels, minlength=10).tolist() == [len(split) // 10] * 10  # stratified
+    assert "8000/2000/3000" in data.info["split"]
