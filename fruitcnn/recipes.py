@@ -162,8 +162,10 @@ def photo_recipe(
     flops = forward_flops(settings["arch"], image_shape)
     reasons = [
         f"{side}-px colour photos, {classes} classes, {train_images:,} training images",
-        f"width {width} ({flops / 1e6:.1f} MFLOP per image): the widest whose {TARGET_EPOCHS} epochs fit "
-        f"into {budget:g} s at {EFFICIENCY:g} of this machine's {peak:.0f} GFLOP/s",
+        f"width {width} ({flops / 1e6:.1f} MFLOP per image): "
+        + ("the widest whose" if fits else "the narrowest; not even its")
+        + f" {TARGET_EPOCHS} epochs fit into {budget:g} s"
+        + f" at {EFFICIENCY:g} of this machine's {peak:.0f} GFLOP/s",
     ]
     return Recipe("photos", settings, reasons, arch_name=f"photos-w{width}")
 

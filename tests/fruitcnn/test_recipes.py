@@ -55,7 +55,8 @@ def test_the_width_is_the_widest_whose_epochs_fit_the_budget():
     assert widths == sorted(widths) and widths[0] == recipes.WIDTHS[0] and widths[-1] == recipes.WIDTHS[-1]
     for budget, width in zip((300, 1200), widths[1:3]):
         affordable = budget * PEAK * 1e9 * recipes.EFFICIENCY / (3 * images * recipes.TARGET_EPOCHS)
-        assert recipes.forward_flops(recipes.photo_layers(width, 32), shape) <= affordable
+        fits = recipes.forward_flops(recipes.photo_layers(width, 32), shape) <= affordable
+        assert fits or width == recipes.WIDTHS[0]  # the narrowest when none fits
         if width != recipes.WIDTHS[-1]:  # the next width would not fit (brute force over WIDTHS)
             wider = recipes.WIDTHS[recipes.WIDTHS.index(width) + 1]
             assert recipes.forward_flops(recipes.photo_layers(wider, 32), shape) > affordable
