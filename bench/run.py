@@ -163,19 +163,11 @@ _BN_ROUNDS, _BN_STEPS = 10, 15
 
 
 def matmul_peak_gflops() -> float:
-    """Best achieved fp32 GFLOP/s of a large TensorFlow matmul on this machine."""
-    import tensorflow as tf
+    """Best achieved fp32 GFLOP/s of a large TensorFlow matmul on this machine (the
+    recipe's measurement, ``fruitcnn.recipes.matmul_peak_gflops``, with more repeats)."""
+    from fruitcnn.recipes import matmul_peak_gflops as measure
 
-    a = tf.random.normal((_PEAK_SIZE, _PEAK_SIZE))
-    b = tf.random.normal((_PEAK_SIZE, _PEAK_SIZE))
-    product = tf.function(lambda x, y: tf.matmul(x, y))
-    product(a, b).numpy()
-    best = 0.0
-    for _ in range(_PEAK_REPEATS):
-        start = time.perf_counter()
-        product(a, b).numpy()
-        best = max(best, 2 * _PEAK_SIZE**3 / (time.perf_counter() - start) / 1e9)
-    return best
+    return measure(_PEAK_SIZE, _PEAK_REPEATS)
 
 
 def bn_step_times(config, dataset) -> dict[str, float]:

@@ -141,7 +141,8 @@ def photo_recipe(
     budget = float(budget_s or DEFAULT_BUDGET_S)
     peak = peak_gflops if peak_gflops is not None else matmul_peak_gflops()
     affordable = budget * peak * 1e9 * EFFICIENCY / (3 * train_images * TARGET_EPOCHS)
-    fits = [width for width in WIDTHS if forward_flops(photo_layers(width, side), image_shape) <= affordable]
+    flops_of = {width: forward_flops(photo_layers(width, side), image_shape) for width in WIDTHS}
+    fits = [width for width in WIDTHS if flops_of[width] <= affordable]
     width = max(fits) if fits else WIDTHS[0]
     batch = 512 if train_images >= 25_000 else 256 if train_images >= 8_000 else 128
     settings = {
@@ -159,7 +160,7 @@ def photo_recipe(
         "tta": "flip",
         "time_budget": budget,
     }
-    flops = forward_flops(settings["arch"], image_shape)
+    flops = flops_of[width]
     reasons = [
         f"{side}-px colour photos, {classes} classes, {train_images:,} training images",
         f"width {width} ({flops / 1e6:.1f} MFLOP per image): "
