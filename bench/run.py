@@ -449,15 +449,21 @@ def _report_seconds(run_dir, dataset, model) -> float:
     return time.perf_counter() - start
 
 
+def _images_stepped(result, dataset, config) -> int:
+    """Training images the run's steps took: a time-budget run's history counts each
+    epoch's steps (its last epoch may be partial); other epochs are whole (incomplete
+    last batches are dropped in training)."""
+    from fruitcnn.training import steps_per_epoch
+
+    whole = steps_per_epoch(len(dataset.train), config.train.batch_size)
+    return sum(int(row.get("steps") or whole) for row in result.history) * config.train.batch_size
+
+
 def _training_speed(result, dataset, config, flops: float) -> dict:
     """Optimisation seconds (train_s also holds the per-epoch val/test passes), images
     per second and achieved GFLOP/s of a finished run."""
-    from fruitcnn.training import steps_per_epoch
-
     step_seconds = sum(row["train_s"] for row in result.history)
-    # images actually stepped on: incomplete last batches are dropped in training
-    stepped = steps_per_epoch(len(dataset.train), config.train.batch_size) * config.train.batch_size
-    images_per_s = stepped * len(result.history) / step_seconds
+    images_per_s = _images_stepped(result, dataset, config) / step_seconds
     return {
         "step_s": round(step_seconds, 2),
         "train_img_per_s": round(images_per_s, 1),
@@ -552,7 +558,7 @@ def run_data(
         "recipe": config.recipe,
         "time_budget": metrics.get("time_budget"),
         # 3 x forward FLOP x images seen, in TFLOP
-        "training_tflop": round(3 * flops_per_image(result.model) * _images_seen(result, config) / 1e12, 2),
+        "training_tflop": round(3 * flops * _images_stepped(result, dataset, config) / 1e12, 2),
         "import_s": round(import_s, 2),
         "data_s": round(data_s, 2),
         "train_s": metrics["train_seconds"],
@@ -591,12 +597,6 @@ def run_data(
     report["run_dir"] = str(run_dir) if keep else None
     scratch.cleanup()
     return report
-
-
-def _images_seen(result, config) -> int:
-    """Training images the run's steps took (steps x batch; history's ``steps``)."""
-    steps = sum(int(row.get("steps") or 0) for row in result.history)
-    return steps * config.train.batch_size
 
 
 def run_stl96(data: str | None, keep: bool, budget_s: float | None) -> dict:

@@ -51,7 +51,7 @@ WORKING_SIDE = 32
 WIDTHS = (16, 24, 32, 48, 64)
 # Epochs the photo recipe plans for: at about 7 epochs, the widest net that fits did best.
 TARGET_EPOCHS = 7
-# Training throughput as a share of the fp32 matmul peak, for sizing the network: 0.38
+# Training throughput as a share of the fp32 matmul peak, for sizing the network: 0.36
 # over a whole 270-s CIFAR-10 run of width 16 (bench/run.py cifar10, 2026-12-03, peak 285
 # GFLOP/s), 0.46-0.65 for widths 16-48 in steady-state step timings; the budget's planner
 # fits the epochs to the real speed, this only sizes the network.

@@ -117,3 +117,14 @@ def test_stl96_task_compares_the_deep_net_with_the_recipe_in_the_same_time(tmp_p
     with pytest.raises(SystemExit):
         bench.main(["mnist", "--time-budget", "5"])
     assert "--time-budget is for the cifar10 and stl96 tasks" in capsys.readouterr().err
+
+
+def test_images_stepped_count_a_budget_runs_partial_last_epoch():
+    from types import SimpleNamespace
+
+    dataset = SimpleNamespace(train=[0] * 100)  # 100 images, batch 32: 3 whole steps an epoch
+    config = SimpleNamespace(train=SimpleNamespace(batch_size=32))
+    whole = SimpleNamespace(history=[{"epoch": 1}, {"epoch": 2}])
+    budget = SimpleNamespace(history=[{"steps": 3}, {"steps": 3}, {"steps": 1}])
+    assert bench._images_stepped(whole, dataset, config) == 2 * 3 * 32
+    assert bench._images_stepped(budget, dataset, config) == 7 * 32  # not 3 whole epochs (9 steps)
