@@ -62,6 +62,8 @@ DEFAULT_BUDGET_S = 300.0
 LR_PER_1024 = 1.5
 # Share of the run spent warming the learning rate up (airbench: 23%).
 WARMUP_SHARE = 0.23
+# The photo recipe's batch leaves at least this many steps in an epoch (tiny data sets).
+MIN_STEPS_PER_EPOCH = 4
 # A network without batch norm: Adam at this rate.
 RATE_WITHOUT_BN = 1e-3
 
@@ -145,6 +147,8 @@ def photo_recipe(
     fits = [width for width in WIDTHS if flops_of[width] <= affordable]
     width = max(fits) if fits else WIDTHS[0]
     batch = 512 if train_images >= 25_000 else 256 if train_images >= 8_000 else 128
+    # a small training split gets at least MIN_STEPS_PER_EPOCH steps an epoch (a power of two)
+    batch = min(batch, 2 ** int(math.log2(max(1, train_images // MIN_STEPS_PER_EPOCH))))
     settings = {
         "arch": photo_layers(width, side),
         "batch_size": batch,

@@ -68,6 +68,11 @@ def test_batch_and_rate_follow_the_training_images():
         for images in (1_000, 8_000, 45_000)
     }
     assert [settings[images]["batch_size"] for images in (1_000, 8_000, 45_000)] == [128, 256, 512]
+    # a small split keeps at least MIN_STEPS_PER_EPOCH steps an epoch (found with 108 photos)
+    small = {
+        images: recipes.photo_recipe((72, 72, 3), 3, images, 20, PEAK).settings for images in (3, 108, 300)
+    }
+    assert [small[images]["batch_size"] for images in (3, 108, 300)] == [1, 16, 64]
     for chosen in settings.values():
         assert chosen["lr"] == pytest.approx(recipes.LR_PER_1024 * chosen["batch_size"] / 1024)
 
