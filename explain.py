@@ -23,13 +23,20 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
 
 from fruitcnn.config import INPUT_RANGE_CHOICES  # noqa: E402
+from visualize.methods import (  # noqa: E402  (the registry imports no TensorFlow: --help stays fast)
+    ENGINES,
+    EXPLAIN_DEFAULT,
+    EXPLAIN_METHODS,
+    FILLS,
+    FILTER_OBJECTIVES,
+    SALIENCY_OF,
+    SMOOTHGRAD_COPIES,
+    ExplainSettings,
+    parse_methods,
+)
 
-METHODS = ("occlusion", "saliency", "gradcam", "activations", "filters")
-DEFAULT_METHODS = "occlusion,saliency,gradcam"
-# The same as visualize.occlusion.FILLS and ENGINES (a test holds them equal), here so
-# that parsing the flags and --help need no TensorFlow.
-FILLS = ("mean", "gray", "zero", "blur")
-ENGINES = ("auto", "incremental", "batched")
+METHODS = EXPLAIN_METHODS
+DEFAULT_METHODS = ",".join(EXPLAIN_DEFAULT)
 SPLITS = ("train", "val", "test")
 # Top predictions printed per head.
 TOP = 3
@@ -98,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--filter-objective",
-        choices=("centre", "mean"),
+        choices=FILTER_OBJECTIVES,
         default="centre",
         help="filters: maximise the unit at the centre of the filter's map (its receptive field shows what "
         "it responds to) or the map's mean (a texture over the whole image) (default: centre)",
@@ -139,17 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--saliency",
-        choices=("loss", "logit"),
+        choices=SALIENCY_OF,
         default="loss",
         help="saliency of the class's loss or of its logit (default: loss)",
     )
     parser.add_argument(
         "--smoothgrad",
         type=int,
-        default=16,
+        default=SMOOTHGRAD_COPIES,
         metavar="N",
         help="saliency: average the gradients of N noisy copies (SmoothGrad; 0: the plain gradient); the "
-        "figure clips the map at its 99th percentile (default: 16)",
+        f"figure clips the map at its 99th percentile (default: {SMOOTHGRAD_COPIES})",
     )
     parser.add_argument("--times-input", action="store_true", help="saliency: gradient x input")
     parser.add_argument(
@@ -173,13 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _methods(text: str) -> list[str]:
-    chosen = list(METHODS) if text == "all" else [item.strip() for item in text.split(",") if item.strip()]
-    unknown = [item for item in chosen if item not in METHODS]
-    if unknown or not chosen:
-        raise ValueError(
-            f"unknown method {', '.join(unknown) or text!r}; choose from {', '.join(METHODS)} or all."
-        )
-    return chosen
+    return parse_methods(text, METHODS)
 
 
 def _positive(name: str, value: int) -> int:
@@ -462,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         images, stems, truth, masks = _inputs(args, run, model)
         out = Path(args.out) if args.out else (run if run.is_dir() else run.parent) / "explanations"
 
-        from visualize.explain_run import Options, explain_images
+        from visualize.explain_run import explain_images
         from visualize.targets import class_probabilities
 
         if len(images):
@@ -474,23 +475,23 @@ def main(argv: list[str] | None = None) -> int:
                 for head, names in classes.items()
             }
 
-        options = Options(
+        options = ExplainSettings(
             layers=layers,
             patch=args.patch,
             stride=args.stride,
             fill=fill,
             occlusion_engine=args.occlusion_engine,
             saliency_of=args.saliency,
-            smoothgrad=args.smoothgrad,
+            saliency_smoothgrad=args.smoothgrad,
             times_input=args.times_input,
             filters=_filters(args.filters, model, layers, methods),
             filter_objective=args.filter_objective,
-            quality=args.quality,
         )
 
         written = explain_images(
             model, images, stems, classes, probabilities, methods=methods, head=head, target=target,
-            truth=truth, options=options, out=out, masks=masks, reference=_reference(args, run, methods),
+            truth=truth, options=options, quality=args.quality, out=out, masks=masks,
+            reference=_reference(args, run, methods),
         )  # fmt: skip
     except ValueError as error:
         parser.exit(2, f"explain.py: error: {error}\n")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
 
+from app.report.options import ORDERS, SPLITS, ReportOptions  # noqa: E402
 from fruitcnn.config import INPUT_RANGE_CHOICES  # noqa: E402
 from fruitcnn.data.cache import add_cache_dir_argument, use_cache_dir  # noqa: E402
-from fruitcnn.report import ORDERS, SPLITS, ReportOptions  # noqa: E402
 
 EXAMPLES = """examples:
   python report.py                                   # the latest run under saved_models/
@@ -147,7 +147,7 @@ def _latest_run() -> Path:
 
 
 def _write(run: Path, options: ReportOptions, dataset_path: str | None, input_range: str):
-    from fruitcnn.report import RunRecord, build_report
+    from app.report import RunRecord, build_report
     from train import load_data
 
     record = RunRecord.read(run)  # a clear error before the data is read

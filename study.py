@@ -19,6 +19,19 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
 
+from app.study.plan import (  # noqa: E402  (no TensorFlow: --help stays fast)
+    DEFAULT_ROOT,
+    REPORT_CHOICES,
+    STUDY_CSV,
+    STUDY_MD,
+    STUDY_PLOT,
+    check_folder,
+    check_settings,
+    load_study,
+    missing_data,
+    override_suffix,
+    parse_override,
+)
 from fruitcnn.data.cache import add_cache_dir_argument, use_cache_dir  # noqa: E402
 
 EXAMPLES = """examples:
@@ -38,8 +51,6 @@ several machines (Keras Tuner's chief/worker mode; same command and study file o
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
-    from fruitcnn.study import REPORT_CHOICES
-
     parser = argparse.ArgumentParser(
         prog="study.py",
         description=__doc__.split("\n\n")[0],
@@ -107,18 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, run (or plan) the study, print where the tables went."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from fruitcnn.study import (
-        DEFAULT_ROOT,
-        STUDY_CSV,
-        STUDY_MD,
-        STUDY_PLOT,
-        check_settings,
-        load_study,
-        missing_data,
-        override_suffix,
-        parse_override,
-    )
-
     try:
         use_cache_dir(args.cache_dir)
         overrides = dict(parse_override(text) for text in args.set)
@@ -136,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(args.out) if args.out else DEFAULT_ROOT / name
         if args.plan:
             return _plan(study, folder, restart=args.restart)
-        from fruitcnn.tuning import run_study, set_distributed
+        # TensorFlow and Keras Tuner load only when trials run: --help and --plan stay at 0.2 s
+        from app.study.tuning import run_study, set_distributed
 
         set_distributed(args.oracle, args.tuner_id)
         verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
@@ -167,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plan(study, folder: Path, *, restart: bool) -> int:
-    from fruitcnn.study import check_folder
-    from fruitcnn.tuning import TrialData
+    from app.study.tuning import TrialData  # Keras Tuner (see main)
 
     continues = not restart and check_folder(study, folder)
     print(

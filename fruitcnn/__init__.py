@@ -22,6 +22,7 @@ def load_model(path, *, input_range: str = "auto", head_names=None):
     uncompiled: fruitcnn's own models as they are, models made elsewhere adapted (see
     ``fruitcnn.modelfile.load_model``); a damaged or unusable file is a ValueError
     that says why."""
+    # Keras on first use: every command line imports this package, and --help stays at 0.2 s
     from fruitcnn.modelfile import load_model as load
 
     return load(path, input_range=input_range, head_names=head_names)

@@ -2,7 +2,7 @@
 the most confident right and wrong images, and the failures of multi-head models.
 
 Computation only (NumPy and pandas): :mod:`fruitcnn.plots` draws and
-:mod:`fruitcnn.report` writes. :func:`predict` runs a model over images;
+:mod:`app.report` writes. :func:`predict` runs a model over images;
 :func:`evaluate_split` turns probabilities and targets into a :class:`SplitResult`.
 
 Conventions (those of scikit-learn's ``zero_division=0``):
@@ -28,7 +28,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from heads import HeadSpec
+from heads import HeadSpec, head_targets
 
 # Columns of the per-class table and rows of the averages table.
 SCORE_COLUMNS = ("class", "support", "predicted", "correct", "precision", "recall", "f1")
@@ -385,3 +385,39 @@ def predict(
     """The model's outputs on uint8 images, ``{head: (N, units) float32}`` (see
     :func:`make_predictor`)."""
     return make_predictor(model, specs, tta=tta)(images, batch_size)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A seeded choice of a split's images (explain.py --samples, the report's and the
+    bench's explanation measures).
+
+    Attributes:
+        indices: the chosen images' positions in the split, ascending.
+        images: uint8 (N, H, W, C).
+        truth: the true class of each image per head, int64 (N,) (a sigmoid head's 0/1).
+        masks: bool (N, H, W) object pixels, or None when the data has none.
+    """
+
+    indices: np.ndarray
+    images: np.ndarray
+    truth: dict[str, np.ndarray]
+    masks: np.ndarray | None
+
+
+def sample_indices(length: int, count: int, seed: int = 0) -> np.ndarray:
+    """``min(count, length)`` distinct positions of ``range(length)``, seeded, ascending."""
+    if count < 1:
+        raise ValueError(f"a sample needs at least 1 image, got {count}.")
+    return np.sort(np.random.default_rng(seed).choice(length, size=min(count, length), replace=False))
+
+
+def seeded_sample(split, specs: Sequence[HeadSpec], count: int, seed: int = 0) -> Sample:
+    """``count`` images of ``split`` (a ``fruitcnn.data.Split``; all of them when it has
+    fewer) chosen with ``seed``, with their true classes for the heads ``specs``."""
+    chosen = sample_indices(len(split), count, seed)
+    attributes = None if split.attributes is None else split.attributes[chosen]
+    targets = head_targets(specs, split.labels[chosen], attributes)
+    truth = {spec.name: np.asarray(targets[spec.name]).reshape(-1).astype(np.int64) for spec in specs}
+    masks = None if split.masks is None else split.masks[chosen]
+    return Sample(chosen, split.images[chosen], truth, masks)

@@ -325,19 +325,47 @@ def whitening_filters(
     return np.concatenate([filters, -filters], axis=3).astype(np.float32)
 
 
-def flops_per_image(model: keras.Model) -> int:
-    """Floating-point operations of one forward pass (2 per multiply-add).
+def conv_flops(output_shape, kernel: tuple[int, int], channels: int) -> int:
+    """FLOPs (2 per multiply-add) of a conv layer: every output value is a kernel x
+    kernel x ``channels`` dot product. ``output_shape``: (height, width, filters)."""
+    height, width, filters = (int(size) for size in output_shape)
+    return 2 * height * width * filters * int(kernel[0]) * int(kernel[1]) * int(channels)
 
-    Counts conv and dense layers, which are all but a few per cent of the work.
+
+def dense_flops(inputs: int, units: int) -> int:
+    """FLOPs (2 per multiply-add) of a dense layer of ``units`` on ``inputs`` values."""
+    return 2 * int(inputs) * int(units)
+
+
+def flops_per_image(model: keras.Model) -> int:
+    """Floating-point operations of one forward pass of a built model (2 per multiply-add).
+
+    Counts conv and dense layers, which are all but a few per cent of the work
+    (:func:`planned_flops` counts the same from a layer list before building).
     """
     total = 0
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):
-            _, height, width, filters = layer.output.shape
             kernel_height, kernel_width, channels, _ = layer.kernel.shape
-            total += 2 * height * width * filters * kernel_height * kernel_width * channels
+            total += conv_flops(layer.output.shape[1:], (kernel_height, kernel_width), channels)
         elif isinstance(layer, keras.layers.Dense):
-            total += 2 * int(np.prod(layer.kernel.shape))
+            total += dense_flops(*layer.kernel.shape)
+    return int(total)
+
+
+def planned_flops(arch: ArchConfig, image_shape) -> int:
+    """:func:`flops_per_image` of the feature extractor ``arch`` would build (conv,
+    whiten and fc layers, by the same rules), from the planned shapes alone: no Keras
+    model is built (the photo recipe compares many widths this way)."""
+    total, previous = 0, tuple(int(size) for size in image_shape)
+    for planned in plan_layers(arch, image_shape):
+        spec, shape = planned.spec, planned.output_shape
+        if spec.kind in ("conv", "whiten"):
+            kernel = spec.params["kernel"]
+            total += conv_flops(shape, (kernel, kernel), previous[2])
+        elif spec.kind == "fc":
+            total += dense_flops(math.prod(previous), shape[0])
+        previous = shape
     return int(total)
 
 

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import keras
 
+import fruitcnn.layers  # noqa: F401  (registers BatchNorm, HorizontalFlip for loading)
 from fruitcnn.config import INPUT_RANGE_CHOICES, INPUT_RANGES
-from heads import LOGITS_SUFFIX
+from heads import LOGITS_SUFFIX  # importing heads registers its metrics and losses for loading
 
 MODEL_FILE = "model.keras"
 # The members Keras 3 writes into every .keras archive.
@@ -79,9 +80,6 @@ def load_keras(path: str | Path, *, compile: bool = False) -> keras.Model:
         ValueError: a file that is missing, damaged, refused by safe mode or not loadable,
             named with the reason.
     """
-    import fruitcnn.layers  # noqa: F401  (registers BatchNorm, HorizontalFlip)
-    import heads  # noqa: F401  (registers the metrics and losses)
-
     path = check_keras_file(path)
     try:
         return keras.models.load_model(path, compile=compile)

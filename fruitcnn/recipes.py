@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import tensorflow as tf
+
 from fruitcnn.config import (
     ArchConfig,
     RunConfig,
@@ -43,6 +45,7 @@ from fruitcnn.config import (
     parse_layers,
     resolve_arch,
 )
+from fruitcnn.model import planned_flops
 
 # Images up to this side are used at their size; larger ones are max-pooled after the
 # whitening to about this side (the blocks' cost grows with the square of the side).
@@ -110,21 +113,8 @@ def photo_layers(width: int, side: int) -> str:
 
 
 def forward_flops(layers: str, image_shape) -> int:
-    """Forward FLOPs per image (2 per multiply-add) of conv, whiten and fc layers, from
-    the layer list's shapes alone (no Keras model is built)."""
-    from fruitcnn.model import plan_layers
-
-    arch = ArchConfig(layers=parse_layers(layers))
-    total, previous = 0, tuple(int(size) for size in image_shape)
-    for planned in plan_layers(arch, image_shape):
-        spec, shape = planned.spec, planned.output_shape
-        if spec.kind in ("conv", "whiten"):
-            kernel = spec.params["kernel"]
-            total += 2 * shape[0] * shape[1] * shape[2] * kernel * kernel * previous[2]
-        elif spec.kind == "fc":
-            total += 2 * int(math.prod(previous)) * shape[0]
-        previous = shape
-    return int(total)
+    """Forward FLOPs per image of a layer list (``fruitcnn.model.planned_flops``)."""
+    return planned_flops(ArchConfig(layers=parse_layers(layers)), image_shape)
 
 
 def photo_recipe(
@@ -178,8 +168,6 @@ def photo_recipe(
 def matmul_peak_gflops(size: int = 2048, repeats: int = 4) -> float:
     """This machine's fp32 matmul speed (best of ``repeats`` ``size``-square products;
     1024-square ones measured less than half of it on the 2-core machine)."""
-    import tensorflow as tf
-
     first, second = tf.random.normal((size, size)), tf.random.normal((size, size))
     product = tf.function(lambda a, b: tf.matmul(a, b))
     product(first, second).numpy()

@@ -14,7 +14,7 @@ A run folder (``saved_models/<run>/`` or ``--out DIR``) holds:
                      its kind (``start``/``resume``), time, command line,
                      Python/TensorFlow/Keras/NumPy versions, platform, CPU
                      count and GPUs
-``report.html``      the evaluation report (``fruitcnn.report``), self-contained
+``report.html``      the evaluation report (``app.report``), self-contained
 ``report.md``        the same report in Markdown, its figures and tables in
 ``report/``          (PNG and CSV files)
 ``tb/``              TensorBoard logs (train, validation and test scalars)
@@ -268,11 +268,13 @@ def environment() -> dict[str, Any]:
     import platform
     import sys
 
+    # TensorFlow only here: the command lines read run folders (the latest run) before
+    # --help would otherwise load it
     import keras
     import numpy as np
     import tensorflow as tf
 
-    from fruitcnn import __version__
+    from fruitcnn import __version__  # the package imports this module
 
     return {
         "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

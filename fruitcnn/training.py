@@ -41,6 +41,7 @@ from fruitcnn.data import Dataset, Split, load_dataset
 from fruitcnn.data.augment import augment_batch
 from fruitcnn.layers import HorizontalFlip
 from fruitcnn.model import build_model, plan_layers, whitening_filters
+from fruitcnn.plots import confusion_figure, png_bytes
 from heads import (
     AGGREGATE,
     SINGLE_HEAD,
@@ -554,8 +555,6 @@ class _EpochRecorder(keras.callbacks.Callback):
         """The validation confusion matrix of every head as a TensorBoard image
         (``confusion/<head>``, row-normalised, in the Images tab; classes by index
         beyond ``_TENSORBOARD_NAMED_CLASSES``, as in classes.json)."""
-        from fruitcnn.plots import confusion_figure, png_bytes
-
         writer = self.writers["validation"]
         for spec in self.specs:
             matrix = self.validation.confusions.get(spec.name)

@@ -12,10 +12,10 @@ import pytest
 import tensorflow as tf
 
 import study as study_cli
+from app.study.plan import STUDY_CSV, STUDY_MD, STUDY_PLOT
 from fruitcnn import load_model, runs, training
 from fruitcnn.config import RunConfig
 from fruitcnn.model import flops_per_image
-from fruitcnn.study import STUDY_CSV, STUDY_MD, STUDY_PLOT
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = """
@@ -274,8 +274,8 @@ def test_chief_and_worker_processes_share_one_study(tmp_path, monkeypatch, capsy
 
 
 def test_a_worker_with_another_study_file_is_refused(tmp_path):
-    from fruitcnn.study import load_study
-    from fruitcnn.tuning import StudyOracle, _check_same_study
+    from app.study.plan import load_study
+    from app.study.tuning import StudyOracle, _check_same_study
 
     chief_study = load_study(_study(tmp_path, GRID_2X2, "chief.toml"))
     chief_space = StudyOracle(chief_study).get_space()

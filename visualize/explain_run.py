@@ -1,7 +1,7 @@
 """What explain.py does for a batch of images: run the chosen methods for the chosen
 heads and write one PNG and the raw arrays (.npy) per image, method and variant, and
 ``explained.csv`` (per image and head: the predicted, true and explained class); with
-``Options.quality`` also measure the heatmaps drawn (``visualize.quality``), print the
+``quality`` also measure the heatmaps drawn (``visualize.quality``), print the
 scores and write ``quality.csv``."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fruitcnn import plots, runs
-from visualize import draw, quality
+from visualize import quality
 from visualize.activations import activations
 from visualize.filters import (
     PERCENTILE,
@@ -26,45 +26,21 @@ from visualize.filters import (
     first_layer_weights,
     receptive_field,
 )
-from visualize.gradcam import default_layer, gradcam
-from visualize.occlusion import default_patch, occlusion, training_mean_colour
-from visualize.saliency import saliency
+from visualize.gradcam import default_layer
+from visualize.methods import METHODS, SMOOTHGRAD_COPIES, ExplainSettings, compute
+from visualize.occlusion import default_patch
 
 # Filters drawn by the filters method when none are chosen (the first ones of the layer).
 SHOWN_FILTERS = 32
-# Saliency as explain.py draws it by default: SmoothGrad of the loss over this many noisy
-# copies (on the line model its maximum lay on the line for 61.5% of the images, against
-# 29% for the plain gradient), shown clipped at this percentile of each map.
-DEFAULT_SMOOTHGRAD, SALIENCY_CLIP_PERCENTILE = 16, 99.0
+# Saliency as explain.py draws it by default: SmoothGrad of the loss
+# (visualize.methods.SMOOTHGRAD_COPIES), shown clipped at this percentile of each map.
+DEFAULT_SMOOTHGRAD, SALIENCY_CLIP_PERCENTILE = SMOOTHGRAD_COPIES, 99.0
 # Columns of filters_<layer>.csv besides the filter index.
 FILTER_COLUMNS = ("dead", "activation", "percentile_99", "structure")
 EXPLAINED_FILE = "explained.csv"
 QUALITY_FILE = "quality.csv"
 # Characters per line of the quality legend printed.
 QUALITY_TEXT_WIDTH = 100
-
-
-@dataclass(frozen=True)
-class Options:
-    """The method settings of explain.py (see its --help). ``layers``: the layers of
-    Grad-CAM, activations and filters (empty: the default layer)."""
-
-    layers: tuple[str, ...] = ()
-    patch: int | None = None  # None: a tenth of the image side (occlusion.default_patch)
-    stride: int = 1
-    fill: object = "mean"
-    occlusion_engine: str = "auto"
-    saliency_of: str = "loss"
-    smoothgrad: int = DEFAULT_SMOOTHGRAD
-    times_input: bool = False
-    filters: tuple[int, ...] | str | None = None  # "all": every filter of each layer
-    filter_objective: str = "centre"
-    quality: bool = False
-
-    @property
-    def layer(self) -> str | None:
-        """The first chosen layer (Grad-CAM's in the quality measures), or None."""
-        return self.layers[0] if self.layers else None
 
 
 def _save(out: Path, name: str, figure=None, array=None) -> int:
@@ -98,7 +74,8 @@ def explain_images(
     head: str | None,
     target: int | None,
     truth: dict[str, np.ndarray] | None,
-    options: Options,
+    options: ExplainSettings,
+    quality: bool = False,
     out: Path,
     masks: np.ndarray | None = None,
     reference: Reference | None = None,
@@ -106,8 +83,9 @@ def explain_images(
     """Run ``methods`` on ``images`` for ``head`` (default: every head) and write the
     files; returns how many were written. ``probabilities`` are the model's, per head
     (``visualize.targets.class_probabilities``): they give the predicted classes.
-    ``masks`` (bool (N, H, W), the object pixels, when known) add the ground-truth
-    measures to ``options.quality``'s."""
+    ``options``: how the methods run (``visualize.methods.ExplainSettings``); ``quality``:
+    also measure the heatmaps drawn; ``masks`` (bool (N, H, W), the object pixels, when
+    known) add the ground-truth measures to them."""
     out.mkdir(parents=True, exist_ok=True)
     if options.patch is None:
         options = replace(options, patch=default_patch(images.shape[1:]))
@@ -139,7 +117,7 @@ def explain_images(
         suffix = f"_{name}" if multi else ""
         drawn, importance = _maps(model, images, name, targets, methods, options)
         written += _heatmaps(model, images, stems, titles, drawn, options, out, suffix)
-        if options.quality and importance:
+        if quality and importance:
             scores.append(_quality(model, images, stems, name, targets, importance, options, masks))
     written += _layer_pictures(model, images, stems, methods, options, out, reference or Reference())
     runs.write_csv(out / EXPLAINED_FILE, rows)
@@ -149,23 +127,6 @@ def explain_images(
         runs.write_csv(out / QUALITY_FILE, frame.to_dict("records"))
         written += 1
     return written + 1
-
-
-def map_settings(options: Options) -> quality.MapSettings:
-    """The maps explain.py draws, as ``visualize.quality`` makes them (for a
-    randomised copy of the model)."""
-    return quality.MapSettings(
-        patch=options.patch,
-        stride=options.stride,
-        fill=options.fill,
-        occlusion_engine=options.occlusion_engine,
-        gradcam_layer=options.layer,
-        saliency={
-            "of": options.saliency_of,
-            "smoothgrad": options.smoothgrad,
-            "times_input": options.times_input,
-        },
-    )
 
 
 def _quality(model, images, stems, head, targets, importance, options, masks) -> pd.DataFrame:
@@ -178,7 +139,7 @@ def _quality(model, images, stems, head, targets, importance, options, masks) ->
         target=targets,
         masks=masks,
         methods=list(importance),
-        settings=map_settings(options),
+        settings=options,
         maps=importance,
     )
     print(f"quality of head {head}'s maps measured in {time.perf_counter() - start:.1f} s")
@@ -227,54 +188,32 @@ def _three_digits(value: float) -> str:
     return f"{value:.3f}"
 
 
-def _maps(model, images, head, targets, methods, options):
-    """The maps to draw, and the same as importance (``visualize.quality``: occlusion as
-    the drop it causes), ``{method: (N, H, W)}`` each."""
+def _maps(model, images, head, targets, methods, options: ExplainSettings):
+    """The maps to draw, and the same as importance (higher = more important; occlusion
+    as the drop it causes), ``{map: (N, H, W)}`` each, from the registry's heatmap methods."""
     maps: dict[str, np.ndarray] = {}
     importance: dict[str, np.ndarray] = {}
-    if "occlusion" in methods:
-        if options.fill == "mean" and training_mean_colour(model) is None:
-            print("occlusion: this model stores no training mean colour; the squares are mid-grey (128)")
-        rows = len(range(0, images.shape[1], options.stride))
-        total = len(images) * rows * len(range(0, images.shape[2], options.stride))
-        bar = keras.utils.Progbar(total, unit_name="position")
-        start = time.perf_counter()
-        result = occlusion(
-            model,
-            images,
-            head=head,
-            target=targets,
-            patch=options.patch,
-            stride=options.stride,
-            fill=options.fill,
-            engine=options.occlusion_engine,
-            progress=lambda done, _: bar.update(done),
+    for method in methods:
+        if METHODS[method].kind != "map":
+            continue
+        progress = _progress_bar(images, options) if method == "occlusion" else None
+        found = compute(
+            method, model, images, head=head, targets=targets, settings=options, progress=progress
         )
-        seconds = time.perf_counter() - start
-        how = "incremental engine" if result.engine == "incremental" else "batched re-inference"
-        if result.fallback_reason:
-            how += f" (the incremental engine does not apply: {result.fallback_reason})"
-        print(f"occlusion: {how}, {total} positions in {seconds:.2f} s")
-        maps["occlusion_prob"], maps["occlusion_loss"] = result.probability, result.loss
-        importance["occlusion_prob"], importance["occlusion_loss"] = quality.occlusion_importance(result)
-    if "saliency" in methods:
-        maps["saliency"] = saliency(
-            model,
-            images,
-            head=head,
-            target=targets,
-            of=options.saliency_of,
-            smoothgrad=options.smoothgrad,
-            times_input=options.times_input,
-        )
-    if "gradcam" in methods:
-        for layer in options.layers or (None,):
-            name = "gradcam" if len(options.layers) <= 1 else f"gradcam_{layer}"
-            maps[name] = gradcam(model, images, head=head, target=targets, layer=layer)
-    importance.update(
-        (name, values) for name, values in maps.items() if name.startswith(("saliency", "gradcam"))
-    )
+        for note in found.notes:
+            print(note)
+        maps.update(found.drawn)
+        importance.update(found.importance)
     return maps, importance
+
+
+def _progress_bar(images, options: ExplainSettings):
+    """A progress bar over occlusion's positions, as ``progress(done, total)``."""
+    rows = len(range(0, images.shape[1], options.stride))
+    bar = keras.utils.Progbar(
+        len(images) * rows * len(range(0, images.shape[2], options.stride)), unit_name="position"
+    )
+    return lambda done, _: bar.update(done)
 
 
 def _labels(model, options, gradcam_drawn: bool) -> dict[str, str]:
@@ -282,8 +221,8 @@ def _labels(model, options, gradcam_drawn: bool) -> dict[str, str]:
     model without conv layers does not have)."""
     patch = options.patch
     saliency_label = f"max |d {options.saliency_of} / d pixel| over channels"
-    if options.smoothgrad:
-        saliency_label = f"SmoothGrad ({options.smoothgrad} noisy copies) of {saliency_label}"
+    if options.saliency_smoothgrad:
+        saliency_label = f"SmoothGrad ({options.saliency_smoothgrad} noisy copies) of {saliency_label}"
     if options.times_input:
         saliency_label += ", x input"
     labels = {
@@ -306,7 +245,7 @@ def _heatmaps(model, images, stems, titles, maps, options, out, suffix) -> int:
         # gradients: a few extreme pixels would leave the rest of the map dark
         clip = SALIENCY_CLIP_PERCENTILE if method == "saliency" else None
         for index, stem in enumerate(stems):
-            figure = draw.heatmap_figure(
+            figure = plots.heatmap_figure(
                 images[index], values[index], title=titles[index], label=labels[method], clip_percentile=clip
             )
             written += _save(out, f"{stem}_{method}{suffix}", figure, values[index])
@@ -325,13 +264,13 @@ def _layer_pictures(model, images, stems, methods, options, out, reference) -> i
             maps = activations(model, images, layer=layer)
             for index, stem in enumerate(stems):
                 tiles = np.moveaxis(maps[index], -1, 0) if maps.ndim == 4 else maps[index][:, None, None]
-                figure = draw.tile_figure(tiles, title=f"{stem}: activations of {layer}")
+                figure = plots.tile_figure(tiles, title=f"{stem}: activations of {layer}")
                 written += _save(out, f"{stem}_activations_{layer}", figure, maps[index])
         if "filters" in methods:
             written += _filter_pictures(model, layer, options, out, reference)
     if "filters" in methods:
         weights = first_layer_weights(model)
-        figure = draw.tile_figure(weights, title="the first conv layer's kernels")
+        figure = plots.tile_figure(weights, title="the first conv layer's kernels")
         written += _save(out, "filters_weights", figure, weights)
     return written
 
@@ -384,7 +323,7 @@ def _filter_pictures(model, layer, options, out, reference) -> int:
         + ", each scaled to its own range)"
     )
     labels = [str(index) for index in chosen]
-    figure = draw.filters_figure(patterns, title=title, labels=labels, dead=dead, crop=crop)
+    figure = plots.filters_figure(patterns, title=title, labels=labels, dead=dead, crop=crop)
     runs.write_csv(out / f"filters_{layer}.csv", rows)
     return _save(out, f"filters_{layer}", figure, patterns) + 1
 

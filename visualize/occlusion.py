@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from visualize.incremental import IncrementalOccluder, Unsupported
+from visualize.methods import ENGINES, FILLS
 from visualize.targets import (
     as_images,
     check_per_image,
@@ -39,8 +40,6 @@ from visualize.targets import (
     resolve_targets,
 )
 
-FILLS = ("mean", "gray", "zero", "blur")
-ENGINES = ("auto", "incremental", "batched")
 # The default square: a tenth of the image's smaller side (Zeiler and Fergus's scale:
 # 10 pixels for 100x100), at least MIN_PATCH. On the 28x28 line images a 3-pixel square
 # put the map's maximum on the line for 200 of 200 test images, a 10-pixel one for 98

@@ -20,7 +20,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from heads import LOGITS_SUFFIX  # the layer name of every head's logits (re-exported)
+from fruitcnn.evaluation import head_probabilities
+from heads import (
+    LOGITS_SUFFIX,  # the layer name of every head's logits (re-exported)
+    HeadSpec,
+)
 
 # Probabilities are clipped away from 0 before the log of a loss.
 _SMALLEST_PROBABILITY = 1e-12
@@ -123,9 +127,6 @@ def predicted_classes(logits: np.ndarray) -> np.ndarray:
 def class_probabilities(model: keras.Model, images, classes) -> dict[str, np.ndarray]:
     """Every head's class probabilities, ``{head: (N, K)}``, from one pass of the model
     (a sigmoid head's output p becomes the two columns [1 - p, p])."""
-    from fruitcnn.evaluation import head_probabilities
-    from heads import HeadSpec
-
     outputs = model.predict(as_images(images), verbose=0)
     return {
         head: head_probabilities(

@@ -145,6 +145,7 @@ def split_warnings(validation_images: int, classes: int) -> list[str]:
 def _read(config: DataConfig, problems: Problems) -> tuple[RawData, bool]:
     """The source as read (from the cache when it is unchanged since the last read)."""
     if config.dataset.startswith("tfds:"):
+        # tensorflow-datasets is optional and slow to import: only for tfds: names
         from fruitcnn.data.tfds_source import read_tfds
 
         name = config.dataset[len("tfds:") :]

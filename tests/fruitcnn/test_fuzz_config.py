@@ -29,6 +29,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from app.study.plan import check_settings, load_study, study_from_dict
 from fruitcnn import config as config_module
 from fruitcnn.config import (
     ACTIVATIONS,
@@ -53,7 +54,6 @@ from fruitcnn.config import (
     resolve_arch,
 )
 from fruitcnn.data.splits import holdout, parse_split, stratified_split
-from fruitcnn.study import check_settings, load_study, study_from_dict
 from tests.fruitcnn.data.test_fuzz_readers import bounded, fuzz, isolated_all, outcome
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
@@ -849,7 +849,7 @@ def test_bounded_catches_a_hang():
 # ---------------------------------------------------------------- isolated cases
 
 _PARSE = "from fruitcnn.config import parse_layers"
-_STUDY = "from fruitcnn.study import check_settings, study_from_dict"
+_STUDY = "from app.study.plan import check_settings, study_from_dict"
 _CHAIN = {f"b{i}": f"10*b{i + 1}" for i in range(9)} | {"b9": "relu"}
 # The bombs and hangs, each run in a child of its own (see ``isolated``), all started together.
 CHILDREN = {

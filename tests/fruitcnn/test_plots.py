@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fruitcnn import plots
+from fruitcnn.plots import results as plots
 
 HISTORY = [
     {"epoch": 1, "elapsed_s": 10.0, "train_loss": 2.0, "val_loss": 1.5, "test_loss": "",

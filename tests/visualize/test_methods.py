@@ -251,7 +251,8 @@ def test_occlusion_of_a_sigmoid_head_class_zero_is_one_minus_class_one():
 
 
 def test_explain_images_of_a_model_without_conv_layers_runs_occlusion(tmp_path):
-    from visualize.explain_run import Options, explain_images
+    from visualize.explain_run import explain_images
+    from visualize.methods import ExplainSettings
     from visualize.targets import class_probabilities
 
     model = _region_model()
@@ -261,12 +262,12 @@ def test_explain_images_of_a_model_without_conv_layers_runs_occlusion(tmp_path):
     common = {"head": None, "target": None, "truth": None, "out": tmp_path}
     written = explain_images(
         model, images, ["x"], classes, probabilities, methods=["occlusion", "saliency"],
-        options=Options(patch=3, fill=0.0), **common,
+        options=ExplainSettings(patch=3, fill=0.0), **common,
     )  # fmt: skip
     assert written == 3 * 2 + 1 and (tmp_path / "x_occlusion_loss.npy").is_file()
     with pytest.raises(ValueError, match="no conv layer; Grad-CAM, activations and filters need one"):
-        explain_images(model, images, ["x"], classes, probabilities, methods=["gradcam"], options=Options(),
-                       **common)  # fmt: skip
+        explain_images(model, images, ["x"], classes, probabilities, methods=["gradcam"],
+                       options=ExplainSettings(), **common)  # fmt: skip
 
 
 def _first_layer_model(seed=0):

@@ -1,6 +1,8 @@
 """Explanation quality measures on hand-made maps with known answers (a perfect map, an
 inverted map, a constant map) and on tiny models with hand-set weights."""
 
+from dataclasses import replace
+
 import keras
 import numpy as np
 import pytest
@@ -223,7 +225,11 @@ def test_explanation_maps_point_the_same_way_for_every_method():
     model = _fruitcnn_model()
     images = np.random.default_rng(3).integers(0, 256, (2, 12, 12, 3)).astype(np.float32)
     maps = quality.explanation_maps(
-        model, images, ["occlusion_prob", "occlusion_loss"], target=1, settings=quality.MapSettings(patch=3)
+        model,
+        images,
+        ["occlusion_prob", "occlusion_loss"],
+        target=1,
+        settings=replace(quality.MEASURED, patch=3),
     )
     reference = occlusion(model, images, target=1, patch=3)
     np.testing.assert_allclose(

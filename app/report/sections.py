@@ -1,6 +1,6 @@
 """The sections of a run's report, built from its evaluation and run files.
 
-Each ``*_section`` function returns one :class:`~fruitcnn.report.pages.Section`;
+Each ``*_section`` function returns one :class:`~app.report.pages.Section`;
 functions that draw figures or write tables add the files to ``files`` (name ->
 bytes), which become the report folder. File names: ``curves.png``,
 ``curves-time.png``, ``confusion-<split>[-<head>].png`` (counts),
@@ -19,14 +19,25 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import keras
 import numpy as np
 import pandas as pd
 
+from app.report.options import SPLIT_TITLES
+from app.report.pages import Details, Facts, Figure, Row, Section, Table, Text
 from fruitcnn import evaluation, plots
-from fruitcnn.report.pages import Details, Facts, Figure, Row, Section, Table, Text
-from fruitcnn.runs import finite_json
+from fruitcnn.model import flops_per_image
+from fruitcnn.runs import environment, finite_json
+from visualize.quality import (
+    POINTING_GOAL,
+    POINTING_METHODS,
+    POINTING_TOLERANCE,
+    RANDOM_MODELS,
+    SANITY_LIMIT,
+    failed_checks,
+)
+from visualize.targets import head_names
 
-SPLIT_TITLES = {"train": "training", "val": "validation", "test": "test"}
 # Splits shown open in the page; the others are folded away (they are all in the files).
 OPEN_SPLIT = "test"
 FOLDED_SPLITS = ("val", "train")
@@ -479,20 +490,10 @@ def grids_section(dataset, results, options, files: dict[str, bytes]) -> Section
 
 
 def quality_section(quality: dict, files: dict[str, bytes]) -> Section:
-    """How far the explanations can be trusted (``fruitcnn.report.measure_explanations``):
+    """How far the explanations can be trusted (``app.report.measure_explanations``):
     per method and head the pointing game and mask mass (when the data has object
     masks), the deletion and insertion areas against a random order, and the rank
     correlation with a fully randomised model; the mean curves as a figure."""
-    from visualize import draw
-    from visualize.quality import (
-        POINTING_GOAL,
-        POINTING_METHODS,
-        POINTING_TOLERANCE,
-        RANDOM_MODELS,
-        SANITY_LIMIT,
-        failed_checks,
-    )
-
     if "skipped" in quality:
         return Section(
             "Explanation quality", "quality", [Text(f"Not measured: {quality['skipped']}", "warning")]
@@ -529,7 +530,7 @@ def quality_section(quality: dict, files: dict[str, bytes]) -> Section:
         ]
         suffix = _suffix(head, multi)
         files[f"quality{suffix}.csv"] = _csv(summary)
-        figure = draw.curves_figure(
+        figure = plots.curves_figure(
             found.curves, title="deletion and insertion" + (f", head {head}" if multi else "")
         )
         png = plots.png_bytes(figure, dpi=FIGURE_DPI)
@@ -608,8 +609,6 @@ def setup_section(record, dataset) -> Section:
 
 def architecture_section(model, files: dict[str, bytes]) -> Section:
     """Every layer with its output shape and parameters; totals and forward FLOPs."""
-    from fruitcnn.model import flops_per_image
-
     rows = []
     for layer in model.layers:
         shape = getattr(layer, "output", None)
@@ -651,9 +650,6 @@ def architecture_section(model, files: dict[str, bytes]) -> Section:
 def branches(model) -> tuple[list[str], dict[str, list[str]]]:
     """The model's shared layers (input to the last layer every head depends on) and
     each head's own layers after them, as ``name (type)`` labels in model order."""
-    import keras
-
-    from visualize.targets import head_names
 
     order = [layer.name for layer in model.layers]
     needs = {
@@ -686,8 +682,6 @@ def _training_start(record) -> str:
 
 def environment_section(record) -> Section:
     """Training sessions (start and resumes) with their versions, and this report's."""
-    from fruitcnn.runs import environment
-
     now = {**environment(), "kind": "report"}
     frame = pd.DataFrame([*record.environment, now]).astype(str)
     finished = record.history[-1]["timestamp"] if record.history else None

@@ -19,8 +19,8 @@ Both pages are rendered from one list of :class:`Section` objects, so they alway
 carry the same figures and tables. Evaluation follows training's: inference mode, the
 run's test-time augmentation, the run's evaluation batch size. The numbers come from
 ``fruitcnn.evaluation``, the figures from ``fruitcnn.plots``, the pages from
-``fruitcnn.report.pages`` (blocks and rendering) and the sections from
-``fruitcnn.report.sections``.
+``app.report.pages`` (blocks and rendering) and the sections from
+``app.report.sections``.
 """
 
 from __future__ import annotations
@@ -35,53 +35,22 @@ from typing import Any
 
 import numpy as np
 
-from fruitcnn import evaluation, runs
+from app.report import sections as parts
+from app.report.options import ORDERS, SPLIT_TITLES, SPLITS, ReportOptions
+from app.report.pages import Section, render_html, render_markdown
+from fruitcnn import evaluation, load_model, runs
 from fruitcnn.config import RunConfig
-from fruitcnn.report import sections as parts
-from fruitcnn.report.pages import Section, render_html, render_markdown
+from fruitcnn.data import load_dataset
+from fruitcnn.evaluation import seeded_sample
+from fruitcnn.training import eval_batch_size, head_specs
+from heads import head_targets
+from visualize import quality
+from visualize.gradcam import default_layer
+from visualize.methods import MEASURED, MEASURED_MAPS
+from visualize.occlusion import default_patch
+from visualize.targets import check_per_image
 
-SPLITS = ("train", "val", "test")
-SPLIT_TITLES = {"train": "training", "val": "validation", "test": "test"}
-ORDERS = ("classes", "confusion")
-
-
-@dataclass(frozen=True)
-class ReportOptions:
-    """What the report shows.
-
-    Attributes:
-        grid_split: split whose most confident right and wrong images are shown.
-        top_k: images per class on each side of the grids.
-        order: class order of the confusion matrices: ``classes`` (as trained) or
-            ``confusion`` (confused classes next to each other; the order is taken
-            from the validation split and used for all three matrices).
-        pairs: rows of the "most confused pairs" tables.
-        grid_classes: classes per image-grid figure (long class lists are split).
-        quality_images: test images whose explanations are measured in the
-            "Explanation quality" section (0, the default: no such section; it took
-            longer than the rest of the report, e.g. 21 s against 14 s for the line
-            model with 32 images, so it is written on request: --quality-images 32).
-    """
-
-    grid_split: str = "val"
-    top_k: int = 5
-    order: str = "classes"
-    pairs: int = 15
-    grid_classes: int = 12
-    quality_images: int = 0
-
-    def __post_init__(self):
-        if self.grid_split not in SPLITS:
-            raise ValueError(f"grid split must be one of {', '.join(SPLITS)}, got {self.grid_split!r}.")
-        if self.order not in ORDERS:
-            raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}.")
-        for name in ("top_k", "pairs", "grid_classes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if self.quality_images < 0:
-            raise ValueError(
-                f"quality_images must be 0 (no quality section) or more, got {self.quality_images}."
-            )
+__all__ = ["ORDERS", "SPLITS", "ReportOptions", "ReportResult", "RunRecord", "build_report", "evaluate_run"]
 
 
 @dataclass
@@ -190,9 +159,6 @@ def _check_data(record: RunRecord, dataset, specs) -> None:
 
 def evaluate_run(record: RunRecord, model, dataset, *, progress: Callable[[str], None] = print) -> dict:
     """Evaluate ``model`` on every split of ``dataset`` as training evaluated it."""
-    from fruitcnn.training import eval_batch_size, head_specs
-    from heads import head_targets
-
     specs = head_specs(record.config, dataset)
     _check_data(record, dataset, specs)
     batch_size = eval_batch_size(record.config)
@@ -247,12 +213,8 @@ def _build_report(run_dir, dataset, model, options: ReportOptions, progress, inp
     started = time.monotonic()
     record = RunRecord.read(run_dir)
     if model is None:
-        from fruitcnn import load_model
-
         model = load_model(record.folder, input_range=input_range, head_names=list(record.classes))
     if dataset is None:
-        from fruitcnn.data import load_dataset
-
         dataset = load_dataset(record.config.data)
     progress(f"evaluating {record.folder} on every split ...")
     results = evaluate_run(record, model, dataset, progress=progress)
@@ -314,49 +276,37 @@ def measure_explanations(record: RunRecord, model, dataset, count: int, seed: in
     their true class with the default methods, for every head: ``{"images": n, "masks":
     bool, "heads": {head: QualityResult}, "settings": {...}}``, or ``{"skipped": reason}``
     for a model whose explanations are not per image."""
-    from fruitcnn.training import head_specs
-    from heads import head_targets
-    from visualize import quality
-    from visualize.gradcam import default_layer
-    from visualize.occlusion import default_patch
-    from visualize.targets import check_per_image
-
     try:
         check_per_image(model)
     except ValueError as error:  # batch statistics at inference: no per-image map exists
         return {"skipped": str(error)}
-    split = dataset.splits["test"]
-    chosen = np.sort(
-        np.random.default_rng(seed).choice(len(split), size=min(count, len(split)), replace=False)
-    )
-    images = split.images[chosen]
-    masks = None if split.masks is None else split.masks[chosen]
-    specs = head_specs(record.config, dataset)
-    targets = head_targets(
-        specs, split.labels[chosen], None if split.attributes is None else split.attributes[chosen]
-    )
-    methods = [method for method in quality.DEFAULT_METHODS if method in quality.available_methods(model)]
-    settings = quality.MapSettings()
+    sample = seeded_sample(dataset.splits["test"], head_specs(record.config, dataset), count, seed)
+    methods = [method for method in MEASURED_MAPS if method in quality.available_methods(model)]
     found = {
-        spec.name: quality.quality_scores(
+        head: quality.quality_scores(
             model,
-            images,
-            head=spec.name,
-            target=np.asarray(targets[spec.name]).reshape(-1).astype(np.int64),
-            masks=masks,
+            sample.images,
+            head=head,
+            target=truth,
+            masks=sample.masks,
             methods=methods,
-            settings=settings,
+            settings=MEASURED,
             seed=seed,
         )
-        for spec in specs
+        for head, truth in sample.truth.items()
     }
     described = {
-        "patch": settings.patch or default_patch(images.shape[1:]),
-        "smoothgrad": settings.smoothgrad,
+        "patch": MEASURED.patch or default_patch(sample.images.shape[1:]),
+        "smoothgrad": MEASURED.smoothgrad,
     }
     if "gradcam" in methods:
-        described["layer"] = settings.gradcam_layer or default_layer(model)
-    return {"images": len(chosen), "masks": masks is not None, "heads": found, "settings": described}
+        described["layer"] = MEASURED.layer or default_layer(model)
+    return {
+        "images": len(sample.indices),
+        "masks": sample.masks is not None,
+        "heads": found,
+        "settings": described,
+    }
 
 
 def _sections(

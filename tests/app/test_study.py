@@ -5,26 +5,23 @@ from pathlib import Path
 
 import pytest
 
-from fruitcnn import runs
-from fruitcnn.config import config_from_settings
-from fruitcnn.model import plan_layers
-from fruitcnn.plots import study_figure
-from fruitcnn.study import (
+from app.study.plan import (
     DONE,
     FAILED,
     PENDING,
     STUDY_CSV,
     STUDY_MD,
     STUDY_PLOT,
-    TrialResult,
-    best_row,
     check_settings,
     load_study,
     study_from_dict,
-    study_rows,
     trial_folder,
-    write_tables,
 )
+from app.study.tables import TrialResult, best_row, study_rows, write_tables
+from fruitcnn import runs
+from fruitcnn.config import config_from_settings
+from fruitcnn.model import plan_layers
+from fruitcnn.plots import study_figure
 
 GRID = """
 name = "tiny"

@@ -4,7 +4,7 @@ Keras Tuner brings what a study needs beyond a loop: the trial state on disk
 (``<study>/tuner/oracle.json`` and ``trial_*/trial.json``, so a re-run skips finished
 trials and restarts an interrupted one), and its chief/worker mode, which spreads
 one study over several machines (see :func:`distributed_role`). The oracle here hands
-out the study's own plan in order (a grid or list, see ``fruitcnn.study``) instead of
+out the study's own plan in order (a grid or list, see ``app.study.plan``) instead of
 sampling; the tuner's ``run_trial`` calls :func:`fruitcnn.training.train`.
 
 Per trial, TensorBoard's HParams dashboard gets the trial's values and its best
@@ -25,13 +25,13 @@ from typing import Any
 
 import keras
 import keras_tuner
+import tensorflow as tf
 from keras_tuner.engine.base_tuner import BaseTuner
 from keras_tuner.engine.trial import TrialStatus
+from tensorboard.plugins.hparams import api as hparams_api
 
-from fruitcnn import runs
-from fruitcnn.config import config_from_settings
-from fruitcnn.recipes import run_config
-from fruitcnn.study import (
+from app.report import build_report
+from app.study.plan import (
     DONE,
     FAILED,
     PENDING,
@@ -47,15 +47,17 @@ from fruitcnn.study import (
     Parameter,
     PlannedTrial,
     Study,
-    TrialResult,
-    best_row,
     check_folder,
-    labels_key,
-    study_rows,
     trial_folder,
     trial_title,
-    write_tables,
 )
+from app.study.tables import TrialResult, best_row, labels_key, study_rows, write_tables
+from fruitcnn import runs
+from fruitcnn.config import config_from_settings
+from fruitcnn.data import load_dataset
+from fruitcnn.model import flops_per_image
+from fruitcnn.recipes import run_config
+from fruitcnn.training import check_run, train
 
 # The tuner ranks trials on this metric (the best epoch's validation accuracy).
 OBJECTIVE = "val_accuracy"
@@ -189,8 +191,6 @@ class TrialData:
 
     def prepare(self, trial: PlannedTrial):
         """The run config and data of a trial (each distinct data config is read once)."""
-        from fruitcnn.training import check_run
-
         try:
             data = config_from_settings(trial.settings, blocks=self.study.blocks).data
             dataset = self._dataset(data)
@@ -201,8 +201,6 @@ class TrialData:
         return config, dataset
 
     def _dataset(self, data):
-        from fruitcnn.data import load_dataset
-
         key = json.dumps(dataclasses.asdict(data), sort_keys=True)
         if key not in self.datasets:
             dataset = load_dataset(data)
@@ -294,8 +292,6 @@ class StudyTuner(BaseTuner):
         return metrics
 
     def _train(self, planned: PlannedTrial, config, dataset, run: Path):
-        from fruitcnn.training import train
-
         try:
             # Ctrl-C: train says nothing; study.py explains how to go on.
             result = train(config, dataset=dataset, run_dir=run, verbose=self.verbose, interrupt_advice="")
@@ -327,8 +323,6 @@ class StudyTuner(BaseTuner):
 
     def _report(self, run: Path, dataset, model=None) -> Path | None:
         """The run's evaluation report; a failure is reported and leaves the trial done."""
-        from fruitcnn.report import build_report
-
         try:
             return build_report(run, dataset=dataset, model=model, progress=lambda line: None).html
         except Exception as error:
@@ -359,8 +353,6 @@ class StudyTuner(BaseTuner):
 
 def trial_metrics(result, wall_seconds: float) -> dict[str, float]:
     """What Keras Tuner keeps of a finished trial (floats only) and the tables show."""
-    from fruitcnn.model import flops_per_image
-
     kept = ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "parameters", "best_epoch", "epochs")
     metrics = {name: float(result.metrics[name]) for name in kept}
     metrics["flops_per_image"] = float(flops_per_image(result.model))
@@ -380,9 +372,6 @@ def hparam_values(parameter: Parameter) -> list:
 
 def write_trial_hparams(study: Study, run: Path, labels: dict[str, str], metrics: dict[str, float]) -> None:
     """The trial's values and results for TensorBoard's HParams dashboard (in the run's tb/)."""
-    import tensorflow as tf
-    from tensorboard.plugins.hparams import api as hparams_api
-
     values = {
         parameter.name: hparam_values(parameter)[parameter.labels.index(labels[parameter.name])]
         for parameter in study.parameters
@@ -397,9 +386,6 @@ def write_trial_hparams(study: Study, run: Path, labels: dict[str, str], metrics
 
 def write_hparams_config(folder: Path, study: Study) -> None:
     """The HParams dashboard's columns: each parameter with its values, and the two accuracies."""
-    import tensorflow as tf
-    from tensorboard.plugins.hparams import api as hparams_api
-
     logdir = folder / RUNS_DIR
     if logdir.is_dir() and any(path.name.startswith("events.") for path in logdir.iterdir()):
         return
@@ -440,7 +426,7 @@ def run_study(
     """Run (or continue) every trial of ``study`` in ``folder`` and write its tables.
 
     Args:
-        study: the planned study (``fruitcnn.study.load_study``).
+        study: the planned study (``app.study.plan.load_study``).
         folder: the study folder (tuner state, runs/, study.csv/md/png).
         restart: discard the folder's earlier trials first.
         verbose: Keras ``fit`` verbosity of each trial (0 silent, 1 bars, 2 one line per epoch).

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 
 import fruitcnn
+from app.report import ReportOptions, RunRecord, build_report
 from fruitcnn import browser, runs
 from fruitcnn.config import ArchConfig, DataConfig, RunConfig, TrainConfig, parse_layers
 from fruitcnn.data import Dataset, Split
-from fruitcnn.report import ReportOptions, RunRecord, build_report
 from fruitcnn.training import train
-from visualize.quality import DEFAULT_METHODS
+from visualize.quality import MEASURED_MAPS
 
 FAST = TrainConfig(epochs=2, batch_size=32, learning_rate=0.01, warmup_epochs=0.0)
 QUIET = {"progress": lambda line: None}
@@ -315,7 +315,7 @@ def test_explanation_quality_section_measures_the_run_model(single_report, small
     page, markdown = report.html.read_text(), report.markdown.read_text()
     assert "<h2>Explanation quality</h2>" in page and "## Explanation quality" in markdown
     table = pd.read_csv(report.folder / "quality.csv")
-    assert table["method"].tolist() == list(quality.DEFAULT_METHODS)
+    assert table["method"].tolist() == list(quality.MEASURED_MAPS)
     assert (report.folder / "quality-curves.png").stat().st_size > 1000
     # the same numbers from visualize.quality directly, on the same seeded choice of test images
     chosen = np.sort(np.random.default_rng(0).choice(len(small_line.test), size=32, replace=False))
@@ -324,7 +324,7 @@ def test_explanation_quality_section_measures_the_run_model(single_report, small
         small_line.test.images[chosen],
         target=small_line.test.labels[chosen],
         masks=small_line.test.masks[chosen],
-        methods=quality.DEFAULT_METHODS,
+        methods=quality.MEASURED_MAPS,
     ).summary()
     for column in ("pointing", "mask_mass", "deletion_auc", "insertion_auc", "randomization_spearman"):
         np.testing.assert_allclose(table[column], again[column].to_numpy(), atol=1e-5)
@@ -346,7 +346,7 @@ def test_multi_head_report_measures_every_head_and_quality_can_be_left_out(
 ):
     run, report = multi_report
     for head in ("length", "width", "colour", "angle"):
-        assert len(pd.read_csv(report.folder / f"quality-{head}.csv")) == len(DEFAULT_METHODS)
+        assert len(pd.read_csv(report.folder / f"quality-{head}.csv")) == len(MEASURED_MAPS)
     again = build_report(run.run_dir, dataset=small_line, **QUIET)  # the default: not measured
     assert "Explanation quality" not in again.html.read_text()
     assert not list(again.folder.glob("quality*"))

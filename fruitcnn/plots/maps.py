@@ -1,4 +1,5 @@
-"""Drawing of explanations: every function returns a matplotlib Figure (no pyplot).
+"""Figures of explanations (``visualize``): every function returns a matplotlib Figure
+(no pyplot).
 
 Heatmaps are scaled to their own range for display; a constant map (all zeros, say)
 is drawn as zeros instead of dividing by a zero range.

@@ -1,9 +1,9 @@
-"""Figures of a run: learning curves, confusion matrices and image grids.
+"""Figures of a run and of a study: learning curves, confusion matrices, image grids,
+the heads' branches and study panels.
 
-Drawing only: the numbers come from ``fruitcnn.evaluation`` and ``history.csv``.
-Every function returns a :class:`matplotlib.figure.Figure` made without pyplot (no
-global state, nothing shown, safe in threads and servers); :func:`png_bytes` renders
-one to PNG and releases it.
+Drawing only: the numbers come from ``fruitcnn.evaluation``, ``history.csv`` and
+study.csv. Every function returns a :class:`matplotlib.figure.Figure` made without
+pyplot; :func:`png_bytes` renders one to PNG and releases it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,115 @@
+"""The computations of the registry's heatmap methods (``visualize.methods.METHODS``).
+
+One function per method, named like it, in one form:
+``(model, images, *, head, targets, settings, progress=None) -> MethodMaps``. They call
+the method modules (``visualize.occlusion``, ``visualize.saliency``,
+``visualize.gradcam``) with the options ``settings`` gives, and return the maps as drawn
+and as importance (higher = more important). Run them through
+:func:`visualize.methods.compute`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from visualize.gradcam import gradcam as gradcam_maps
+from visualize.methods import ExplainSettings, MethodMaps
+from visualize.occlusion import occlusion as occlusion_maps
+from visualize.occlusion import training_mean_colour
+from visualize.saliency import saliency as saliency_maps
+
+
+def occlusion(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
+    """``occlusion_prob`` and ``occlusion_loss``: drawn as the class probability and its
+    loss with the square centred on each pixel hidden; as importance, the probability's
+    drop and the loss's rise."""
+    notes = []
+    if settings.fill == "mean" and training_mean_colour(model) is None:
+        notes.append("occlusion: this model stores no training mean colour; the squares are mid-grey (128)")
+    start = time.perf_counter()
+    result = occlusion_maps(
+        model,
+        images,
+        head=head,
+        target=targets,
+        patch=settings.patch,
+        stride=settings.stride,
+        fill=settings.fill,
+        engine=settings.occlusion_engine,
+        progress=progress,
+    )
+    seconds = time.perf_counter() - start
+    how = "incremental engine" if result.engine == "incremental" else "batched re-inference"
+    if result.fallback_reason:
+        how += f" (the incremental engine does not apply: {result.fallback_reason})"
+    images = np.asarray(images)
+    positions = len(images) * len(range(0, images.shape[1], settings.stride))
+    positions *= len(range(0, images.shape[2], settings.stride))
+    notes.append(f"occlusion: {how}, {positions} positions in {seconds:.2f} s")
+    drop, rise = occlusion_importance(result)
+    return MethodMaps(
+        drawn={"occlusion_prob": result.probability, "occlusion_loss": result.loss},
+        importance={"occlusion_prob": drop, "occlusion_loss": rise},
+        notes=notes,
+    )
+
+
+def occlusion_importance(result) -> tuple[np.ndarray, np.ndarray]:
+    """Occlusion maps (``visualize.occlusion.OcclusionMaps``) as importance: the drop of
+    the class probability and the rise of its loss when the square is hidden."""
+    clean = np.asarray(result.baseline_probability, np.float64)
+    if result.baseline_loss is not None:
+        clean_loss = np.asarray(result.baseline_loss, np.float64)
+    else:  # maps made without it: -log p (inexact only where p rounds to 1)
+        clean_loss = -np.log(np.maximum(clean, np.finfo(np.float32).tiny))
+    drop = clean[:, None, None] - result.probability
+    rise = result.loss - clean_loss[:, None, None]
+    return drop.astype(np.float32), rise.astype(np.float32)
+
+
+def _gradient(name: str, model, images, head, targets, **options) -> MethodMaps:
+    values = saliency_maps(model, images, head=head, target=targets, **options)
+    return MethodMaps(drawn={name: values}, importance={name: values})
+
+
+def saliency(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
+    """max |d loss (or logit) / d pixel| over channels, with SmoothGrad and x input as
+    ``settings`` says (``saliency_of``, ``saliency_smoothgrad``, ``times_input``)."""
+    return _gradient(
+        "saliency",
+        model,
+        images,
+        head,
+        targets,
+        of=settings.saliency_of,
+        smoothgrad=settings.saliency_smoothgrad,
+        times_input=settings.times_input,
+    )
+
+
+def smoothgrad(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
+    """SmoothGrad of the loss over ``settings.smoothgrad`` noisy copies."""
+    return _gradient("smoothgrad", model, images, head, targets, smoothgrad=settings.smoothgrad)
+
+
+def saliency_logit(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
+    """The plain gradient of the class's logit."""
+    return _gradient("saliency_logit", model, images, head, targets, of="logit")
+
+
+def gradient_x_input(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
+    """|gradient of the loss x pixel value|."""
+    return _gradient("gradient_x_input", model, images, head, targets, times_input=True)
+
+
+def gradcam(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
+    """Grad-CAM of each layer of ``settings.layers`` (none: the default layer): the map
+    ``gradcam`` for one layer, ``gradcam_<layer>`` each for several."""
+    layers = settings.layers or (None,)
+    maps = {}
+    for layer in layers:
+        name = "gradcam" if len(layers) <= 1 else f"gradcam_{layer}"
+        maps[name] = gradcam_maps(model, images, head=head, target=targets, layer=layer)
+    return MethodMaps(drawn=maps, importance=dict(maps))

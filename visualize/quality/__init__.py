@@ -1,0 +1,104 @@
+"""How far an explanation can be trusted: its heatmaps measured against ground truth,
+against randomised models, and by what the model loses when the pixels they rank
+first are removed.
+
+Every measure takes *importance maps*: float32 (N, H, W), higher meaning "more
+important for the explained class". :func:`explanation_maps` makes them from the
+methods of this package (occlusion turned into the drop it causes, so that all
+methods point the same way).
+
+* Ground truth, for images whose object pixels are known (the line dataset's masks):
+  :func:`pointing_game` (the map's maximum lies on the object, within a tolerance of
+  pixels) and :func:`mask_mass` (the share of the map's positive mass on the object).
+* Sanity checks (Adebayo et al., "Sanity checks for saliency maps", NeurIPS 2018):
+  :func:`randomized_model` re-initialises chosen layers (:func:`cascade_stages`: from
+  the head down), and :func:`rank_correlation` compares the maps of the trained and
+  the randomised model (Spearman, per image). A method whose maps barely change when
+  the weights they claim to explain are destroyed fails the check. A model trained on
+  shuffled labels (data randomisation) is compared the same way.
+* Faithfulness (Petsiuk et al., RISE, BMVC 2018): :func:`perturbation_curves` removes
+  (deletion) or reveals (insertion) the pixels in the order the map ranks them and
+  records the class probability; :func:`curve_area` is the area under that curve. A
+  map that finds the evidence makes the deletion curve fall faster than a random
+  order does (smaller area) and the insertion curve rise faster (larger area).
+
+:func:`quality_scores` runs all of it for a batch of images and returns one row per
+image and method.
+
+The parts: ``maps`` (which maps a model offers and making them through the method
+registry, ``visualize.methods``), ``truth``, ``curves`` (and the rank statistics),
+``randomisation``, ``scores`` (all of it, and the goals), ``constants``.
+"""
+
+from visualize.compute import occlusion_importance
+from visualize.methods import MEASURED, MEASURED_MAPS, SALIENCY_VARIANTS, ExplainSettings
+from visualize.occlusion import default_patch
+from visualize.quality.constants import (
+    CURVE_BATCH,
+    CURVE_STEPS,
+    MEASURES,
+    MIN_STATISTICS,
+    POINTING_GOAL,
+    POINTING_METHODS,
+    POINTING_TOLERANCE,
+    RANDOM_MODELS,
+    RANDOM_ORDERS,
+    SANITY_LIMIT,
+)
+from visualize.quality.curves import (
+    CURVE_MODES,
+    curve_area,
+    perturbation_curves,
+    pixel_order,
+    random_order,
+    rank_correlation,
+)
+from visualize.quality.maps import available_methods, explanation_maps, gradcam_method_layers
+from visualize.quality.randomisation import (
+    TooFewImages,
+    cascade_correlations,
+    cascade_stages,
+    correlations_with,
+    randomized_model,
+)
+from visualize.quality.scores import QualityResult, failed_checks, quality_scores
+from visualize.quality.truth import dilate, mask_mass, pointing_game
+
+__all__ = [
+    "CURVE_BATCH",
+    "CURVE_MODES",
+    "CURVE_STEPS",
+    "MEASURED",
+    "MEASURED_MAPS",
+    "MEASURES",
+    "MIN_STATISTICS",
+    "POINTING_GOAL",
+    "POINTING_METHODS",
+    "POINTING_TOLERANCE",
+    "RANDOM_MODELS",
+    "RANDOM_ORDERS",
+    "SALIENCY_VARIANTS",
+    "SANITY_LIMIT",
+    "ExplainSettings",
+    "QualityResult",
+    "TooFewImages",
+    "available_methods",
+    "cascade_correlations",
+    "cascade_stages",
+    "correlations_with",
+    "curve_area",
+    "default_patch",
+    "dilate",
+    "explanation_maps",
+    "failed_checks",
+    "gradcam_method_layers",
+    "mask_mass",
+    "occlusion_importance",
+    "perturbation_curves",
+    "pixel_order",
+    "pointing_game",
+    "quality_scores",
+    "random_order",
+    "randomized_model",
+    "rank_correlation",
+]
