@@ -12,6 +12,7 @@ report/; see report.py).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -19,13 +20,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
 
 from fruitcnn.config import (  # noqa: E402
-    BN_LAYERS,
-    FLIPS,
-    INITS,
-    OPTIMIZERS,
     PRESETS,
-    SCHEDULES,
-    TTAS,
     ArchConfig,
     AugmentConfig,
     DataConfig,
@@ -34,6 +29,7 @@ from fruitcnn.config import (  # noqa: E402
     config_from_settings,
 )
 from fruitcnn.config import SETTING_FIELDS as _FIELDS  # noqa: E402  (flag -> config field)
+from fruitcnn.data import Dataset, describe, line, load_dataset, warning_lines  # noqa: E402
 from fruitcnn.data.cache import add_cache_dir_argument, use_cache_dir  # noqa: E402
 
 EXAMPLES = """examples:
@@ -67,18 +63,6 @@ RECIPES = """recipes (settings the flags leave out; any flag given wins, --confi
 # Characters per line of --summary's table.
 SUMMARY_WIDTH = 110
 
-_DEFAULTS = {
-    "data": DataConfig(),
-    "arch": ArchConfig(layers=["gap"]),
-    "train": TrainConfig(),
-    "augment": AugmentConfig(),
-}
-
-
-def _default(flag: str):
-    section, name = _FIELDS[flag]
-    return getattr(_DEFAULTS[section], name)
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser (defaults come from the config dataclasses)."""
@@ -89,50 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data = parser.add_argument_group("data")
-    add = _adder(data)
-    add(
-        "--dataset",
-        "'line' (generated, no download); a folder or archive (.tgz/.tar/.zip) of class folders, "
-        "Training/Test or train/val/test folders, MNIST IDX, CIFAR-10/100 batches, STL-10 binary or "
-        "mini-ImageNet; or tfds:NAME",
-        metavar="NAME|PATH",
-    )
-    add("--image-size", "resize images to N x N pixels; default: the data's own size", type=int, metavar="N")
-    add("--images-per-class", "line dataset: images per class", type=int, metavar="N")
-    add(
-        "--split",
-        "'auto' (the data's own train/test split, else 60/40), or train/test or train/val/test "
-        "in percent or counts; explicit on data with its own split: pool and re-split",
-        metavar="A/B[/C]",
-    )
-    add("--val-fraction", "validation share of the training part", type=float, metavar="F")
-    add("--data-seed", "seed of data generation and splitting", type=int, metavar="N")
-    add("--data-dir", "tensorflow-datasets folder for tfds:NAME", metavar="DIR")
-    add(
-        "--strict",
-        "stop on any skipped file (corrupt image, stray file) instead of listing it",
-        action="store_true",
-    )
-    add(
-        "--unpack-limits",
-        "largest file read, all files read, and unpacked/packed ratio of archives and .gz files; beyond "
-        "them a source is refused as a possible decompression bomb (give any of them, e.g. ratio=500)",
-        metavar="member=SIZE,total=SIZE,ratio=N",
-    )
+    _add_settings(data, DataConfig)
     add_cache_dir_argument(data)
-    augment = parser.add_argument_group("augmentation (training images only)")
-    add = _adder(augment)
-    add("--flip", "random mirroring", choices=FLIPS)
-    add("--translate", "random shift by up to N pixels (reflection padding)", type=int, metavar="N")
-    add("--rotate", "random rotation by up to D degrees", type=float, metavar="D")
-    add(
-        "--color-jitter",
-        "random brightness/contrast/saturation factor in [1-J, 1+J]",
-        type=float,
-        metavar="J",
-    )
+    _add_settings(parser.add_argument_group("augmentation (training images only)"), AugmentConfig)
     model = parser.add_argument_group("model")
-    add = _adder(model)
     model.add_argument(
         "--arch",
         default=None,
@@ -146,72 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="four heads (length, width, colour, angle) instead of one softmax",
     )
-    add(
-        "--head-layers",
-        "layers of each head before its logits: 'fc(64) relu' for every head, or per head "
-        "'angle=fc(64) relu; colour=fc(8) relu'",
-        metavar="LAYERS",
-    )
-    add("--l2", "L2 weight decay on conv and dense kernels", type=float, metavar="F")
-    add("--dropout", "dropout rate before the heads", type=float, metavar="F")
-    add("--bn-momentum", "momentum of the batch-norm moving statistics", type=float, metavar="F")
-    add("--bn-test-batch-stats", "batch norm uses batch statistics at test time too", action="store_true")
-    add("--bn-layer", "batch-norm implementation", choices=BN_LAYERS)
-    add(
-        "--init",
-        "conv and dense kernel initialiser (auto: he for ReLU networks without batch norm, else glorot)",
-        choices=INITS,
-    )
-    model.add_argument(
-        "--no-normalize",
-        dest="normalize",
-        action="store_false",
-        default=None,
-        help="divide the pixels by 255 only, instead of standardising each channel with the training "
-        "split's mean and variance (to measure what normalisation brings)",
-    )
-    training = parser.add_argument_group("training")
-    add = _adder(training)
-    add("--epochs", "epochs", type=int, metavar="N")
-    training.add_argument(
-        "--time-budget",
-        type=_duration,
-        default=None,
-        metavar="T",
-        help="instead of --epochs: train for T (300, 300s, 5m, 1h30m) of steps and per-epoch evaluations, "
-        "the learning-rate decay ending when the time is up; data loading, the final evaluation and the "
-        "report are outside it (default: none; colour photos without --epochs: 5m, see the recipe below)",
-    )
-    add("--batch-size", "images per step", type=int, metavar="N")
-    add("--optimizer", "optimizer", choices=OPTIMIZERS)
-    add("--lr", "peak learning rate", type=float, metavar="F")
-    add("--momentum", "momentum of sgd and rmsprop", type=float, metavar="F")
-    add("--schedule", "learning-rate schedule", choices=SCHEDULES)
-    add("--warmup-epochs", "cosine, linear: warm-up length in epochs", type=float, metavar="F")
-    add("--step-epochs", "step: epochs between decays", type=int, metavar="N")
-    add("--step-factor", "step: decay factor", type=float, metavar="F")
-    add("--plateau-patience", "plateau: epochs without val-loss improvement", type=int, metavar="N")
-    add("--plateau-factor", "plateau: decay factor", type=float, metavar="F")
-    add("--seed", "seed of initialisation, dropout and batch order", type=int, metavar="N")
-    add("--label-smoothing", "label smoothing of the cross-entropy", type=float, metavar="S")
-    add(
-        "--weight-decay",
-        "decoupled weight decay: each step every weight shrinks by lr x F of itself",
-        type=float,
-        metavar="F",
-    )
-    add(
-        "--tta",
-        "test-time augmentation of val/test evaluation (flip: average with the mirror image)",
-        choices=TTAS,
-    )
-    training.add_argument(
-        "--no-test-each-epoch",
-        dest="test_each_epoch",
-        action="store_false",
-        default=None,
-        help="evaluate the test split only at the end (default: after every epoch)",
-    )
+    _add_settings(model, ArchConfig)
+    _add_settings(parser.add_argument_group("training"), TrainConfig)
     run = parser.add_argument_group("run")
     run.add_argument(
         "--out",
@@ -262,22 +142,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _duration(text: str) -> float:
-    from fruitcnn.config import parse_duration
+def _add_settings(group, config_class) -> None:
+    """A flag for every field of ``config_class`` that declares one (its metadata, see
+    ``fruitcnn.config.fields.setting_field``); ``--help`` shows the dataclass default."""
+    for item in dataclasses.fields(config_class):
+        if "flag" not in item.metadata:
+            continue
+        options = dict(item.metadata)
+        flag, setting, help_text = options.pop("flag"), options.pop("setting"), options.pop("help")
+        shown = options.pop("shown_default", str(item.default))
+        if shown is not None:
+            help_text += f" (default: {shown})"
+        if "type" in options:
+            options["type"] = _argument_type(options["type"])
+        group.add_argument(flag, dest=setting, default=None, help=help_text, **options)
 
-    try:
-        return parse_duration(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
+def _argument_type(parse):
+    """``parse`` as an argparse type: int and float as they are (argparse names them in
+    its message); another parser's ValueError shown with its own words."""
+    if parse in (int, float):
+        return parse
 
-def _adder(group):
-    def add(flag, help_text, **kwargs):
-        key = flag.lstrip("-").replace("-", "_")
-        help_text += f" (default: {_default(key)})"
-        group.add_argument(flag, default=None, help=help_text, **kwargs)
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
-    return add
+    return convert
 
 
 def _base(args: argparse.Namespace) -> RunConfig | None:
@@ -318,43 +211,21 @@ def make_config(args: argparse.Namespace, dataset=None) -> RunConfig:
     return run_config(_settings(args), base=_base(args), dataset=dataset)
 
 
-def load_data(config: DataConfig):
+def load_data(config: DataConfig) -> Dataset:
     """Load the data and print what was read (and what was skipped, and warnings) before training."""
-    from fruitcnn.data import load_dataset
-
     dataset = load_dataset(config)
-    info = dataset.info
-    height, width, channels = dataset.image_shape
-    origin = ""
-    if "load_seconds" in info:
-        origin = f"; {'from the cache' if info.get('from_cache') else 'read'} in {info['load_seconds']:.1f} s"
-    print(
-        f"data: {dataset.name} ({info.get('format', '?')}): {len(dataset.class_names)} classes, "
-        f"{height}x{width}x{channels}; train {len(dataset.train)} / val {len(dataset.val)} / "
-        f"test {len(dataset.test)} ({info.get('split', '')}){origin}"
-    )
-    for note in info.get("notes", [])[1:]:
-        print(f"  {note}")
-    for line in [*info.get("messages", []), *info.get("warnings", [])]:
-        print(line, file=sys.stderr)
+    print("\n".join(describe(dataset)))
+    for text in warning_lines(dataset):
+        print(text, file=sys.stderr)
     return dataset
 
 
 def _summary(config: RunConfig, num_classes: int | None) -> None:
-    from fruitcnn.data import line
     from fruitcnn.model import build_model, flops_per_image
     from heads import line_attribute_specs, single_head_specs
 
     if config.head == "multi":
-        specs = line_attribute_specs(
-            line.ATTRIBUTES,
-            {
-                "length": ["len7", "len15"],
-                "width": ["w1", "w3"],
-                "colour": list(line.COLOURS),
-                "angle": [str(angle) for angle in line.ANGLES],
-            },
-        )
+        specs = line_attribute_specs(line.ATTRIBUTES, line.attribute_values())
     elif num_classes is not None:
         specs = single_head_specs([f"class{index}" for index in range(num_classes)])
     elif config.data.dataset == "line":

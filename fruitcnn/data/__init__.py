@@ -142,6 +142,29 @@ def split_warnings(validation_images: int, classes: int) -> list[str]:
     ]
 
 
+def describe(dataset: Dataset) -> list[str]:
+    """What was read, as lines to print before training or a report: the data's name,
+    format, classes, image shape, split sizes and how it was split (and whether it came
+    from the cache), then the source's notes beyond the first."""
+    info = dataset.info
+    height, width, channels = dataset.image_shape
+    origin = ""
+    if "load_seconds" in info:
+        origin = f"; {'from the cache' if info.get('from_cache') else 'read'} in {info['load_seconds']:.1f} s"
+    summary = (
+        f"data: {dataset.name} ({info.get('format', '?')}): {len(dataset.class_names)} classes, "
+        f"{height}x{width}x{channels}; train {len(dataset.train)} / val {len(dataset.val)} / "
+        f"test {len(dataset.test)} ({info.get('split', '')}){origin}"
+    )
+    return [summary, *(f"  {note}" for note in info.get("notes", [])[1:])]
+
+
+def warning_lines(dataset: Dataset) -> list[str]:
+    """What went wrong while reading (skipped files) and warnings about the split, as
+    lines for the error stream."""
+    return [*dataset.info.get("messages", []), *dataset.info.get("warnings", [])]
+
+
 def _read(config: DataConfig, problems: Problems) -> tuple[RawData, bool]:
     """The source as read (from the cache when it is unchanged since the last read)."""
     if config.dataset.startswith("tfds:"):
