@@ -45,6 +45,7 @@ from typing import Any
 
 from fruitcnn import runs
 from fruitcnn.config import SETTING_EXTRAS, SETTING_FIELDS, config_from_settings, setting_hint
+from fruitcnn.config.language import PLACEHOLDER
 
 # Files of a study folder.
 STUDY_SPEC = "study.json"  # the study as planned (to notice a changed study file)
@@ -59,7 +60,6 @@ VARIANT = "variant"
 _TOP_LEVEL = ("name", "description", "base", "blocks", "grid", "variants")
 # Template variables may expand to text holding further variables, this deep.
 _MAX_TEMPLATE_DEPTH = 8
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # A study plans at most this many trials (each a training run: 1,000 is weeks on a CPU),
 # and a setting filled in from template variables is at most this long.
 MAX_TRIALS = 1000
@@ -408,20 +408,20 @@ def _fill(settings: dict[str, Any], template: dict[str, Any]) -> tuple[dict[str,
     filled, used = {}, set()
     for key, value in settings.items():
         depth = 0
-        while isinstance(value, str) and _PLACEHOLDER.search(value):
+        while isinstance(value, str) and PLACEHOLDER.search(value):
             if depth == _MAX_TEMPLATE_DEPTH:
                 raise ValueError(
                     f"setting {key}: template variables nest deeper than {_MAX_TEMPLATE_DEPTH} levels "
                     "(does a value contain its own {name}?)."
                 )
-            missing = sorted({name for name in _PLACEHOLDER.findall(value) if name not in template})
+            missing = sorted({name for name in PLACEHOLDER.findall(value) if name not in template})
             if missing:
                 raise ValueError(
                     f"setting {key} = {value!r} uses {{{missing[0]}}}, which no [grid] entry or variant "
                     f"gives; add {missing[0]} = [...] under [grid] (or write the value in)."
                 )
-            used |= set(_PLACEHOLDER.findall(value))
-            value = _PLACEHOLDER.sub(lambda match: setting_text(template[match.group(1)]), value)
+            used |= set(PLACEHOLDER.findall(value))
+            value = PLACEHOLDER.sub(lambda match: setting_text(template[match.group(1)]), value)
             if len(value) > MAX_SETTING_CHARS:
                 raise ValueError(
                     f"setting {key}: its template variables expand to more than {MAX_SETTING_CHARS:,} "

@@ -176,7 +176,8 @@ def _check_values(kind: str, params: dict[str, Any]) -> None:
 
 _TOKEN = re.compile(r"\s*(?:(\d+)\s*\*\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(([^()]*)\))?\s*[,;]?")
 _GROUP = re.compile(r"(\d+)\s*\*\s*\[([^\[\]]*)\]")
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# A template variable, {name}: block parameters here, study variables in app.study.plan.
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Blocks may call blocks; this deep is surely a block that calls itself.
 _MAX_BLOCK_DEPTH = 16
 # Most layers a layer list may expand to: far beyond any network trained here (the
@@ -196,7 +197,7 @@ BLOCKS: dict[str, tuple[str, str]] = {
 
 def block_parameters(text: str) -> list[str]:
     """The ``{placeholders}`` of a block's layer text, in order of first appearance."""
-    return list(dict.fromkeys(_PLACEHOLDER.findall(text)))
+    return list(dict.fromkeys(PLACEHOLDER.findall(text)))
 
 
 def parse_layers(text: str, blocks: dict[str, str] | None = None) -> list[LayerSpec]:
@@ -236,7 +237,7 @@ def _parse(text: str, blocks: dict[str, str], depth: int) -> list[LayerSpec]:
     if depth > _MAX_BLOCK_DEPTH:
         raise ValueError(f"blocks nest deeper than {_MAX_BLOCK_DEPTH} levels; does a block call itself?")
     text = _expand_groups(text)
-    stray = _PLACEHOLDER.search(text)
+    stray = PLACEHOLDER.search(text)
     if stray:
         raise ValueError(
             f"the layer list still holds the placeholder {stray.group(0)} at {text[stray.start() :][:30]!r}; "
@@ -317,7 +318,7 @@ def _fill_block(name: str, body: str, args_text: str) -> str:
             f"block {name!r} needs {', '.join(missing)}: call it as {name}({', '.join(names)}), "
             f"e.g. {name}({', '.join('32' for _ in names)})."
         )
-    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], body)
+    return PLACEHOLDER.sub(lambda match: values[match.group(1)], body)
 
 
 def _canonical_kind(kind: str, blocks: dict[str, str] | None = None) -> str:
