@@ -112,6 +112,24 @@ class BatchNorm(keras.layers.Layer):
         return config
 
 
+def is_batch_norm(layer: keras.layers.Layer) -> bool:
+    """Whether ``layer`` is a batch normalisation: fruitcnn's :class:`BatchNorm` or
+    ``keras.layers.BatchNormalization``, the two that ``build_model`` makes.
+
+    Both carry ``moving_mean`` and ``moving_variance`` and, in inference mode, compute
+    ``x * scale + offset`` per channel from them. Exact types only: a subclass may
+    compute something else, and code that relies on that formula (incremental occlusion
+    folds the layer into the conv before it) must not take it for a batch norm.
+
+    Args:
+        layer: any Keras layer.
+
+    Returns:
+        True for those two layer types, False for every other layer.
+    """
+    return type(layer) in (BatchNorm, keras.layers.BatchNormalization)
+
+
 @keras.saving.register_keras_serializable(package="fruitcnn")
 class HorizontalFlip(keras.layers.Layer):
     """Mirrors NHWC images left-right (for test-time flip averaging)."""

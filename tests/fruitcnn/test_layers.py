@@ -1,11 +1,11 @@
-"""BatchNorm against the oracle keras.layers.BatchNormalization, in both modes."""
+"""BatchNorm against the oracle keras.layers.BatchNormalization, in both modes; is_batch_norm."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from fruitcnn.layers import BatchNorm
+from fruitcnn.layers import BatchNorm, is_batch_norm
 
 TOLERANCE = 1e-5
 
@@ -192,3 +192,26 @@ def test_only_reduce_mean_and_arithmetic():
     op_types = {op.type for op in graph.get_operations()}
     assert "Mean" in op_types
     assert not op_types & {"FusedBatchNorm", "FusedBatchNormV3", "BatchNormWithGlobalNormalization"}
+
+
+class _ScaledBatchNorm(keras.layers.BatchNormalization):
+    """A subclass that computes something else: not a batch norm to fold into a conv."""
+
+    def call(self, inputs, training=None):
+        return 2.0 * super().call(inputs, training=training)
+
+
+@pytest.mark.parametrize(
+    ("layer", "expected"),
+    [
+        (BatchNorm(), True),
+        (keras.layers.BatchNormalization(), True),
+        (keras.layers.Conv2D(4, 3), False),
+        (keras.layers.Dense(4), False),
+        (keras.layers.LayerNormalization(), False),
+        (_ScaledBatchNorm(), False),
+    ],
+    ids=["fruitcnn", "keras", "conv", "dense", "layer-norm", "subclass"],
+)
+def test_is_batch_norm_knows_both_batch_norms_and_nothing_else(layer, expected):
+    assert is_batch_norm(layer) is expected
