@@ -689,10 +689,10 @@ def run_study_task() -> dict:
     """The line-filters study through run_study against a plain loop of the same
     train() calls (the same configs and data, no tuner, tables or HParams)."""
     import keras
-
     from fruitcnn.study import best_row, load_study
-    from fruitcnn.training import train
     from fruitcnn.tuning import TrialData, run_study
+
+    from fruitcnn.training import train
 
     study = load_study(_STUDY_FILE)
     with tempfile.TemporaryDirectory() as scratch:

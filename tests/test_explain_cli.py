@@ -60,12 +60,12 @@ def test_the_occlusion_engines_write_the_same_maps_and_say_which_ran(trained, tm
 def test_a_model_the_incremental_engine_cannot_follow_falls_back_and_says_why(
     trained, tmp_path, capsys, monkeypatch
 ):
-    import visualize.incremental as incremental
+    from visualize.incremental import Unsupported, engine
 
     def refuse(model, head):
-        raise incremental.Unsupported("layer conv9 (DilatedConv) on the image path")
+        raise Unsupported("layer conv9 (DilatedConv) on the image path")
 
-    monkeypatch.setattr(incremental, "analyse", refuse)
+    monkeypatch.setattr(engine, "analyse", refuse)
     run = trained / "saved_models" / RUNS["single"]
     argv = ["--model", str(run), "--image", str(trained / "line.png"), "--method", "occlusion"]
     assert cli.main([*argv, "--stride", "4", "--out", str(tmp_path)]) == 0

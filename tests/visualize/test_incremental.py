@@ -289,7 +289,7 @@ def test_an_index_off_by_one_is_caught(monkeypatch, fault, end):
             result.window_start[2] += 1  # map 2's recomputed box spliced one column too far right
         return result
 
-    monkeypatch.setattr(incremental, "_axis_plan", faulty)
+    monkeypatch.setattr(incremental.engine, "_axis_plan", faulty)
     model = _model(f"conv(8,3) bn relu maxpool(2) conv(8,3) bn relu maxpool(2) {end}", (21, 21, 3))
     assert not _difference(model, _image((21, 21, 3)), patch=5) < TOLERANCE  # (NaN counts as caught)
 

@@ -54,8 +54,7 @@ and the gather indices) and :mod:`visualize.incremental.engine` (steps 3 and 4:
 from visualize.incremental.analysis import Chain, Unsupported, analyse
 from visualize.incremental.engine import WINDOW_BUDGET, IncrementalOccluder
 
-# Private names that tests use; the engine looks analyse and _axis_plan up on this
-# package when it builds an occluder, so a test that replaces them here reaches it.
+# Private names that tests use (a test replaces them in visualize.incremental.engine).
 from visualize.incremental.indexing import _Axis as _Axis
 from visualize.incremental.indexing import _axis_plan as _axis_plan
 

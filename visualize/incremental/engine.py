@@ -9,12 +9,6 @@ the window pass (every layer's recomputed box for a batch of positions, a batch 
 right after a conv folded into its kernel and bias) and the head pass (the change of
 the first dense layer after flatten, the vector layers, the target's probability and
 loss).
-
-:func:`~visualize.incremental.analysis.analyse` and
-:func:`~visualize.incremental.indexing._axis_plan` are looked up on the package
-(``visualize.incremental``) when an occluder is built, as they were in the single
-module, so that replacing them there (tests do: a model refused, an index off by one)
-reaches the engine.
 """
 
 from __future__ import annotations
@@ -26,10 +20,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import visualize.incremental as package
 from fruitcnn.layers import BatchNorm, is_batch_norm
-from visualize.incremental.analysis import Unsupported, _is_identity, _Spatial
+from visualize.incremental.analysis import Unsupported, _is_identity, _Spatial, analyse
 from visualize.incremental.indexing import (
+    _axis_plan,
     _by_location,
     _flatten_entries,
     _gap_index,
@@ -130,7 +124,7 @@ class IncrementalOccluder:
         stride: int,
         batch_size: int | None = None,
     ):
-        self.chain = chain = package.analyse(model, head)
+        self.chain = chain = analyse(model, head)
         if tuple(chain.map_sizes[0]) != tuple(shape[:2]):
             raise Unsupported(
                 f"the model's image size {chain.map_sizes[0]} is not the image's {tuple(shape[:2])}"
@@ -157,8 +151,8 @@ class IncrementalOccluder:
         """Positions grouped by their box sizes, cut into batches that fit the memory
         budget (or of ``batch_size``), with their geometry."""
         chain = self.chain
-        y_axis = package._axis_plan(chain.spatial, 0, self.rows, self.patch)
-        x_axis = package._axis_plan(chain.spatial, 1, self.columns, self.patch)
+        y_axis = _axis_plan(chain.spatial, 0, self.rows, self.patch)
+        x_axis = _axis_plan(chain.spatial, 1, self.columns, self.patch)
         flatten = chain.transition == "flatten"
         units = int(chain.first_dense.kernel.shape[-1]) if flatten else 0
         batches = []
