@@ -148,7 +148,7 @@ def _latest_run() -> Path:
 
 
 def _write(run: Path, options: ReportOptions, dataset_path: str | None, input_range: str):
-    from app.report import RunRecord, build_report  # TensorFlow: not for --help
+    from app.report.build import RunRecord, build_report  # TensorFlow: not for --help
 
     record = RunRecord.read(run)  # a clear error before the data is read
     data = record.config.data

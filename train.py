@@ -308,7 +308,7 @@ def _report(args, result, dataset) -> int:
     """Write the run's report (unless --no-report); 1 when that fails (the model is saved)."""
     if args.no_report:
         return 0
-    from app.report import build_report
+    from app.report.build import build_report
 
     try:
         report = build_report(result.run_dir, dataset=dataset, model=result.model)

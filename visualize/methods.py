@@ -1,7 +1,7 @@
 """The explanation methods in one registry, and the one settings type they share.
 
 explain.py (``--method``, its ``--help`` and flag checks), the report's quality section
-(``app.report.measure_explanations``), the quality measures (``visualize.quality``) and
+(``app.report.build.measure_explanations``), the quality measures (``visualize.quality``) and
 the quality bench choose their methods from :data:`METHODS` and describe how to run
 them with :class:`ExplainSettings`; :func:`compute` runs one.
 

@@ -490,7 +490,7 @@ def grids_section(dataset, results, options, files: dict[str, bytes]) -> Section
 
 
 def quality_section(quality: dict, files: dict[str, bytes]) -> Section:
-    """How far the explanations can be trusted (``app.report.measure_explanations``):
+    """How far the explanations can be trusted (``app.report.build.measure_explanations``):
     per method and head the pointing game and mask mass (when the data has object
     masks), the deletion and insertion areas against a random order, and the rank
     correlation with a fully randomised model; the mean curves as a figure."""

@@ -30,7 +30,7 @@ from keras_tuner.engine.base_tuner import BaseTuner
 from keras_tuner.engine.trial import TrialStatus
 from tensorboard.plugins.hparams import api as hparams_api
 
-from app.report import build_report
+from app.report.build import build_report
 from app.study.plan import (
     DONE,
     FAILED,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import fruitcnn
-from app.report import ReportOptions, RunRecord, build_report
+from app.report.build import ReportOptions, RunRecord, build_report
 from fruitcnn import browser, runs
 from fruitcnn.config import ArchConfig, DataConfig, RunConfig, TrainConfig, parse_layers
 from fruitcnn.data import Dataset, Split

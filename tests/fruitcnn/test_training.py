@@ -443,7 +443,7 @@ def test_a_diverging_run_stops_at_once_and_says_so(tmp_path, small_line):
     assert not (tmp_path / "r" / "history.csv").exists()  # no epoch of NaN weights was recorded
     with pytest.raises(ValueError, match="diverged at epoch 1 .*resuming would repeat it"):
         train(config, dataset=small_line, run_dir=tmp_path / "r", resume=True, verbose=0)
-    from app.report import RunRecord
+    from app.report.build import RunRecord
 
     with pytest.raises(ValueError, match="diverged at epoch 1, step 1 .* no model to report on"):
         RunRecord.read(tmp_path / "r")
@@ -460,7 +460,7 @@ def test_a_loss_that_explodes_without_becoming_nan_is_divergence_too(tmp_path, s
 
 
 def test_a_run_diverging_after_good_epochs_keeps_the_best_and_reports_it(tmp_path, small_line):
-    from app.report import ReportOptions, build_report
+    from app.report.build import ReportOptions, build_report
     from fruitcnn.training import TrainingDiverged
 
     with pytest.raises(TrainingDiverged, match="at epoch 2, step 1 .*model.keras keeps epoch 1"):
@@ -478,7 +478,7 @@ def test_a_run_diverging_after_good_epochs_keeps_the_best_and_reports_it(tmp_pat
 
 
 def test_the_report_of_an_interrupted_run_says_how_far_it_got(tmp_path, small_line):
-    from app.report import ReportOptions, build_report
+    from app.report.build import ReportOptions, build_report
 
     with pytest.raises(KeyboardInterrupt):
         train(_config(), dataset=small_line, run_dir=tmp_path / "r", callbacks=[_StopAfter(2)], verbose=0)
