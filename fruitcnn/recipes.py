@@ -25,6 +25,9 @@ whitening +0.8 points, batch 512 against 1024 +1.5, test-time flips +1.2; Lookah
 label smoothing changed nothing beyond the seed-to-seed spread (0.3 points) at 4 epochs;
 about 7 epochs of the widest net that fits beat wider nets for fewer epochs (84.2% vs
 82.6% at about 270 MFLOP-epochs).
+
+This module imports no TensorFlow at the top (Keras and TensorFlow load in the two
+functions that need them): bench/run.py's --help and flag checks import it.
 """
 
 from __future__ import annotations
@@ -35,8 +38,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import tensorflow as tf
-
 from fruitcnn.config import (
     ArchConfig,
     RunConfig,
@@ -45,7 +46,6 @@ from fruitcnn.config import (
     parse_layers,
     resolve_arch,
 )
-from fruitcnn.model import planned_flops
 
 # Images up to this side are used at their size; larger ones are max-pooled after the
 # whitening to about this side (the blocks' cost grows with the square of the side).
@@ -114,6 +114,8 @@ def photo_layers(width: int, side: int) -> str:
 
 def forward_flops(layers: str, image_shape) -> int:
     """Forward FLOPs per image of a layer list (``fruitcnn.model.planned_flops``)."""
+    from fruitcnn.model import planned_flops  # Keras on first use (see the module docstring)
+
     return planned_flops(ArchConfig(layers=parse_layers(layers)), image_shape)
 
 
@@ -168,6 +170,8 @@ def photo_recipe(
 def matmul_peak_gflops(size: int = 2048, repeats: int = 4) -> float:
     """This machine's fp32 matmul speed (best of ``repeats`` ``size``-square products;
     1024-square ones measured less than half of it on the 2-core machine)."""
+    import tensorflow as tf  # on first use (see the module docstring)
+
     first, second = tf.random.normal((size, size)), tf.random.normal((size, size))
     product = tf.function(lambda a, b: tf.matmul(a, b))
     product(first, second).numpy()

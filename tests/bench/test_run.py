@@ -1,4 +1,7 @@
-"""bench/run.py's contract: the last stdout line is the JSON report, for every task kind."""
+"""bench/run.py's contract: the last stdout line is the JSON report, for every task kind.
+
+The constants the tests make small are patched in the module that owns them (bench.common,
+bench.tasks.*), which its functions read when they run."""
 
 from __future__ import annotations
 
@@ -8,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from bench import common
+from bench.tasks import data, quality, study
 from tests.fruitcnn.data import formats
 
+# bench/run.py is a script (python bench/run.py TASK): loaded from its file, as it is run.
 _SPEC = importlib.util.spec_from_file_location(
     "bench_run", Path(__file__).resolve().parents[2] / "bench" / "run.py"
 )
@@ -22,13 +28,16 @@ def test_fruits_task_runs_on_any_fruits_360_style_archive(tmp_path, capsys, monk
     formats.class_tree(top / "Training", {"Kiwi": 40, "Lemon": 40, "Mango": 40}, size=100)
     formats.class_tree(top / "Test", {"Kiwi": 5, "Lemon": 5, "Mango": 5}, start=500, size=100)
     archive = formats.tar_folder(top, tmp_path / "other.tgz")
-    monkeypatch.setattr(bench, "_PEAK_REPEATS", 1)
+    monkeypatch.setattr(common, "_PEAK_REPEATS", 1)
     assert bench.main(["fruits", "--data", str(archive)]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["task"] == "fruits" and report["classes"] == 3 and report["image_shape"] == [100, 100, 3]
     assert 0.0 <= report["test_accuracy"] <= 1.0 and report["test_images"] == 15
     assert report["wall_s"] >= report["data_s"] > 0 and report["cache_hit"] is True
-    assert report["command"].startswith(f"python train.py --dataset {archive} ")
+    assert (
+        report["command"]
+        == f"python train.py --dataset {archive} --arch fruits --epochs 2 --batch-size 64 --lr 0.01"
+    )
     assert report["meets_target"] == (report["test_accuracy"] >= 0.99 and report["wall_s"] <= 180)
     assert len(report["test_accuracy_by_epoch"]) == report["epochs"]
 
@@ -46,12 +55,12 @@ def test_line_task_refuses_data(capsys):
 
 
 def test_study_task_compares_the_study_engine_with_a_plain_loop(tmp_path, capsys, monkeypatch):
-    study = tmp_path / "tiny.toml"
-    study.write_text(
+    study_file = tmp_path / "tiny.toml"
+    study_file.write_text(
         'name = "tiny"\n[base]\ndataset = "line"\nimages_per_class = 12\nepochs = 1\nbatch_size = 32\n'
         'arch = "conv({filters},3) bn relu gap"\n[grid]\nfilters = [4, 8]\n'
     )
-    monkeypatch.setattr(bench, "_STUDY_FILE", study)
+    monkeypatch.setattr(study, "_STUDY_FILE", study_file)
     assert bench.main(["study"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["task"] == "study" and report["trials"] == report["trials_done"] == 2
@@ -63,12 +72,12 @@ def test_study_task_compares_the_study_engine_with_a_plain_loop(tmp_path, capsys
 
 def test_explain_quality_task_measures_every_method_on_a_small_line_model(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(bench, "_QUALITY_IMAGES_PER_CLASS", 8)
-    monkeypatch.setattr(bench, "_QUALITY_EPOCHS", 1)
-    monkeypatch.setattr(bench, "_QUALITY_IMAGES", 6)
-    monkeypatch.setattr(bench, "_SHUFFLED_IMAGES_PER_CLASS", 4)
-    monkeypatch.setattr(bench, "_SHUFFLED_EPOCHS", 2)
-    monkeypatch.setitem(bench.RECIPES["fruits"], "data", tmp_path / "no-fruits.tgz")
+    monkeypatch.setattr(quality, "_QUALITY_IMAGES_PER_CLASS", 8)
+    monkeypatch.setattr(quality, "_QUALITY_EPOCHS", 1)
+    monkeypatch.setattr(quality, "_QUALITY_IMAGES", 6)
+    monkeypatch.setattr(quality, "_SHUFFLED_IMAGES_PER_CLASS", 4)
+    monkeypatch.setattr(quality, "_SHUFFLED_EPOCHS", 2)
+    monkeypatch.setitem(data.RECIPES["fruits"], "data", tmp_path / "no-fruits.tgz")
     assert bench.main(["explain-quality"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["task"] == "explain-quality" and report["wall_s"] > 0 and report["images"] == 6
@@ -98,13 +107,21 @@ def test_explain_quality_task_measures_every_method_on_a_small_line_model(tmp_pa
 
 def test_stl96_task_compares_the_deep_net_with_the_recipe_in_the_same_time(tmp_path, capsys, monkeypatch):
     formats.write_stl10(tmp_path / "stl10_binary", train=40, test=20)
-    monkeypatch.setattr(bench, "_PEAK_REPEATS", 1)
-    monkeypatch.setitem(bench.RECIPES["stl96"], "flags", ["--split", "30/10/20", "--batch-size", "16"])
+    monkeypatch.setattr(common, "_PEAK_REPEATS", 1)
+    monkeypatch.setitem(data.RECIPES["stl96"], "settings", {"split": "30/10/20", "batch_size": 16})
     assert bench.main(["stl96", "--data", str(tmp_path / "stl10_binary"), "--time-budget", "6"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["task"] == "stl96" and report["time_budget_s"] == 6
     deep, recipe = report["deep"], report["recipe"]
     assert deep["arch"] == "ece4179-deep" and "no batch norm" in deep["recipe"]
+    stl = tmp_path / "stl10_binary"
+    assert deep["command"] == f"python train.py --dataset {stl} --arch ece4179-deep --split 30/10/20 " + (
+        "--batch-size 16 --time-budget 6"
+    )
+    assert (
+        recipe["command"]
+        == f"python train.py --dataset {stl} --split 30/10/20 --batch-size 16 --time-budget 6"
+    )
     assert recipe["arch"].startswith("photos-w") and "96-px colour photos" in recipe["recipe"]
     assert (
         report["test_accuracy"] == recipe["test_accuracy"]
@@ -126,5 +143,29 @@ def test_images_stepped_count_a_budget_runs_partial_last_epoch():
     config = SimpleNamespace(train=SimpleNamespace(batch_size=32))
     whole = SimpleNamespace(history=[{"epoch": 1}, {"epoch": 2}])
     budget = SimpleNamespace(history=[{"steps": 3}, {"steps": 3}, {"steps": 1}])
-    assert bench._images_stepped(whole, dataset, config) == 2 * 3 * 32
-    assert bench._images_stepped(budget, dataset, config) == 7 * 32  # not 3 whole epochs (9 steps)
+    assert common.images_stepped(whole, dataset, config) == 2 * 3 * 32
+    assert common.images_stepped(budget, dataset, config) == 7 * 32  # not 3 whole epochs (9 steps)
+
+
+@pytest.mark.parametrize("task", sorted(data.RECIPES))
+def test_each_recipes_command_gives_train_py_its_settings(task):
+    import train
+
+    settings = {"dataset": str(data.RECIPES[task]["data"]), **data.RECIPES[task]["settings"]}
+    args = train.build_parser().parse_args(common.train_flags(settings))
+    assert train._settings(args) == settings
+
+
+def test_train_flags_write_switches_and_whole_seconds_as_train_py_takes_them():
+    import train
+
+    settings = {"multihead": True, "strict": True, "normalize": False, "test_each_epoch": False}
+    settings |= {"time_budget": 1170.0, "lr": 0.05, "arch": "ece4179-deep", "translate": 4}
+    flags = common.train_flags(settings)
+    assert " ".join(flags) == (
+        "--multihead --strict --no-normalize --no-test-each-epoch --time-budget 1170 --lr 0.05 "
+        "--arch ece4179-deep --translate 4"
+    )
+    assert train._settings(train.build_parser().parse_args(flags)) == settings
+    # switches at their defaults need no flag
+    assert common.train_flags({"normalize": True, "test_each_epoch": True, "multihead": False}) == []

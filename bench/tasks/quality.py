@@ -1,0 +1,234 @@
+"""The explain-quality task: how far the explanations of a trained line model can be
+trusted (visualize.quality: ground truth, randomisation, deletion/insertion), and the
+deletion/insertion curves of the fruits recipe's model when ../shared/data has Fruits-360.
+
+TensorFlow, and the figure modules with matplotlib, are imported in the functions that use
+them (5-20 s), so that ``python bench/run.py --help`` and argument errors answer at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import common
+from bench.tasks import data as data_tasks
+from fruitcnn import runs
+from fruitcnn.config import DataConfig, RunConfig, TrainConfig, config_from_settings, preset
+from fruitcnn.data import Split, load_dataset
+from fruitcnn.evaluation import sample_indices
+from fruitcnn.recipes import run_config
+
+# explain-quality: test images measured on the line model and on the Fruits-360 model;
+# the line model's data and epochs (None: train.py's defaults; the test makes them small).
+_QUALITY_IMAGES, _QUALITY_FRUITS_IMAGES = 200, 32
+_QUALITY_IMAGES_PER_CLASS, _QUALITY_EPOCHS = None, None
+# The data randomisation's model: trained on shuffled labels until it memorises them
+# (20 images per class, 60 epochs: 99.7% of the shuffled training labels in 56 s here).
+_SHUFFLED_IMAGES_PER_CLASS, _SHUFFLED_EPOCHS = 20, 60
+
+
+def _shuffled_labels(dataset, seed: int = 0):
+    """The dataset with its training labels permuted (data randomisation: a model trained
+    on it can only memorise) and the same shuffled training split as validation, so the
+    model kept (the best on validation) is the one that memorised most; the test split
+    keeps its labels."""
+    train = dataset.train
+    order = np.random.default_rng(seed).permutation(len(train))
+    attributes = None if train.attributes is None else train.attributes[order]
+    shuffled = Split(train.images, train.labels[order], attributes, train.masks)
+    return dataclasses.replace(dataset, train=shuffled, val=shuffled)
+
+
+def _method_table(summary, extra: dict | None = None) -> dict:
+    """``{method: {measure: value}}`` from a quality summary (NaN columns left out)."""
+    table = {}
+    for method, row in summary.iterrows():
+        values = {name: round(float(value), 4) for name, value in row.items() if value == value}
+        values.update((extra or {}).get(method, {}))
+        table[method] = values
+    return table
+
+
+def _quality_misses(methods: dict) -> list[str]:
+    """Where the line model's explanations miss the issue's goals, one line each (the
+    goals of ``visualize.quality.failed_checks``, for the default methods and, for
+    deletion, every method)."""
+    from visualize.quality import MEASURED_MAPS, failed_checks
+
+    misses = []
+    for method, values in methods.items():
+        for failure in failed_checks(method, values, masks=True):
+            if method in MEASURED_MAPS or failure.startswith("deletion"):
+                misses.append(f"{method}: {failure}")
+    return misses
+
+
+def _write_figure(folder: Path, name: str, figure) -> str:
+    from fruitcnn import plots
+
+    png = plots.png_bytes(figure)
+    runs.atomic_write(folder / name, lambda path: Path(path).write_bytes(png))
+    return str(folder / name)
+
+
+def _line_models(models: Path):
+    """The line dataset, the model train.py's defaults make of it, and the model that
+    memorised shuffled labels (data randomisation)."""
+    from fruitcnn.training import train
+
+    data = DataConfig(dataset="line")
+    if _QUALITY_IMAGES_PER_CLASS:
+        data = dataclasses.replace(data, images_per_class=_QUALITY_IMAGES_PER_CLASS)
+    schedule = TrainConfig() if not _QUALITY_EPOCHS else TrainConfig(epochs=_QUALITY_EPOCHS)
+    config = RunConfig(data=data, arch=preset("line"), train=schedule, head="single")
+    dataset = load_dataset(config.data)
+    trained = train(config, dataset=dataset, run_dir=models / "line", verbose=2)
+    print("training a model on shuffled labels (data randomisation) ...", file=sys.stderr)
+    memorise = dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, images_per_class=_SHUFFLED_IMAGES_PER_CLASS),
+        train=dataclasses.replace(config.train, epochs=_SHUFFLED_EPOCHS),
+    )
+    few = _shuffled_labels(load_dataset(memorise.data))
+    shuffled = train(memorise, dataset=few, run_dir=models / "line-shuffled", verbose=0)
+    return dataset, trained, shuffled
+
+
+def _randomisations(model, shuffled, images, labels, found) -> tuple[dict, object]:
+    """Per method the cascade's and the shuffled-label model's Spearman correlations
+    (``{method: {...}}``), and the cascade's table."""
+    from visualize import quality
+
+    methods = list(found.maps)
+    cascade = quality.cascade_correlations(model, images, target=labels, methods=methods, maps=found.maps)
+    data_random = quality.correlations_with(
+        shuffled, images, found.maps, head="class", targets=labels, settings=quality.MEASURED
+    )
+    extra = {
+        method: {
+            "data_randomization_spearman": round(float(values.mean()), 4),
+            "cascade_spearman": [
+                round(value, 4) for value in cascade[cascade["method"] == method]["spearman"].tolist()
+            ],
+        }
+        for method, values in data_random.items()
+    }
+    return extra, cascade
+
+
+def _line_quality(models: Path, out: Path) -> dict:
+    """Train the line model and one on shuffled labels, then measure every method."""
+    from fruitcnn import plots
+    from visualize import quality
+
+    start = time.perf_counter()
+    dataset, trained, shuffled = _line_models(models)
+    train_s = time.perf_counter() - start
+    chosen = sample_indices(len(dataset.test), _QUALITY_IMAGES)
+    images, labels, masks = (
+        array[chosen] for array in (dataset.test.images, dataset.test.labels, dataset.test.masks)
+    )
+    model, methods = trained.model, quality.available_methods(trained.model)
+    print(f"measuring {len(methods)} methods on {len(chosen)} test images ...", file=sys.stderr)
+    start = time.perf_counter()
+    found = quality.quality_scores(model, images, target=labels, masks=masks, methods=methods)
+    measures_s = time.perf_counter() - start
+    print("cascading randomisation and the shuffled-label model ...", file=sys.stderr)
+    start = time.perf_counter()
+    extra, cascade = _randomisations(model, shuffled.model, images, labels, found)
+    randomization_s = time.perf_counter() - start
+    summary = found.summary()
+    table = _method_table(summary, extra)
+    summary["data_randomization_spearman"] = [
+        extra[method]["data_randomization_spearman"] for method in summary.index
+    ]
+    runs.write_csv(out / "line-quality.csv", summary.reset_index().to_dict("records"))
+    runs.write_csv(out / "line-cascade.csv", cascade.to_dict("records"))
+    curves = plots.curves_figure(found.curves, title="line dataset: deletion and insertion")
+    stages = plots.cascade_figure(cascade, title="line dataset: cascading randomisation")
+    return {
+        "test_accuracy": trained.metrics["test_accuracy"],
+        # the shuffled-label model: the share of its (shuffled) training labels it
+        # reproduces, and its accuracy on the real test labels (chance: 1/96)
+        "shuffled_labels_train_accuracy": shuffled.metrics["val_accuracy"],
+        "shuffled_labels_test_accuracy": shuffled.metrics["test_accuracy"],
+        "images": int(len(chosen)),
+        "patch": int(quality.default_patch(images.shape[1:])),
+        "cascade_layers": list(dict.fromkeys(cascade["layer"].tolist())),
+        "methods": table,
+        "misses": _quality_misses(table),
+        "train_s": round(train_s, 1),
+        "measures_s": round(measures_s, 1),
+        "randomization_s": round(randomization_s, 1),
+        "figures": [
+            _write_figure(out, "line-curves.png", curves),
+            _write_figure(out, "line-cascade.png", stages),
+        ],
+    }
+
+
+def _fruits_quality(models: Path, out: Path) -> dict:
+    """Deletion/insertion (and the full randomisation) of the fruits recipe's model on
+    Fruits-360 test images, when ../shared/data has them."""
+    recipe = data_tasks.RECIPES["fruits"]
+    if not Path(recipe["data"]).exists():
+        return {"skipped": f"{recipe['data']} does not exist"}
+    from fruitcnn import plots
+    from fruitcnn.training import train
+    from visualize import quality
+
+    settings = {"dataset": str(recipe["data"]), **recipe["settings"]}
+    start = time.perf_counter()
+    dataset = common.load_data(config_from_settings(settings).data)
+    config = run_config(settings, dataset=dataset)
+    result = train(config, dataset=dataset, run_dir=models / "fruits", verbose=2)
+    train_s = time.perf_counter() - start
+    chosen = sample_indices(len(dataset.test), _QUALITY_FRUITS_IMAGES)
+    images, labels = dataset.test.images[chosen], dataset.test.labels[chosen]
+    start = time.perf_counter()
+    found = quality.quality_scores(result.model, images, target=labels, methods=quality.MEASURED_MAPS)
+    summary = found.summary()
+    runs.write_csv(out / "fruits-quality.csv", summary.reset_index().to_dict("records"))
+    figure = plots.curves_figure(found.curves, title="Fruits-360: deletion and insertion")
+    return {
+        "test_accuracy": result.metrics["test_accuracy"],
+        "images": int(len(chosen)),
+        "patch": int(quality.default_patch(images.shape[1:])),
+        "methods": _method_table(summary),
+        "train_s": round(train_s, 1),
+        "measures_s": round(time.perf_counter() - start, 1),
+        "figures": [_write_figure(out, "fruits-curves.png", figure)],
+    }
+
+
+def run_explain_quality(keep: bool) -> dict:
+    """Measure the explanations of a trained line model (ground truth, randomisation,
+    deletion/insertion) and, when the data is there, of a Fruits-360 model."""
+    start = time.perf_counter()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path("saved_models") / f"bench-explain-quality-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = None if keep else tempfile.TemporaryDirectory(prefix="fruitcnn-bench-")
+    models = out if keep else Path(scratch.name)
+    line = _line_quality(models, out)
+    print("Fruits-360 deletion and insertion ...", file=sys.stderr)
+    fruits = _fruits_quality(models, out)
+    report = {
+        "task": "explain-quality",
+        "test_accuracy": line.pop("test_accuracy"),
+        "wall_s": round(time.perf_counter() - start, 1),
+        "methods": line.pop("methods"),
+        "meets_goals": not line["misses"],
+        **line,
+        "fruits": fruits,
+        "folder": str(out),
+    }
+    if scratch is not None:
+        scratch.cleanup()
+    return report
