@@ -6,7 +6,7 @@ import tarfile
 import pytest
 
 import train as cli
-from fruitcnn.config import config_from_settings
+from fruitcnn.config import SETTING_FIELDS, config_from_settings
 from tests.fruitcnn.data import formats
 
 
@@ -99,6 +99,27 @@ def test_help_shows_defaults_and_examples(capsys):
     # defaults come from the config dataclasses
     assert helps["bn_momentum"].endswith("(default: 0.9)")
     assert helps["epochs"].endswith("(default: 2)") and helps["split"].endswith("(default: auto)")
+
+
+def test_flags_are_built_from_the_config_fields():
+    actions = {action.dest: action for action in cli.build_parser()._actions}
+    for setting in SETTING_FIELDS:  # every setting is a flag of that name, with help
+        assert actions[setting].help and actions[setting].default is None
+    assert actions["lr"].help == "peak learning rate (default: 0.01)"
+    assert actions["lr"].option_strings == ["--lr"] and actions["lr"].metavar == "F"
+    assert actions["flip"].choices == ("none", "horizontal", "vertical", "both")
+    normalize = actions["normalize"]
+    assert normalize.option_strings == ["--no-normalize"] and "(default" not in normalize.help
+    assert actions["test_each_epoch"].help.endswith("(default: after every epoch)")
+    assert actions["image_size"].help.endswith("(default: None)")
+    assert cli.build_parser().parse_args(["--time-budget", "1h30m"]).time_budget == 5400.0
+
+
+def test_a_bad_time_budget_is_explained(capsys):
+    assert "argument --time-budget: cannot read the time budget 'soon'" in _fails(
+        ["--time-budget", "soon"], capsys
+    )
+    assert "argument --epochs: invalid int value: 'two'" in _fails(["--epochs", "two"], capsys)
 
 
 def test_flags_map_to_config_fields():

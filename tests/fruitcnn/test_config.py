@@ -5,6 +5,7 @@ import json
 import pytest
 
 from fruitcnn.config import (
+    SETTING_FIELDS,
     ArchConfig,
     DataConfig,
     LayerSpec,
@@ -189,3 +190,55 @@ def test_run_config_json_round_trip():
 def test_bad_settings_are_explained(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_setting_names_come_from_the_fields_flags():
+    # the table that was written by hand before the flags moved next to their fields
+    written = {
+        "dataset": ("data", "dataset"),
+        "image_size": ("data", "image_size"),
+        "images_per_class": ("data", "images_per_class"),
+        "split": ("data", "split"),
+        "val_fraction": ("data", "val_fraction"),
+        "data_seed": ("data", "seed"),
+        "data_dir": ("data", "data_dir"),
+        "strict": ("data", "strict"),
+        "unpack_limits": ("data", "unpack_limits"),
+        "flip": ("augment", "flip"),
+        "translate": ("augment", "translate"),
+        "rotate": ("augment", "rotate"),
+        "color_jitter": ("augment", "color_jitter"),
+        "l2": ("arch", "l2"),
+        "dropout": ("arch", "dropout"),
+        "bn_momentum": ("arch", "bn_momentum"),
+        "bn_test_batch_stats": ("arch", "bn_batch_stats_at_inference"),
+        "bn_layer": ("arch", "bn_layer"),
+        "normalize": ("arch", "normalize"),
+        "init": ("arch", "init"),
+        "head_layers": ("arch", "head_layers"),
+        "epochs": ("train", "epochs"),
+        "batch_size": ("train", "batch_size"),
+        "optimizer": ("train", "optimizer"),
+        "lr": ("train", "learning_rate"),
+        "momentum": ("train", "momentum"),
+        "schedule": ("train", "schedule"),
+        "warmup_epochs": ("train", "warmup_epochs"),
+        "step_epochs": ("train", "step_epochs"),
+        "step_factor": ("train", "step_factor"),
+        "plateau_patience": ("train", "plateau_patience"),
+        "plateau_factor": ("train", "plateau_factor"),
+        "seed": ("train", "seed"),
+        "test_each_epoch": ("train", "test_each_epoch"),
+        "label_smoothing": ("train", "label_smoothing"),
+        "tta": ("train", "tta"),
+        "time_budget": ("train", "time_budget"),
+        "weight_decay": ("train", "weight_decay"),
+    }
+    assert list(SETTING_FIELDS.items()) == list(written.items())  # same names, same order in messages
+
+
+def test_a_non_finite_value_is_named_with_its_flag():
+    with pytest.raises(ValueError, match=r"TrainConfig.learning_rate \(--lr\) must be a finite number"):
+        TrainConfig(learning_rate=float("nan"))
+    with pytest.raises(ValueError, match=r"DataConfig.val_fraction \(--val-fraction\) must be a finite"):
+        DataConfig(val_fraction=float("inf"))

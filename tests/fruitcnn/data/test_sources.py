@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from fruitcnn.config import DataConfig
-from fruitcnn.data import load_dataset
+from fruitcnn.data import describe, load_dataset, warning_lines
 from fruitcnn.data.images import decode, read_image_file
 from fruitcnn.data.problems import DatasetError
 from fruitcnn.data.sources import load_cifar_pickle, parse_idx
@@ -672,3 +672,19 @@ def test_stl10_with_the_ece4179_split_pools_both_parts(tmp_path):
         assert np.array_equal(split.images[:, 0, 0, 0], split.labels)  # every image keeps its label
         assert np.bincount(split.labels, minlength=10).tolist() == [len(split) // 10] * 10  # stratified
     assert "8000/2000/3000" in data.info["split"]
+
+
+def test_describe_says_what_was_read(tmp_path):
+    for name in ("apple", "pear"):
+        (tmp_path / name).mkdir()
+        for index in range(5):
+            Image.new("RGB", (6, 4), (index * 40, 0, 0)).save(tmp_path / name / f"{index}.png")
+    (tmp_path / "apple" / "broken.png").write_bytes(b"not a png")
+    dataset = load_dataset(DataConfig(dataset=str(tmp_path), split="60/40"))
+    first, *notes = describe(dataset)
+    assert first.startswith(f"data: {tmp_path} (")
+    assert ": 2 classes, 4x6x3; train 5 / val 1 / test 4 (60/40 stratified); read in " in first
+    assert all(note.startswith("  ") for note in notes)
+    problems = warning_lines(dataset)
+    assert any("broken.png" in line for line in problems)  # the skipped file
+    assert any("validation split holds 1 image(s) for 2 classes" in line for line in problems)
