@@ -20,6 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fruitcnn.config import DataConfig
+from fruitcnn.data import load_dataset
+from fruitcnn.data.images import resize_many
+
 # STL-10's images per class in its labelled parts, and its side.
 STL_TRAIN_PER_CLASS, STL_TEST_PER_CLASS, STL_SIDE = 500, 800, 96
 
@@ -41,10 +45,6 @@ def write_stl10_binary(folder: Path, parts: dict[str, tuple[np.ndarray, np.ndarr
 def stl10_from_cifar10(cifar: str | Path, folder: Path, *, seed: int = 0) -> Path:
     """Build the STL-10 stand-in from a CIFAR-10 source (any layout fruitcnn reads) in
     ``folder`` (reused when it is there) and return it."""
-    from fruitcnn.config import DataConfig
-    from fruitcnn.data import load_dataset
-    from fruitcnn.data.images import resize_many
-
     folder = Path(folder)
     if all((folder / name).is_file() for name in ("train_X.bin", "test_X.bin", "class_names.txt")):
         return folder

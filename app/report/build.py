@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from app.report import about
+from app.report import quality as quality_part
 from app.report import sections as parts
 from app.report.options import ORDERS, SPLIT_TITLES, SPLITS, ReportOptions
 from app.report.pages import Section, render_html, render_markdown
@@ -321,10 +323,10 @@ def _sections(
         parts.matrices_section(results, options, files),
         parts.scores_section(results, files),
         parts.grids_section(dataset, results, options, files),
-        *([parts.quality_section(quality, files)] if quality else []),
-        parts.setup_section(record, dataset),
-        parts.architecture_section(model, files),
-        parts.environment_section(record),
+        *([quality_part.quality_section(quality, files)] if quality else []),
+        about.setup_section(record, dataset),
+        about.architecture_section(model, files),
+        about.environment_section(record),
     ]
     files["summary.json"] = parts.summary_json(record, results)
     return sections, files

@@ -314,3 +314,13 @@ def render_markdown(title: str, sections: Sequence[Section], folder: str, subtit
         for block in section.blocks:
             lines += _markdown_block(block, folder, 3)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def duration_text(seconds: float) -> str:
+    """A duration as people read it: seconds, minutes or hours."""
+    seconds = float(seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"

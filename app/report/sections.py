@@ -19,24 +19,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-import keras
 import numpy as np
 import pandas as pd
 
 from app.report.options import SPLIT_TITLES
-from app.report.pages import Details, Facts, Figure, Row, Section, Table, Text
+from app.report.pages import Details, Facts, Figure, Row, Section, Table, Text, duration_text
 from fruitcnn import evaluation, plots
-from fruitcnn.model import flops_per_image
-from fruitcnn.runs import environment, finite_json
-from visualize.quality import (
-    POINTING_GOAL,
-    POINTING_METHODS,
-    POINTING_TOLERANCE,
-    RANDOM_MODELS,
-    SANITY_LIMIT,
-    failed_checks,
-)
-from visualize.targets import head_names
+from fruitcnn.runs import finite_json
 
 # Splits shown open in the page; the others are folded away (they are all in the files).
 OPEN_SPLIT = "test"
@@ -49,30 +38,21 @@ FIGURE_DPI = 100
 NATURAL_SIZE_CLASSES = 40
 
 
-def _suffix(head: str, multi: bool) -> str:
+def file_suffix(head: str, multi: bool) -> str:
     return f"-{head}" if multi else ""
 
 
-def _head_title(head: str) -> str:
+def head_title(head: str) -> str:
     """Sub-heading of a head's part of a section (multi-head models)."""
     return f"head '{head}'"
 
 
-def _csv(frame: pd.DataFrame) -> bytes:
+def csv_bytes(frame: pd.DataFrame) -> bytes:
     return frame.to_csv(index=False, float_format="%.6g").encode("utf-8")
 
 
 def _is_multi(results: dict[str, evaluation.SplitResult]) -> bool:
     return len(next(iter(results.values())).heads) > 1
-
-
-def _duration(seconds: float) -> str:
-    seconds = float(seconds)
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.2f} h"
 
 
 def summary_section(record, results) -> Section:
@@ -89,7 +69,7 @@ def summary_section(record, results) -> Section:
             f"{np.mean([head.averages.loc['macro', 'f1'] for head in test.heads.values()]):.3f}",
         ),
         ("best epoch", _best_epoch(record)),
-        ("training time", _duration(metrics["train_seconds"]) if "train_seconds" in metrics else "?"),
+        ("training time", duration_text(metrics["train_seconds"]) if "train_seconds" in metrics else "?"),
         *([("time budget", _budget_text(metrics["time_budget"]))] if metrics.get("time_budget") else []),
         ("parameters", f"{metrics['parameters']:,}" if "parameters" in metrics else "?"),
         (
@@ -189,7 +169,7 @@ def _split_table(results, metrics) -> Table:
     frame = pd.DataFrame(rows)
     formats = {column: PERCENT for column in frame.columns if "accuracy" in column}
     formats.update({column: "{:.3f}" for column in frame.columns if "F1" in column})
-    formats["loss"] = _maybe("{:.4f}")
+    formats["loss"] = optional_format("{:.4f}")
     return Table(
         frame,
         "Metrics of model.keras (inference mode; loss from metrics.json, train loss not measured)",
@@ -255,12 +235,14 @@ def _history_table(history: Sequence[dict[str, Any]]) -> Table:
     frame = frame[keep].apply(
         lambda column: column if column.name == "timestamp" else pd.to_numeric(column, errors="coerce")
     )
-    formats = {column: _maybe("{:.4f}") for column in keep if column.endswith(("_loss", "_accuracy"))}
-    formats["lr"] = _maybe("{:.3g}")
+    formats = {
+        column: optional_format("{:.4f}") for column in keep if column.endswith(("_loss", "_accuracy"))
+    }
+    formats["lr"] = optional_format("{:.3g}")
     return Table(frame, "", formats, file=None)
 
 
-def _maybe(pattern: str):
+def optional_format(pattern: str):
     """A formatter that leaves missing values (NaN, empty) as an empty cell."""
 
     def format_value(value):
@@ -282,7 +264,7 @@ def failures_section(results, files: dict[str, bytes]) -> Section:
     for name in ("test", "val", "train"):
         result = results[name]
         frame = result.failures
-        files[f"failures-{name}.csv"] = _csv(frame)
+        files[f"failures-{name}.csv"] = csv_bytes(frame)
         table = Table(
             frame,
             f"{SPLIT_TITLES[name]}: {result.images:,} images, {int((~result.all_right).sum()):,} with a "
@@ -330,7 +312,7 @@ def matrices_section(results, options, files: dict[str, bytes]) -> Section:
     ]
     for head in results["test"].heads:
         if multi:
-            blocks.append(_head_title(head))
+            blocks.append(head_title(head))
         order = evaluation.confusion_order(results["val"].heads[head].confusion, options.order)
         for split in ("test", *FOLDED_SPLITS):
             split_blocks = _matrix_blocks(
@@ -345,7 +327,7 @@ def matrices_section(results, options, files: dict[str, bytes]) -> Section:
 
 
 def _matrix_blocks(result, split, head, multi, order, options, files) -> list[Any]:
-    suffix = _suffix(head, multi)
+    suffix = file_suffix(head, multi)
     where = f"{SPLIT_TITLES[split]} ({result.labels.shape[0]:,} images)" + (f", head {head}" if multi else "")
     figures: list[Figure] = []
     for normalise, name in (
@@ -364,7 +346,7 @@ def _matrix_blocks(result, split, head, multi, order, options, files) -> list[An
     blocks: list[Any] = figures if natural else [Row(figures)]
     pairs = evaluation.confused_pairs(result, options.pairs)
     pairs_file = f"pairs-{split}{suffix}.csv"
-    files[pairs_file] = _csv(pairs)
+    files[pairs_file] = csv_bytes(pairs)
     if pairs.empty:
         blocks.append(
             Text(f"No {SPLIT_TITLES[split]} image is misclassified" + (f" by head {head}." if multi else "."))
@@ -405,12 +387,12 @@ def scores_section(results, files: dict[str, bytes]) -> Section:
     ]
     for head in results["test"].heads:
         if multi:
-            blocks.append(_head_title(head))
+            blocks.append(head_title(head))
         for split in ("test", *FOLDED_SPLITS):
             result = results[split].heads[head]
             frame = scores_frame(result)
-            name = f"scores-{split}{_suffix(head, multi)}.csv"
-            files[name] = _csv(frame)
+            name = f"scores-{split}{file_suffix(head, multi)}.csv"
+            files[name] = csv_bytes(frame)
             frame = frame.assign(never_predicted=frame["predicted"].eq(0))
             table = Table(
                 frame,
@@ -418,7 +400,7 @@ def scores_section(results, files: dict[str, bytes]) -> Section:
                 + (f", head {head}" if multi else ""),
                 {
                     **SCORE_FORMATS,
-                    **{column: _maybe("{:.0f}") for column in ("support", "predicted", "correct")},
+                    **{column: optional_format("{:.0f}") for column in ("support", "predicted", "correct")},
                 },
                 bars=("precision", "recall", "f1"),
                 file=name,
@@ -471,10 +453,10 @@ def grids_section(dataset, results, options, files: dict[str, bytes]) -> Section
     ]
     for head, result in results[split].heads.items():
         if multi:
-            blocks.append(_head_title(head))
+            blocks.append(head_title(head))
         right = evaluation.most_confident(result, options.top_k, correct=True)
         wrong = evaluation.most_confident(result, options.top_k, correct=False)
-        files[f"grid-{split}{_suffix(head, multi)}.csv"] = _csv(_grid_table(result, right, wrong))
+        files[f"grid-{split}{file_suffix(head, multi)}.csv"] = csv_bytes(_grid_table(result, right, wrong))
         count = len(result.class_names)
         for number, start in enumerate(range(0, count, options.grid_classes), 1):
             chunk = range(start, min(start + options.grid_classes, count))
@@ -482,220 +464,11 @@ def grids_section(dataset, results, options, files: dict[str, bytes]) -> Section
             where = f"{SPLIT_TITLES[split]}{', head ' + head if multi else ''}"
             title = f"{where}: classes {chunk[0] + 1}-{chunk[-1] + 1} of {count}"
             figure = plots.confident_grid(images, rows, columns=options.top_k, title=title, dpi=FIGURE_DPI)
-            name = f"grid-{split}{_suffix(head, multi)}-{number:02d}.png"
+            name = f"grid-{split}{file_suffix(head, multi)}-{number:02d}.png"
             png = plots.png_bytes(figure, dpi=FIGURE_DPI, tight=False)
             files[name] = png
             blocks.append(Figure(name, png, f"Most confident correct and misclassified images, {title}."))
     return Section(f"Most confident right and wrong ({SPLIT_TITLES[split]})", "images", blocks)
-
-
-def quality_section(quality: dict, files: dict[str, bytes]) -> Section:
-    """How far the explanations can be trusted (``app.report.build.measure_explanations``):
-    per method and head the pointing game and mask mass (when the data has object
-    masks), the deletion and insertion areas against a random order, and the rank
-    correlation with a fully randomised model; the mean curves as a figure."""
-    if "skipped" in quality:
-        return Section(
-            "Explanation quality", "quality", [Text(f"Not measured: {quality['skipped']}", "warning")]
-        )
-    settings = quality["settings"]
-    multi = len(quality["heads"]) > 1
-    described = f"occlusion with a {settings['patch']}-pixel square, the mean colour as fill"
-    if "layer" in settings:
-        described += f"; Grad-CAM of {settings['layer']}"
-    blocks: list[Any] = [
-        Text(
-            f"{quality['images']} test images (a seeded choice), their true class explained ({described}; "
-            f"SmoothGrad of {settings['smoothgrad']} noisy copies). Deletion / insertion: the area under the "
-            "class probability as the pixels a map ranks first are replaced by the training mean colour / "
-            "revealed on it (Petsiuk et al., 2018): a faithful map's deletion area lies below the random "
-            "order's and its insertion area above. Sanity check (Adebayo et al., 2018): the Spearman rank "
-            "correlation between the maps of this model and of copies whose weights were all re-initialised "
-            f"({RANDOM_MODELS} draws, averaged); "
-            f"at {SANITY_LIMIT} or more the map shows the image more than the model."
-            + (
-                f" Pointing: the share of maps whose maximum lies on the object (within {POINTING_TOLERANCE} "
-                f"pixel; the goal, {POINTING_GOAL:.0%}, is checked for {', '.join(POINTING_METHODS)}); mask "
-                "mass: the share of a map's positive mass on the object."
-                if quality["masks"]
-                else ""
-            )
-        )
-    ]
-    for head, found in quality["heads"].items():
-        summary = found.summary().reset_index()
-        summary["checks failed"] = [
-            "; ".join(failed_checks(row["method"], row, masks=quality["masks"]))
-            for _, row in summary.iterrows()
-        ]
-        suffix = _suffix(head, multi)
-        files[f"quality{suffix}.csv"] = _csv(summary)
-        figure = plots.curves_figure(
-            found.curves, title="deletion and insertion" + (f", head {head}" if multi else "")
-        )
-        png = plots.png_bytes(figure, dpi=FIGURE_DPI)
-        files[f"quality-curves{suffix}.png"] = png
-        if multi:
-            blocks.append(_head_title(head))
-        if found.randomization_note:
-            blocks.append(Text(f"No randomisation check: {found.randomization_note}", "warning"))
-        blocks.append(
-            Table(
-                summary.assign(failing=summary["checks failed"].ne("")),
-                "mean per method over the images (rows with a failed check are marked)",
-                {"pointing": _maybe("{:.0%}")},
-                bars=[column for column in ("pointing", "mask_mass") if column in summary],
-                file=f"quality{suffix}.csv",
-                highlight="failing",
-            )
-        )
-        blocks.append(
-            Figure(
-                f"quality-curves{suffix}.png",
-                png,
-                "Mean deletion and insertion curves per method; dashed: random pixel orders.",
-            )
-        )
-    return Section("Explanation quality", "quality", blocks)
-
-
-def setup_section(record, dataset) -> Section:
-    """The data as read and every hyperparameter of the run."""
-    data = record.data
-    config = record.config.to_dict()
-    config["arch"].pop("layers", None)  # shown once, as text
-    layers_text = config["arch"].pop("layers_text", "")
-    rows = []
-    for section in ("data", "augment", "arch", "train"):
-        for key, value in config.get(section, {}).items():
-            rows.append(
-                {
-                    "section": section,
-                    "setting": key,
-                    "value": json.dumps(value) if not isinstance(value, str) else value,
-                }
-            )
-    rows.append({"section": "run", "setting": "head", "value": record.config.head})
-    blocks: list[Any] = []
-    data_rows = [
-        (key, data[key] if isinstance(data.get(key), str) else json.dumps(data.get(key)))
-        for key in ("source", "format", "image_shape", "classes", "split", "images")
-        if key in data
-    ]
-    if data_rows:
-        blocks.append(
-            Table(pd.DataFrame(data_rows, columns=["data", "value"]), "The data as read (data.json)")
-        )
-    for note in data.get("notes", []):
-        blocks.append(Text(str(note), "note"))
-    skipped = data.get("skipped") or []
-    if skipped:
-        blocks.append(
-            Text(
-                f"{len(skipped)} file(s) were skipped while reading the data; data.json lists each "
-                "with its reason.",
-                "warning",
-            )
-        )
-    blocks.append(Text(f"Layers: {layers_text}"))
-    blocks.append(
-        Table(
-            pd.DataFrame(rows),
-            "Hyperparameters (config.json; python train.py --config config.json repeats the run)",
-        )
-    )
-    return Section("Data and hyperparameters", "setup", blocks)
-
-
-def architecture_section(model, files: dict[str, bytes]) -> Section:
-    """Every layer with its output shape and parameters; totals and forward FLOPs."""
-    rows = []
-    for layer in model.layers:
-        shape = getattr(layer, "output", None)
-        shape = "" if shape is None else str(tuple(shape.shape[1:]))
-        trainable = sum(int(np.prod(weight.shape)) for weight in layer.trainable_weights)
-        frozen = sum(int(np.prod(weight.shape)) for weight in layer.non_trainable_weights)
-        rows.append(
-            {
-                "layer": layer.name,
-                "type": type(layer).__name__,
-                "output shape": shape,
-                "trainable": trainable,
-                "non-trainable": frozen,
-            }
-        )
-    frame = pd.DataFrame(rows)
-    total = int(frame["trainable"].sum() + frame["non-trainable"].sum())
-    flops = flops_per_image(model)
-    trainable, frozen = int(frame["trainable"].sum()), int(frame["non-trainable"].sum())
-    text = (
-        f"{total:,} parameters ({trainable:,} trainable, {frozen:,} "
-        f"non-trainable: batch-norm moving statistics and the input normalisation); "
-        f"{flops / 1e6:.2f} MFLOP per image (forward pass, conv and dense layers)."
-    )
-    formats = {"trainable": "{:,}", "non-trainable": "{:,}"}
-    blocks: list[Any] = [Text(text)]
-    trunk, heads = branches(model)
-    if len(heads) > 1 or any(len(layers) > 2 for layers in heads.values()):
-        figure = plots.branches_figure(
-            trunk, heads, title="shared feature extractor and the heads' own layers"
-        )
-        png = plots.png_bytes(figure, dpi=FIGURE_DPI)
-        files["architecture.png"] = png
-        blocks.append(Figure("architecture.png", png, "The heads branch off the shared features."))
-    blocks.append(Table(frame, "", formats))
-    return Section("Architecture", "architecture", blocks)
-
-
-def branches(model) -> tuple[list[str], dict[str, list[str]]]:
-    """The model's shared layers (input to the last layer every head depends on) and
-    each head's own layers after them, as ``name (type)`` labels in model order."""
-
-    order = [layer.name for layer in model.layers]
-    needs = {
-        head: {layer.name for layer in keras.Model(model.inputs, model.get_layer(head).output).layers}
-        for head in head_names(model)
-    }
-    shared = set.intersection(*needs.values()) if needs else set(order)
-
-    def label(name: str) -> str:
-        return f"{name} ({type(model.get_layer(name)).__name__})"
-
-    trunk = [label(name) for name in order if name in shared and not name.startswith("image")]
-    own = {head: [label(name) for name in order if name in layers - shared] for head, layers in needs.items()}
-    return trunk, own
-
-
-def _training_start(record) -> str:
-    """When training started: the environment's ``start`` session, else (a run begun
-    before environment.json existed) the first epoch's end minus its elapsed time."""
-    starts = [session["time"] for session in record.environment if session.get("kind", "start") == "start"]
-    if starts:
-        return starts[0]
-    if record.history and record.history[0].get("timestamp"):
-        first = record.history[0]
-        moment = datetime.datetime.fromisoformat(str(first["timestamp"]))
-        moment -= datetime.timedelta(seconds=float(first.get("elapsed_s") or 0))
-        return moment.isoformat(timespec="seconds") + " (from history.csv)"
-    return "unknown"
-
-
-def environment_section(record) -> Section:
-    """Training sessions (start and resumes) with their versions, and this report's."""
-    now = {**environment(), "kind": "report"}
-    frame = pd.DataFrame([*record.environment, now]).astype(str)
-    finished = record.history[-1]["timestamp"] if record.history else None
-    facts = [
-        ("training started", _training_start(record)),
-        ("last epoch finished", str(finished or "?")),
-        (
-            "training time",
-            _duration(record.metrics["train_seconds"]) if "train_seconds" in record.metrics else "?",
-        ),
-        ("sessions", str(len(record.environment))),
-    ]
-    table = Table(frame, "Sessions that trained this run (environment.json: start, resumes) and this report")
-    return Section("Environment and timestamps", "environment", [Facts(facts), table])
 
 
 def summary_json(record, results) -> bytes:

@@ -19,6 +19,11 @@ class folders       ``<class>/<images>`` (one part, split by ``--split``)
 ==================  ===========================================================
 
 All problems of one scan are collected in a :class:`Problems` and raised together.
+
+One file: every reader is a private ``_read_<layout>`` that :func:`read_source`
+dispatches to, returning the same :class:`RawData` through the shared helpers (class
+files, decoding with its memory check, ``_array_data``, :func:`check_classes`); the
+file reads top-down as that one dispatch and its cases.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ compressed tar is listed, the sizes its headers claim against the ratio limit ti
 archive's size, and the bytes unpacked so far against the packed bytes consumed. A
 source beyond a limit is refused with every such entry named and the flag that raises
 the limit.
+
+One file: the folder and the two archive readers implement one small interface
+(:class:`Tree`) and share the limit accounting and path checks, which are the point of
+the module (a member that escapes, a decompression bomb, a linked loop).
 """
 
 from __future__ import annotations

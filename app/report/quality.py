@@ -1,0 +1,98 @@
+"""The report's "Explanation quality" section: how far the explanations can be trusted,
+from ``app.report.build.measure_explanations`` (``visualize.quality``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.report.pages import Figure, Section, Table, Text
+from app.report.sections import csv_bytes, file_suffix, head_title, optional_format
+from fruitcnn import plots
+from visualize.quality import (
+    POINTING_GOAL,
+    POINTING_METHODS,
+    POINTING_TOLERANCE,
+    RANDOM_MODELS,
+    SANITY_LIMIT,
+    failed_checks,
+)
+
+# Splits shown open in the page; the others are folded away (they are all in the files).
+OPEN_SPLIT = "test"
+FOLDED_SPLITS = ("val", "train")
+PERCENT = "{:.2%}"
+SCORE_FORMATS = {"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}"}
+# Figure resolution (dots per inch) of the report's PNG files.
+FIGURE_DPI = 100
+# Confusion matrices of more classes are shown at their own pixel size in a scrolling box.
+NATURAL_SIZE_CLASSES = 40
+
+
+def quality_section(quality: dict, files: dict[str, bytes]) -> Section:
+    """How far the explanations can be trusted (``app.report.build.measure_explanations``):
+    per method and head the pointing game and mask mass (when the data has object
+    masks), the deletion and insertion areas against a random order, and the rank
+    correlation with a fully randomised model; the mean curves as a figure."""
+    if "skipped" in quality:
+        return Section(
+            "Explanation quality", "quality", [Text(f"Not measured: {quality['skipped']}", "warning")]
+        )
+    settings = quality["settings"]
+    multi = len(quality["heads"]) > 1
+    described = f"occlusion with a {settings['patch']}-pixel square, the mean colour as fill"
+    if "layer" in settings:
+        described += f"; Grad-CAM of {settings['layer']}"
+    blocks: list[Any] = [
+        Text(
+            f"{quality['images']} test images (a seeded choice), their true class explained ({described}; "
+            f"SmoothGrad of {settings['smoothgrad']} noisy copies). Deletion / insertion: the area under the "
+            "class probability as the pixels a map ranks first are replaced by the training mean colour / "
+            "revealed on it (Petsiuk et al., 2018): a faithful map's deletion area lies below the random "
+            "order's and its insertion area above. Sanity check (Adebayo et al., 2018): the Spearman rank "
+            "correlation between the maps of this model and of copies whose weights were all re-initialised "
+            f"({RANDOM_MODELS} draws, averaged); "
+            f"at {SANITY_LIMIT} or more the map shows the image more than the model."
+            + (
+                f" Pointing: the share of maps whose maximum lies on the object (within {POINTING_TOLERANCE} "
+                f"pixel; the goal, {POINTING_GOAL:.0%}, is checked for {', '.join(POINTING_METHODS)}); mask "
+                "mass: the share of a map's positive mass on the object."
+                if quality["masks"]
+                else ""
+            )
+        )
+    ]
+    for head, found in quality["heads"].items():
+        summary = found.summary().reset_index()
+        summary["checks failed"] = [
+            "; ".join(failed_checks(row["method"], row, masks=quality["masks"]))
+            for _, row in summary.iterrows()
+        ]
+        suffix = file_suffix(head, multi)
+        files[f"quality{suffix}.csv"] = csv_bytes(summary)
+        figure = plots.curves_figure(
+            found.curves, title="deletion and insertion" + (f", head {head}" if multi else "")
+        )
+        png = plots.png_bytes(figure, dpi=FIGURE_DPI)
+        files[f"quality-curves{suffix}.png"] = png
+        if multi:
+            blocks.append(head_title(head))
+        if found.randomization_note:
+            blocks.append(Text(f"No randomisation check: {found.randomization_note}", "warning"))
+        blocks.append(
+            Table(
+                summary.assign(failing=summary["checks failed"].ne("")),
+                "mean per method over the images (rows with a failed check are marked)",
+                {"pointing": optional_format("{:.0%}")},
+                bars=[column for column in ("pointing", "mask_mass") if column in summary],
+                file=f"quality{suffix}.csv",
+                highlight="failing",
+            )
+        )
+        blocks.append(
+            Figure(
+                f"quality-curves{suffix}.png",
+                png,
+                "Mean deletion and insertion curves per method; dashed: random pixel orders.",
+            )
+        )
+    return Section("Explanation quality", "quality", blocks)
