@@ -144,11 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_settings(group, config_class) -> None:
     """A flag for every field of ``config_class`` that declares one (its metadata, see
-    ``fruitcnn.config.fields.setting_field``); ``--help`` shows the dataclass default."""
-    for item in dataclasses.fields(config_class):
-        if "flag" not in item.metadata:
-            continue
+    ``fruitcnn.config.fields.setting_field``), in field order unless it is listed after
+    another flag; ``--help`` shows the dataclass default."""
+    declared = [item for item in dataclasses.fields(config_class) if "flag" in item.metadata]
+    ordered = [item for item in declared if "listed_after" not in item.metadata]
+    for item in declared:
+        if "listed_after" in item.metadata:
+            flags = [other.metadata["flag"] for other in ordered]
+            ordered.insert(flags.index(item.metadata["listed_after"]) + 1, item)
+    for item in ordered:
         options = dict(item.metadata)
+        options.pop("listed_after", None)
         flag, setting, help_text = options.pop("flag"), options.pop("setting"), options.pop("help")
         shown = options.pop("shown_default", str(item.default))
         if shown is not None:

@@ -1,6 +1,6 @@
 """The computations of the registry's heatmap methods (``visualize.methods.METHODS``).
 
-One function per method, named like it, in one form:
+One function per method, named ``<method>_method``, in one form:
 ``(model, images, *, head, targets, settings, progress=None) -> MethodMaps``. They call
 the method modules (``visualize.occlusion``, ``visualize.saliency``,
 ``visualize.gradcam``) with the options ``settings`` gives, and return the maps as drawn
@@ -14,14 +14,13 @@ import time
 
 import numpy as np
 
-from visualize.gradcam import gradcam as gradcam_maps
+from visualize.gradcam import gradcam
 from visualize.methods import ExplainSettings, MethodMaps
-from visualize.occlusion import occlusion as occlusion_maps
-from visualize.occlusion import training_mean_colour
-from visualize.saliency import saliency as saliency_maps
+from visualize.occlusion import occlusion, training_mean_colour
+from visualize.saliency import saliency
 
 
-def occlusion(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
+def occlusion_method(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
     """``occlusion_prob`` and ``occlusion_loss``: drawn as the class probability and its
     loss with the square centred on each pixel hidden; as importance, the probability's
     drop and the loss's rise."""
@@ -29,7 +28,7 @@ def occlusion(model, images, *, head, targets, settings: ExplainSettings, progre
     if settings.fill == "mean" and training_mean_colour(model) is None:
         notes.append("occlusion: this model stores no training mean colour; the squares are mid-grey (128)")
     start = time.perf_counter()
-    result = occlusion_maps(
+    result = occlusion(
         model,
         images,
         head=head,
@@ -70,11 +69,11 @@ def occlusion_importance(result) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _gradient(name: str, model, images, head, targets, **options) -> MethodMaps:
-    values = saliency_maps(model, images, head=head, target=targets, **options)
+    values = saliency(model, images, head=head, target=targets, **options)
     return MethodMaps(drawn={name: values}, importance={name: values})
 
 
-def saliency(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
+def saliency_method(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
     """max |d loss (or logit) / d pixel| over channels, with SmoothGrad and x input as
     ``settings`` says (``saliency_of``, ``saliency_smoothgrad``, ``times_input``)."""
     return _gradient(
@@ -89,27 +88,33 @@ def saliency(model, images, *, head, targets, settings: ExplainSettings, progres
     )
 
 
-def smoothgrad(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
+def smoothgrad_method(
+    model, images, *, head, targets, settings: ExplainSettings, progress=None
+) -> MethodMaps:
     """SmoothGrad of the loss over ``settings.smoothgrad`` noisy copies."""
     return _gradient("smoothgrad", model, images, head, targets, smoothgrad=settings.smoothgrad)
 
 
-def saliency_logit(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
+def saliency_logit_method(
+    model, images, *, head, targets, settings: ExplainSettings, progress=None
+) -> MethodMaps:
     """The plain gradient of the class's logit."""
     return _gradient("saliency_logit", model, images, head, targets, of="logit")
 
 
-def gradient_x_input(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
+def gradient_x_input_method(
+    model, images, *, head, targets, settings: ExplainSettings, progress=None
+) -> MethodMaps:
     """|gradient of the loss x pixel value|."""
     return _gradient("gradient_x_input", model, images, head, targets, times_input=True)
 
 
-def gradcam(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
+def gradcam_method(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
     """Grad-CAM of each layer of ``settings.layers`` (none: the default layer): the map
     ``gradcam`` for one layer, ``gradcam_<layer>`` each for several."""
     layers = settings.layers or (None,)
     maps = {}
     for layer in layers:
         name = "gradcam" if len(layers) <= 1 else f"gradcam_{layer}"
-        maps[name] = gradcam_maps(model, images, head=head, target=targets, layer=layer)
+        maps[name] = gradcam(model, images, head=head, target=targets, layer=layer)
     return MethodMaps(drawn=maps, importance=dict(maps))

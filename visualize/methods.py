@@ -8,7 +8,8 @@ them with :class:`ExplainSettings`; :func:`compute` runs one.
 Three kinds of method:
 
 * ``map``: a heatmap per image for one head and class (occlusion, saliency and its
-  variants, Grad-CAM). Each is one function of :mod:`visualize.compute` with the form
+  variants, Grad-CAM). Each is one function of :mod:`visualize.compute`
+  (``<name>_method``) with the form
   ``(model, images, *, head, targets, settings, progress=None) -> MethodMaps``: the
   maps as drawn and the same as *importance* (higher = more important; occlusion as
   the drop it causes), which is what the quality measures take.
@@ -188,6 +189,6 @@ def compute(
         raise ValueError(f"{name!r} is not a heatmap method; the heatmap methods are {', '.join(maps)}.")
     from visualize import compute as computations  # TensorFlow: on first use (see the module docstring)
 
-    function = getattr(computations, name)
+    function = getattr(computations, f"{name}_method")
     settings = settings or ExplainSettings()
     return function(model, images, head=head, targets=targets, settings=settings, progress=progress)

@@ -26,8 +26,10 @@ def setting_field(default: Any, flag: str, help_text: str, *, setting: str = "",
         setting: the setting name of study files and ``config_from_settings``
             (default: the flag without ``--``, ``-`` as ``_``; e.g. ``lr``).
         **options: ``add_argument`` options: ``metavar``, ``choices``, ``type``,
-            ``action``; and ``shown_default``: the words ``--help`` shows as the
-            default instead of the value (None: no default shown).
+            ``action``; ``shown_default``: the words ``--help`` shows as the
+            default instead of the value (None: no default shown); and
+            ``listed_after``: the flag ``--help`` lists this one after (default:
+            in field order; a field appended to a saved config keeps its place).
     """
     name = setting or flag.removeprefix("--").replace("-", "_")
     return dataclasses.field(

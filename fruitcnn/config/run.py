@@ -180,6 +180,7 @@ class TrainConfig:
         type=parse_duration,
         metavar="T",
         shown_default="none; colour photos without --epochs: 5m, see the recipe below",
+        listed_after="--epochs",
     )
     weight_decay: float = setting_field(
         0.0,

@@ -187,3 +187,30 @@ def test_predictor_matches_keras_predict_and_averages_the_mirror_for_flip_tta():
     np.testing.assert_allclose(flip, (expected + mirrored) / 2, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="uint8"):
         evaluation.predict(model, images.astype(np.float32), [spec], batch_size=8)
+
+
+def test_a_seeded_sample_is_reproducible_and_carries_each_heads_truth(small_line):
+    from heads import line_attribute_specs, single_head_specs
+
+    split = small_line.test
+    one = evaluation.seeded_sample(split, single_head_specs(small_line.class_names), 10, seed=5)
+    again = evaluation.seeded_sample(split, single_head_specs(small_line.class_names), 10, seed=5)
+    other = evaluation.seeded_sample(split, single_head_specs(small_line.class_names), 10, seed=6)
+    np.testing.assert_array_equal(one.indices, again.indices)
+    assert not np.array_equal(one.indices, other.indices)
+    assert len(set(one.indices)) == 10 and np.all(np.diff(one.indices) > 0)
+    np.testing.assert_array_equal(one.images, split.images[one.indices])
+    np.testing.assert_array_equal(one.truth["class"], split.labels[one.indices])
+    np.testing.assert_array_equal(one.masks, split.masks[one.indices])
+    specs = line_attribute_specs(small_line.attribute_names, small_line.attribute_values)
+    four = evaluation.seeded_sample(split, specs, 10, seed=5)
+    np.testing.assert_array_equal(four.indices, one.indices)
+    for spec in specs:
+        np.testing.assert_array_equal(
+            four.truth[spec.name], split.attributes[one.indices, spec.target_column]
+        )
+        assert four.truth[spec.name].dtype == np.int64
+    whole = evaluation.seeded_sample(split, specs, len(split) + 5)
+    np.testing.assert_array_equal(whole.indices, np.arange(len(split)))
+    with pytest.raises(ValueError, match="at least 1 image, got 0"):
+        evaluation.sample_indices(len(split), 0)

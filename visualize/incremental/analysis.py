@@ -113,7 +113,7 @@ def _path(model: keras.Model, head: str) -> list[keras.layers.Layer]:
     return path[::-1]
 
 
-def _activation_name(function) -> str:
+def _function_name(function) -> str:
     return getattr(function, "__name__", type(function).__name__)
 
 
@@ -127,7 +127,7 @@ def _is_pointwise(layer) -> bool:
     if _is_identity(layer) or type(layer) in ELEMENTWISE_LAYERS:
         return True
     if type(layer) is keras.layers.Activation:
-        return _activation_name(layer.activation) in ELEMENTWISE
+        return _function_name(layer.activation) in ELEMENTWISE
     if is_batch_norm(layer) or type(layer) is keras.layers.Normalization:
         if getattr(layer, "batch_stats_at_inference", False) or getattr(layer, "renorm", False):
             return False
@@ -229,7 +229,7 @@ def _image_layers(path: list) -> tuple[list, list[_Spatial], int]:
         elif type(layer) in SPATIAL_LAYERS:
             op = _spatial(layer, zero_padding)
             zero_padding = None
-            activation = _activation_name(layer.activation) if op.kind == "conv" else "linear"
+            activation = _function_name(layer.activation) if op.kind == "conv" else "linear"
             if activation not in ELEMENTWISE:
                 raise Unsupported(f"conv {layer.name} has the activation {activation}")
             if activation != "linear":
@@ -265,6 +265,6 @@ def _vector_layers(transition: str, transition_layer, rest: list):
     if not rest:
         raise Unsupported(f"no dense layer after {transition_layer.name}")
     first_dense = rest.pop(0)
-    if _activation_name(first_dense.activation) != "linear":
+    if _function_name(first_dense.activation) != "linear":
         rest.insert(0, keras.layers.Activation(first_dense.activation))
     return flat_pointwise, first_dense, rest
