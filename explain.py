@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
 
         written = explain_images(
             model, images, stems, classes, probabilities, methods=methods, head=head, target=target,
-            truth=truth, options=options, quality=args.quality, out=out, masks=masks,
+            truth=truth, options=options, measure_quality=args.quality, out=out, masks=masks,
             reference=_reference(args, run, methods),
         )  # fmt: skip
     except ValueError as error:

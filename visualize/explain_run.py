@@ -1,7 +1,7 @@
 """What explain.py does for a batch of images: run the chosen methods for the chosen
 heads and write one PNG and the raw arrays (.npy) per image, method and variant, and
 ``explained.csv`` (per image and head: the predicted, true and explained class); with
-``quality`` also measure the heatmaps drawn (``visualize.quality``), print the
+``measure_quality`` also measure the heatmaps drawn (``visualize.quality``), print the
 scores and write ``quality.csv``."""
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def explain_images(
     target: int | None,
     truth: dict[str, np.ndarray] | None,
     options: ExplainSettings,
-    quality: bool = False,
+    measure_quality: bool = False,
     out: Path,
     masks: np.ndarray | None = None,
     reference: Reference | None = None,
@@ -83,7 +83,7 @@ def explain_images(
     """Run ``methods`` on ``images`` for ``head`` (default: every head) and write the
     files; returns how many were written. ``probabilities`` are the model's, per head
     (``visualize.targets.class_probabilities``): they give the predicted classes.
-    ``options``: how the methods run (``visualize.methods.ExplainSettings``); ``quality``:
+    ``options``: how the methods run (``visualize.methods.ExplainSettings``); ``measure_quality``:
     also measure the heatmaps drawn; ``masks`` (bool (N, H, W), the object pixels, when
     known) add the ground-truth measures to them."""
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +117,7 @@ def explain_images(
         suffix = f"_{name}" if multi else ""
         drawn, importance = _maps(model, images, name, targets, methods, options)
         written += _heatmaps(model, images, stems, titles, drawn, options, out, suffix)
-        if quality and importance:
+        if measure_quality and importance:
             scores.append(_quality(model, images, stems, name, targets, importance, options, masks))
     written += _layer_pictures(model, images, stems, methods, options, out, reference or Reference())
     runs.write_csv(out / EXPLAINED_FILE, rows)

@@ -13,20 +13,11 @@ import numpy as np
 import pandas as pd
 
 from app.report.pages import Facts, Figure, Section, Table, Text, duration_text
+from app.report.sections import FIGURE_DPI
 from fruitcnn import plots
 from fruitcnn.model import flops_per_image
 from fruitcnn.runs import environment
 from visualize.targets import head_names
-
-# Splits shown open in the page; the others are folded away (they are all in the files).
-OPEN_SPLIT = "test"
-FOLDED_SPLITS = ("val", "train")
-PERCENT = "{:.2%}"
-SCORE_FORMATS = {"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}"}
-# Figure resolution (dots per inch) of the report's PNG files.
-FIGURE_DPI = 100
-# Confusion matrices of more classes are shown at their own pixel size in a scrolling box.
-NATURAL_SIZE_CLASSES = 40
 
 
 def setup_section(record, dataset) -> Section:

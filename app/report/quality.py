@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.report.pages import Figure, Section, Table, Text
-from app.report.sections import csv_bytes, file_suffix, head_title, optional_format
+from app.report.sections import FIGURE_DPI, csv_bytes, file_suffix, head_title, optional_format
 from fruitcnn import plots
 from visualize.quality import (
     POINTING_GOAL,
@@ -16,16 +16,6 @@ from visualize.quality import (
     SANITY_LIMIT,
     failed_checks,
 )
-
-# Splits shown open in the page; the others are folded away (they are all in the files).
-OPEN_SPLIT = "test"
-FOLDED_SPLITS = ("val", "train")
-PERCENT = "{:.2%}"
-SCORE_FORMATS = {"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}"}
-# Figure resolution (dots per inch) of the report's PNG files.
-FIGURE_DPI = 100
-# Confusion matrices of more classes are shown at their own pixel size in a scrolling box.
-NATURAL_SIZE_CLASSES = 40
 
 
 def quality_section(quality: dict, files: dict[str, bytes]) -> Section:

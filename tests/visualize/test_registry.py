@@ -136,6 +136,12 @@ def test_gradcam_maps_are_named_by_layer_when_several_are_chosen():
         model, images, ["gradcam"], target=targets, settings=replace(MEASURED, layers=("conv1",))
     )
     np.testing.assert_allclose(measured["gradcam"], expected, rtol=1e-5)
+    # explain.py --layer conv1,relu1 --quality measures the maps it drew, whatever the layers
+    drawn = quality.explanation_maps(model, images, ["gradcam_conv1", "gradcam_relu1"], target=targets)
+    for values in drawn.values():
+        np.testing.assert_allclose(values, expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown explanation method gradcam_conv9; this model offers"):
+        quality.explanation_maps(model, images, ["gradcam_conv9"], target=targets)
 
 
 def test_occlusion_importance_is_the_drop_and_the_rise():

@@ -52,7 +52,8 @@ def gradcam_method_layers(model: keras.Model) -> dict[str, str]:
 
 
 def available_methods(model: keras.Model) -> tuple[str, ...]:
-    """Every method :func:`explanation_maps` can measure on ``model``."""
+    """Every method :func:`explanation_maps` measures on ``model`` by default choice
+    (besides, ``gradcam_<layer>`` of any layer with feature maps, as explain.py draws)."""
     layers = gradcam_method_layers(model)
     plain = [method for method in MEASURED_MAPS if method != "gradcam" or layers]
     return (*plain, *SALIENCY_VARIANTS, *[name for name in layers if name != "gradcam"])
@@ -90,17 +91,27 @@ def explanation_maps(
         if name in maps:  # occlusion makes two maps at once
             continue
         method = method_of(name)
-        chosen = replace(settings, layers=(layers[name],)) if method == "gradcam" else settings
+        layer = layers.get(name) or _gradcam_layer(model, name)
+        chosen = replace(settings, layers=(layer,)) if method == "gradcam" else settings
         found = compute_method(method, model, images, head=head, targets=targets, settings=chosen).importance
         maps.update({name: found["gradcam"]} if method == "gradcam" else found)
     return {method: maps[method].astype(np.float32) for method in methods}
+
+
+def _gradcam_layer(model: keras.Model, name: str) -> str | None:
+    """The layer of a ``gradcam_<layer>`` map (explain.py --layer draws any layer with
+    feature maps), or None for another name or a layer the model does not have."""
+    layer = name.removeprefix("gradcam_")
+    if layer == name or layer not in {item.name for item in model.layers}:
+        return None
+    return layer
 
 
 def _check_methods(model: keras.Model, methods: Sequence[str]) -> None:
     known = available_methods(model)
     if not methods:
         raise ValueError(f"no explanation method given; this model offers {', '.join(known)}.")
-    unknown = [method for method in methods if method not in known]
+    unknown = [method for method in methods if method not in known and not _gradcam_layer(model, method)]
     if unknown:
         raise ValueError(
             f"unknown explanation method {', '.join(unknown)}; this model offers {', '.join(known)}."
