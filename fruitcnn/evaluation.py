@@ -1,7 +1,7 @@
 """Evaluation of a trained model: predictions, confusion matrices, per-class scores,
 the most confident right and wrong images, and the failures of multi-head models.
 
-Computation only (NumPy and pandas): :mod:`fruitcnn.plots` draws and
+Computation only: :mod:`fruitcnn.plots` draws and
 :mod:`app.report` writes. :func:`predict` runs a model over images;
 :func:`evaluate_split` turns probabilities and targets into a :class:`SplitResult`.
 
@@ -27,6 +27,7 @@ from functools import cached_property
 
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from heads import HeadSpec, head_targets
 
@@ -343,7 +344,6 @@ def make_predictor(model, specs: Sequence[HeadSpec], *, tta: str = "none"):
     see the batches training's evaluation saw). ``tta="flip"`` averages each output
     with that of the mirrored image, as training's evaluation does. The graph is
     traced once, for any batch size."""
-    import tensorflow as tf
 
     if tta not in ("none", "flip"):
         raise ValueError(f"tta must be 'none' or 'flip', got {tta!r}.")

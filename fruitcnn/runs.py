@@ -43,10 +43,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime
 import io
 import json
 import math
 import os
+import platform
 import shutil
 import socket
 import sys
@@ -264,10 +266,6 @@ def _number(text: str) -> Any:
 
 def environment() -> dict[str, Any]:
     """Where and with what this process runs: time, command line, versions, machine."""
-    import datetime
-    import platform
-    import sys
-
     # TensorFlow only here: the command lines read run folders (the latest run) before
     # --help would otherwise load it
     import keras

@@ -25,6 +25,7 @@ run's test-time augmentation, the run's evaluation batch size. The numbers come 
 
 from __future__ import annotations
 
+import datetime
 import shutil
 import tempfile
 import time
@@ -243,8 +244,6 @@ def _title(record: RunRecord) -> str:
 
 
 def _subtitle(record: RunRecord) -> str:
-    import datetime
-
     config = record.config
     made = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     return (

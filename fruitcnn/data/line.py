@@ -22,9 +22,12 @@ positions that keep the whole rectangle inside the image.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 LENGTHS = (7, 15)  # pixels along the line
 WIDTHS = (1, 3)  # pixels across the line
@@ -196,9 +199,6 @@ def write_png_folders(data: LineData, root) -> int:
     Returns:
         The number of files written.
     """
-    from pathlib import Path
-
-    from PIL import Image
 
     root = Path(root)
     for name in set(data.class_names[label] for label in data.labels):
@@ -210,8 +210,6 @@ def write_png_folders(data: LineData, root) -> int:
 
 def main(argv=None) -> int:
     """``python -m fruitcnn.data.line --out DIR``: write the dataset as PNG folders."""
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="python -m fruitcnn.data.line",
         description="Write the line dataset as PNG files, one folder per class.",

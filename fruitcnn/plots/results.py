@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
+from PIL import Image
 
 # Inches per head (width) and height of the branches figure; characters per line in its boxes.
 BRANCH_INCHES, BRANCH_CHARS = (2.6, 3.6), 28
@@ -338,8 +339,6 @@ def confusion_figure(
 def _thumbnail(image: np.ndarray, size: int) -> np.ndarray:
     """An RGB uint8 image fitted into a white ``size`` x ``size`` square: enlarged by
     repeating pixels (small images stay sharp), reduced by averaging."""
-    from PIL import Image
-
     picture = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
     height, width = picture.shape[:2]
     scale = size / max(height, width)
