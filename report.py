@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 from app.report.options import ORDERS, SPLITS, ReportOptions  # noqa: E402
 from fruitcnn import browser, runs  # noqa: E402
 from fruitcnn.config import INPUT_RANGE_CHOICES  # noqa: E402
-from fruitcnn.data import describe, load_dataset, warning_lines  # noqa: E402
+from fruitcnn.data import load_and_report  # noqa: E402
 from fruitcnn.data.cache import add_cache_dir_argument, use_cache_dir  # noqa: E402
 
 EXAMPLES = """examples:
@@ -156,19 +156,10 @@ def _write(run: Path, options: ReportOptions, dataset_path: str | None, input_ra
     data = record.config.data
     if dataset_path:
         data = dataclasses.replace(data, dataset=dataset_path)
-    result = build_report(run, dataset=_load_data(data), options=options, input_range=input_range)
+    result = build_report(run, dataset=load_and_report(data), options=options, input_range=input_range)
     print(f"report written in {result.seconds:.1f} s: {result.html}")
     print(f"  markdown: {result.markdown} (figures and CSV tables in {result.folder}/)")
     return result
-
-
-def _load_data(data):
-    """Load the run's data and print what was read (as train.py does)."""
-    dataset = load_dataset(data)
-    print("\n".join(describe(dataset)))
-    for text in warning_lines(dataset):
-        print(text, file=sys.stderr)
-    return dataset
 
 
 def _look(page: Path, screenshot: str | None, check: bool) -> None:

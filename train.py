@@ -33,7 +33,7 @@ from fruitcnn.config import (  # noqa: E402
     config_from_settings,
 )
 from fruitcnn.config import SETTING_FIELDS as _FIELDS  # noqa: E402  (flag -> config field)
-from fruitcnn.data import Dataset, describe, line, load_dataset, warning_lines  # noqa: E402
+from fruitcnn.data import line, load_and_report  # noqa: E402
 from fruitcnn.data.cache import add_cache_dir_argument, use_cache_dir  # noqa: E402
 
 EXAMPLES = """examples:
@@ -220,15 +220,6 @@ def make_config(args: argparse.Namespace, dataset=None) -> RunConfig:
     return run_config(_settings(args), base=_base(args), dataset=dataset)
 
 
-def load_data(config: DataConfig) -> Dataset:
-    """Load the data and print what was read (and what was skipped, and warnings) before training."""
-    dataset = load_dataset(config)
-    print("\n".join(describe(dataset)))
-    for text in warning_lines(dataset):
-        print(text, file=sys.stderr)
-    return dataset
-
-
 def _summary(config: RunConfig, num_classes: int | None) -> None:
     from fruitcnn.model import build_model, flops_per_image
     from heads import line_attribute_specs, single_head_specs
@@ -280,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         make_config(args)  # every flag checked before the data is read
         run_dir = _run_dir(args)
-        dataset = load_data(data_config(args))
+        dataset = load_and_report(data_config(args))
         config = make_config(args, dataset)
         if config.recipe:
             print(config.recipe)
@@ -367,7 +358,7 @@ def _resume(args) -> int:
         check_resumable(run_dir, runs.read_state(run_dir))
         config = RunConfig.from_dict(runs.read_json(run_dir / runs.CONFIG_FILE))
         print(f"resuming {run_dir}")
-        dataset = load_data(config.data)
+        dataset = load_and_report(config.data)
         return _train_and_report(args, config, dataset, run_dir, runs, resume=True)
 
 

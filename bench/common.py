@@ -1,5 +1,5 @@
 """What the benchmark tasks share: where their data lives, the machine's matmul peak,
-clocks and throughput of a finished run, loading data as train.py does, the train.py
+clocks and throughput of a finished run, the train.py
 command line of a run's settings, and the JSON line that ends every task.
 
 TensorFlow (5-20 s to import) is imported in the functions that need it, so that
@@ -9,14 +9,11 @@ TensorFlow (5-20 s to import) is imported in the functions that need it, so that
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from fruitcnn import recipes
-from fruitcnn.config import DataConfig
-from fruitcnn.data import load_dataset
 
 # The copies of the data sets the data tasks read by default (../shared/data).
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -87,27 +84,6 @@ def data_path(task: str, given: str | None, default: Path) -> str:
             "(the archive or folder as downloaded)."
         )
     return data
-
-
-def load_data(config: DataConfig):
-    """Load the data and print what was read (and what was skipped, and warnings), as
-    train.py does before training."""
-    dataset = load_dataset(config)
-    info = dataset.info
-    height, width, channels = dataset.image_shape
-    origin = ""
-    if "load_seconds" in info:
-        origin = f"; {'from the cache' if info.get('from_cache') else 'read'} in {info['load_seconds']:.1f} s"
-    print(
-        f"data: {dataset.name} ({info.get('format', '?')}): {len(dataset.class_names)} classes, "
-        f"{height}x{width}x{channels}; train {len(dataset.train)} / val {len(dataset.val)} / "
-        f"test {len(dataset.test)} ({info.get('split', '')}){origin}"
-    )
-    for note in info.get("notes", [])[1:]:
-        print(f"  {note}")
-    for line in [*info.get("messages", []), *info.get("warnings", [])]:
-        print(line, file=sys.stderr)
-    return dataset
 
 
 def train_flags(settings: dict[str, Any]) -> list[str]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from bench import common
 from fruitcnn.config import config_from_settings
-from fruitcnn.data import load_dataset
+from fruitcnn.data import load_and_report, load_dataset
 from fruitcnn.recipes import run_config
 
 # The data tasks: their settings (train.py's flag names and values, as
@@ -94,7 +94,7 @@ def run_data(
 
     import_s = time.perf_counter() - import_start
     start = time.perf_counter()
-    dataset = common.load_data(config_from_settings(run_settings).data)
+    dataset = load_and_report(config_from_settings(run_settings).data)
     data_s = time.perf_counter() - start
     config = run_config(run_settings, dataset=dataset)
     clock = common.fit_clock()

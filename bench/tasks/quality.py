@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import common
 from bench.tasks import data as data_tasks
 from fruitcnn import runs
 from fruitcnn.config import DataConfig, RunConfig, TrainConfig, config_from_settings, preset
-from fruitcnn.data import Split, load_dataset
+from fruitcnn.data import Split, load_and_report, load_dataset
 from fruitcnn.evaluation import sample_indices
 from fruitcnn.recipes import run_config
 
@@ -185,7 +184,7 @@ def _fruits_quality(models: Path, out: Path) -> dict:
 
     settings = {"dataset": str(recipe["data"]), **recipe["settings"]}
     start = time.perf_counter()
-    dataset = common.load_data(config_from_settings(settings).data)
+    dataset = load_and_report(config_from_settings(settings).data)
     config = run_config(settings, dataset=dataset)
     result = train(config, dataset=dataset, run_dir=models / "fruits", verbose=2)
     train_s = time.perf_counter() - start

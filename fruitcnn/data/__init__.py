@@ -8,6 +8,7 @@ same container, so training has one path for all of them.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,17 @@ def warning_lines(dataset: Dataset) -> list[str]:
     """What went wrong while reading (skipped files) and warnings about the split, as
     lines for the error stream."""
     return [*dataset.info.get("messages", []), *dataset.info.get("warnings", [])]
+
+
+def load_and_report(config: DataConfig) -> Dataset:
+    """:func:`load_dataset`, then :func:`describe` on standard output and
+    :func:`warning_lines` on standard error: what the command lines and the benchmarks
+    print before training or a report."""
+    dataset = load_dataset(config)
+    print("\n".join(describe(dataset)))
+    for text in warning_lines(dataset):
+        print(text, file=sys.stderr)
+    return dataset
 
 
 def _read(config: DataConfig, problems: Problems) -> tuple[RawData, bool]:
