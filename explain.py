@@ -11,6 +11,10 @@ explained.csv (per image and head the predicted, true and explained class); with
 --quality it also measures the heatmaps drawn (visualize.quality), prints the scores
 and writes quality.csv. Without
 --model the most recently finished run under saved_models/ is used (and named).
+
+With --serve it starts the inspection page instead (app.page): a local web page to
+choose a run, browse its test images or drop one, and see the predictions and every
+method; bound to 127.0.0.1 unless --host says otherwise.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -60,6 +65,8 @@ EXAMPLES = """examples:
   python explain.py --image x.png --target len15_w3_ang045_red       # explain another class
   python explain.py --model saved_models/<multi run> --image x.png --target angle:45
   python explain.py --samples 20 --quality                 # how far the maps can be trusted
+  python explain.py --serve                                # the inspection page: http://127.0.0.1:8000
+  python explain.py --serve saved_models/<run> --port 8080 # opens with that run chosen
 """
 
 
@@ -185,7 +192,52 @@ def build_parser() -> argparse.ArgumentParser:
         "and for --samples of data with object masks (the line dataset) the pointing game and mask mass",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --samples (default: 0)")
+    page = parser.add_argument_group("inspection page")
+    page.add_argument(
+        "--serve",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="FOLDER",
+        help="start the inspection page for the runs under FOLDER (default: saved_models), or with the run "
+        "FOLDER chosen; prints its address and opens nothing",
+    )
+    page.add_argument("--host", default="127.0.0.1", help="--serve: address to bind (default: 127.0.0.1)")
+    page.add_argument(
+        "--port", type=int, default=8000, help="--serve: port, 0 for a free one (default: 8000)"
+    )
     return parser
+
+
+def _serve(args) -> int:
+    """The inspection page until Ctrl-C (the folder and the port are checked first)."""
+    folder = Path(args.serve) if args.serve else runs.DEFAULT_ROOT
+    if not folder.is_dir():
+        raise ValueError(f"--serve {folder}: no such folder; give saved_models or a run folder in it.")
+    chosen = folder.name if runs.is_finished(folder) else None
+    root = folder.parent if chosen else folder
+    listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((args.host, args.port))
+    except OSError as error:
+        listener.close()
+        raise ValueError(
+            f"--host {args.host} --port {args.port}: {error.strerror or error}; choose another port "
+            "(--port 0: any free one)."
+        ) from None
+    # TensorFlow, Starlette and uvicorn: only for the page (see the imports at the top)
+    import uvicorn
+
+    from app.page.server import make_app
+
+    port = listener.getsockname()[1]
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    address = f"http://{host}:{port}/" + (f"?run={chosen}" if chosen else "")
+    print(f"inspection page for the runs under {root}/: {address}\n(Ctrl-C stops it)", flush=True)
+    config = uvicorn.Config(make_app(root, input_range=args.input_range), log_level="warning")
+    uvicorn.Server(config).run(sockets=[listener])
+    return 0
 
 
 def _methods(text: str) -> list[str]:
@@ -305,29 +357,6 @@ def _run_folder(model_arg: str | None) -> Path:
     return finished[-1]
 
 
-def _saved_classes(run: Path) -> dict[str, list[str]] | None:
-    """The run's classes.json ({head: [class names]}) when the model sits in a run folder."""
-    path = (run if run.is_dir() else run.parent) / runs.CLASSES_FILE
-    if not path.is_file():
-        return None
-    found = runs.read_json(path)
-    return found if isinstance(found, dict) else None
-
-
-def _classes(saved: dict[str, list[str]] | None, model) -> dict[str, list[str]]:
-    """Class names per head: the run's classes.json when it fits the model, else indices."""
-    from visualize.targets import head_classes, head_names
-
-    heads = head_names(model)
-    if (
-        saved
-        and set(saved) == set(heads)
-        and all(len(saved[head]) == head_classes(model, head) for head in heads)
-    ):
-        return {head: list(names) for head, names in saved.items()}
-    return {head: [str(index) for index in range(head_classes(model, head))] for head in heads}
-
-
 def _parse_target(text: str, classes: dict[str, list[str]]) -> tuple[str | None, int | None]:
     """(head or None, class index or None for auto)."""
     if text == "auto":
@@ -422,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.serve is not None:
+            return _serve(args)
         methods = _methods(args.method)
         if args.quality and not {"occlusion", "saliency", "gradcam"} & set(methods):
             raise ValueError(
@@ -439,11 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.dataset and args.samples is None:
             raise ValueError("--dataset names the run's data for --samples; with --image it has no use.")
         run = _run_folder(args.model)
-        from fruitcnn import load_model
+        from visualize.targets import load_explained_model
 
-        saved = _saved_classes(run)
-        model = load_model(run, input_range=args.input_range, head_names=list(saved) if saved else None)
-        classes = _classes(saved, model)
+        model, classes = load_explained_model(run, input_range=args.input_range)
         _check_patch(args.patch, args.stride, model)
         head, target = _parse_target(args.target, classes)
         layers = _layers(args.layer, model, methods)

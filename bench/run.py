@@ -43,6 +43,11 @@ Tasks:
                    the fruits recipe's model on 32 Fruits-360 test images when
                    ../shared/data has them; figures and CSV tables go to
                    saved_models/bench-explain-quality-<time>/ (``folder``)
+  page             the inspection page (explain.py --serve) on a 100x100 image through its
+                   own HTTP API: upload, prediction, saliency, SmoothGrad, Grad-CAM and
+                   stride-1 occlusion, first and warm request times, for the occlusion
+                   task's model and the fruits preset, against the goals (saliency and
+                   Grad-CAM <= 0.3 s, occlusion <= 1.5 s: ``meets_goals``)
 
 The data tasks read ``--data PATH`` (default: the copy in ``../shared/data`` when it
 exists) with a fresh, empty decoded-image cache (``--warm-cache`` uses the normal
@@ -62,7 +67,7 @@ The line tasks train with exactly the defaults ``python train.py --dataset line
 * the step time of the model with fruitcnn's BatchNorm against the same network with
   ``keras.layers.BatchNormalization`` (interleaved rounds, median), i.e. what the
   hand-built layer costs;
-* ``report_s``: the time to write the run's report (``fruitcnn.report``), outside
+* ``report_s``: the time to write the run's report (``app.report``), outside
   ``wall_s``.
 
 Progress goes to stderr; the last stdout line is one JSON object with at least
@@ -86,7 +91,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any task imports Te
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
-from bench.tasks import data, explain, line, quality, stl96, study  # noqa: E402
+from bench.tasks import data, explain, line, page, quality, stl96, study  # noqa: E402
 
 # Each task and its kind: the line tasks' head, or the family of the module that runs it.
 TASKS = {
@@ -99,6 +104,7 @@ TASKS = {
     "occlusion": "explain",
     "study": "study",
     "explain-quality": "quality",
+    "page": "page",
 }
 
 
@@ -195,6 +201,8 @@ def _run(args: argparse.Namespace, path: str | None) -> dict:
         return study.run_study_task()
     if kind == "quality":
         return quality.run_explain_quality(args.keep)
+    if kind == "page":
+        return page.run_page()
     return line.run_line(args.task, kind, args.keep)
 
 

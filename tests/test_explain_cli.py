@@ -301,3 +301,18 @@ def test_first_layer_filter_images_are_its_kernels_and_every_layer_in_one_call(t
         "line_gradcam_relu1.npy",
         "line_gradcam_relu3.npy",
     ]
+
+
+def test_serve_checks_its_folder_and_port_before_loading_anything(tmp_path, capsys):
+    import socket
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--serve", str(tmp_path / "nowhere")])
+    assert stop.value.code == 2 and "no such folder; give saved_models or a run folder" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(SystemExit):
+            cli.main(["--serve", str(tmp_path), "--port", str(port)])
+    assert f"--port {port}: Address already in use; choose another port" in capsys.readouterr().err

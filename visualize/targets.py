@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from fruitcnn import load_model, runs
 from fruitcnn.evaluation import head_probabilities
 from heads import (
     LOGITS_SUFFIX,  # the layer name of every head's logits (re-exported)
@@ -126,8 +128,14 @@ def predicted_classes(logits: np.ndarray) -> np.ndarray:
 
 def class_probabilities(model: keras.Model, images, classes) -> dict[str, np.ndarray]:
     """Every head's class probabilities, ``{head: (N, K)}``, from one pass of the model
-    (a sigmoid head's output p becomes the two columns [1 - p, p])."""
-    outputs = model.predict(as_images(images), verbose=0)
+    (a sigmoid head's output p becomes the two columns [1 - p, p]). A few images go
+    through one direct call (Keras's ``predict`` costs about 0.1 s of set-up per call,
+    more than the pass itself), more through ``predict``'s batches."""
+    images = as_images(images)
+    if len(images) <= DIRECT_CALL_IMAGES:
+        outputs = {name: np.asarray(value) for name, value in model(images, training=False).items()}
+    else:
+        outputs = model.predict(images, verbose=0)
     return {
         head: head_probabilities(
             outputs[head],
@@ -153,6 +161,8 @@ def resolve_targets(model: keras.Model, images: np.ndarray, head: str, target) -
     return targets
 
 
+# class_probabilities: up to this many images in one direct call of the model.
+DIRECT_CALL_IMAGES = 32
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -174,3 +184,27 @@ def as_images(images) -> np.ndarray:
     if array.ndim != 4:
         raise ValueError(f"images must have shape (N, H, W, C) or (H, W, C), got {array.shape}.")
     return array.astype(np.float32)
+
+
+def saved_classes(folder: Path) -> dict[str, list[str]] | None:
+    """A run folder's classes.json (``{head: [class names]}``), or None without one."""
+    path = folder / runs.CLASSES_FILE
+    found = runs.read_json(path) if path.is_file() else None
+    return found if isinstance(found, dict) else None
+
+
+def load_explained_model(run: Path, *, input_range: str = "auto") -> tuple[keras.Model, dict[str, list[str]]]:
+    """The model of a run folder (or a ``.keras`` file) in fruitcnn's form, and its class
+    names per head: the folder's classes.json when it fits the model's heads, else the
+    indices as text (a model made elsewhere)."""
+    folder = run if run.is_dir() else run.parent
+    saved = saved_classes(folder)
+    model = load_model(run, input_range=input_range, head_names=list(saved) if saved else None)
+    heads = head_names(model)
+    if (
+        saved
+        and set(saved) == set(heads)
+        and all(len(saved[head]) == head_classes(model, head) for head in heads)
+    ):
+        return model, {head: list(names) for head, names in saved.items()}  # in the run's order
+    return model, {head: [str(index) for index in range(head_classes(model, head))] for head in heads}

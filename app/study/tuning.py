@@ -52,12 +52,12 @@ from app.study.plan import (
     trial_title,
 )
 from app.study.tables import TrialResult, best_row, labels_key, study_rows, write_tables
-from fruitcnn import runs
+from fruitcnn import runs, training
 from fruitcnn.config import config_from_settings
 from fruitcnn.data import load_dataset
 from fruitcnn.model import flops_per_image
 from fruitcnn.recipes import run_config
-from fruitcnn.training import check_run, train
+from fruitcnn.training import check_run
 
 # The tuner ranks trials on this metric (the best epoch's validation accuracy).
 OBJECTIVE = "val_accuracy"
@@ -294,7 +294,9 @@ class StudyTuner(BaseTuner):
     def _train(self, planned: PlannedTrial, config, dataset, run: Path):
         try:
             # Ctrl-C: train says nothing; study.py explains how to go on.
-            result = train(config, dataset=dataset, run_dir=run, verbose=self.verbose, interrupt_advice="")
+            result = training.train(
+                config, dataset=dataset, run_dir=run, verbose=self.verbose, interrupt_advice=""
+            )
         except Exception as error:
             self.progress(f"trial {planned.number} failed: {type(error).__name__}: {error}")
             raise

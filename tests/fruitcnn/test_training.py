@@ -340,7 +340,7 @@ def test_augmented_batches_are_seeded_per_step_and_evaluation_is_untouched(small
     evaluation, _ = training.batches(small_line.test, specs, 64, augment=augment)
     assert np.array_equal(_first_batches(evaluation, 1)[0], small_line.test.images[:64].astype(np.float32))
     # large image arrays live in a variable instead of a graph constant: same batches
-    monkeypatch.setattr(training, "_CONSTANT_BYTES", 0)
+    monkeypatch.setattr(training.models, "_CONSTANT_BYTES", 0)
     in_variable, _ = training.batches(small_line.train, specs, 32, shuffle_seed=5, augment=augment)
     assert all(np.array_equal(a, b) for a, b in zip(_first_batches(in_variable, 3), fresh[:3]))
 
