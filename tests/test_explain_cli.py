@@ -308,7 +308,8 @@ def test_serve_checks_its_folder_and_port_before_loading_anything(tmp_path, caps
 
     with pytest.raises(SystemExit) as stop:
         cli.main(["--serve", str(tmp_path / "nowhere")])
-    assert stop.value.code == 2 and "no such folder; give saved_models or a run folder" in capsys.readouterr().err
+    assert stop.value.code == 2
+    assert "no such folder; give saved_models or a run folder" in capsys.readouterr().err
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
