@@ -129,11 +129,11 @@ def predicted_classes(logits: np.ndarray) -> np.ndarray:
 def class_probabilities(model: keras.Model, images, classes) -> dict[str, np.ndarray]:
     """Every head's class probabilities, ``{head: (N, K)}``, from one pass of the model
     (a sigmoid head's output p becomes the two columns [1 - p, p]). A few images go
-    through one direct call (Keras's ``predict`` costs about 0.1 s of set-up per call,
-    more than the pass itself), more through ``predict``'s batches."""
+    through ``predict_on_batch`` (``predict`` sets up a dataset and its loop each call:
+    0.077 s against 0.004 s for one 100x100 image), more through ``predict``'s batches."""
     images = as_images(images)
     if len(images) <= DIRECT_CALL_IMAGES:
-        outputs = {name: np.asarray(value) for name, value in model(images, training=False).items()}
+        outputs = model.predict_on_batch(images)
     else:
         outputs = model.predict(images, verbose=0)
     return {
@@ -161,7 +161,7 @@ def resolve_targets(model: keras.Model, images: np.ndarray, head: str, target) -
     return targets
 
 
-# class_probabilities: up to this many images in one direct call of the model.
+# class_probabilities: up to this many images in one predict_on_batch call.
 DIRECT_CALL_IMAGES = 32
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
