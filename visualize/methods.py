@@ -1,9 +1,10 @@
 """The explanation methods in one registry, and the one settings type they share.
 
 explain.py (``--method``, its ``--help`` and flag checks), the report's quality section
-(``app.report.build.measure_explanations``), the quality measures (``visualize.quality``) and
-the quality bench choose their methods from :data:`METHODS` and describe how to run
-them with :class:`ExplainSettings`; :func:`compute` runs one.
+(``app.report.build.measure_explanations``), the quality measures (``visualize.quality``),
+the quality bench and the inspection page (``app.page``) choose their methods from
+:data:`METHODS` and describe how to run them with :class:`ExplainSettings`;
+:func:`compute` runs one.
 
 Three kinds of method:
 
@@ -21,7 +22,7 @@ Measured maps have names of their own: a method's name, except occlusion (two ma
 (``gradcam_<layer>``); :func:`method_of` maps a map's name back to its method.
 
 This module imports no TensorFlow (nor NumPy): explain.py's ``--help`` and flag
-checks read it and stay at 0.2 s instead of about 8 s with TensorFlow (both measured on
+checks read it and stay at 0.3 s instead of about 8 s with TensorFlow (both measured on
 2026-12-03); :func:`compute` imports the computations on first use.
 """
 
