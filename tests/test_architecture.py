@@ -112,8 +112,9 @@ def test_imports_inside_functions_say_why():
 
 
 def test_help_loads_no_tensorflow():
-    """The command lines' parsers and flag names load without TensorFlow (``--help`` in a
-    fraction of a second instead of the seconds TensorFlow takes to import)."""
+    """The command lines' parsers and flag names load without TensorFlow, and so does
+    bench/run.py's (``--help`` in a fraction of a second instead of the seconds
+    TensorFlow takes to import)."""
     code = (
         "import sys\n"
         f"for name in {COMMANDS!r}:\n"
@@ -122,6 +123,15 @@ def test_help_loads_no_tensorflow():
     )
     found = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert found.stdout.strip() == "[]"
+    bench = (
+        "import runpy, sys\n"
+        "runpy.run_path('bench/run.py', run_name='bench_run')['build_parser']()\n"
+        "print(sorted(name for name in ('tensorflow', 'keras') if name in sys.modules))\n"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", bench], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "[]", f"bench/run.py --help loads {found.stdout.strip()}"
 
 
 @pytest.mark.parametrize("path", _sources(), ids=lambda path: path.relative_to(ROOT).as_posix())

@@ -20,7 +20,6 @@ from bench.tasks import data as data_tasks
 from fruitcnn import runs
 from fruitcnn.config import DataConfig, RunConfig, TrainConfig, config_from_settings, preset
 from fruitcnn.data import Split, load_and_report, load_dataset
-from fruitcnn.evaluation import sample_indices
 from fruitcnn.recipes import run_config
 
 # explain-quality: test images measured on the line model and on the Fruits-360 model;
@@ -124,6 +123,7 @@ def _randomisations(model, shuffled, images, labels, found) -> tuple[dict, objec
 def _line_quality(models: Path, out: Path) -> dict:
     """Train the line model and one on shuffled labels, then measure every method."""
     from fruitcnn import plots
+    from fruitcnn.evaluation import sample_indices
     from visualize import quality
 
     start = time.perf_counter()
@@ -179,6 +179,7 @@ def _fruits_quality(models: Path, out: Path) -> dict:
     if not Path(recipe["data"]).exists():
         return {"skipped": f"{recipe['data']} does not exist"}
     from fruitcnn import plots
+    from fruitcnn.evaluation import sample_indices
     from fruitcnn.training import train
     from visualize import quality
 
