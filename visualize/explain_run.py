@@ -216,9 +216,10 @@ def _progress_bar(images, options: ExplainSettings):
     return lambda done, _: bar.update(done)
 
 
-def _labels(model, options, gradcam_drawn: bool) -> dict[str, str]:
-    """Colour-bar labels: what each map measures (Grad-CAM's names its layer, which a
-    model without conv layers does not have)."""
+def map_labels(model, options: ExplainSettings, gradcam_drawn: bool) -> dict[str, str]:
+    """What each drawn map measures, by map name (explain.py's colour bars, the inspection
+    page's captions); Grad-CAM's names its layer, which a model without conv layers does
+    not have."""
     patch = options.patch
     saliency_label = f"max |d {options.saliency_of} / d pixel| over channels"
     if options.saliency_smoothgrad:
@@ -239,7 +240,7 @@ def _labels(model, options, gradcam_drawn: bool) -> dict[str, str]:
 def _heatmaps(model, images, stems, titles, maps, options, out, suffix) -> int:
     if not maps:
         return 0
-    labels = _labels(model, options, any(name.startswith("gradcam") for name in maps))
+    labels = map_labels(model, options, any(name.startswith("gradcam") for name in maps))
     written = 0
     for method, values in maps.items():
         # gradients: a few extreme pixels would leave the rest of the map dark

@@ -22,6 +22,7 @@ from PIL import Image
 from app.page.session import NotFound, RunSession
 from fruitcnn import plots
 from visualize.activations import activations
+from visualize.explain_run import map_labels
 from visualize.filters import filter_patterns, receptive_field
 from visualize.methods import METHODS, ExplainSettings, compute
 from visualize.occlusion import default_patch
@@ -237,26 +238,9 @@ def _map_work(job: Job, session: RunSession, image, request: Request, settings: 
             progress=progress,
         )
     job.notes += found.notes
+    labels = map_labels(session.model, settings, request.method == "gradcam")
     for name, values in found.drawn.items():
         job.maps[name] = np.asarray(values[0], np.float32)
         clip = 99.0 if name.startswith("saliency") or name == "smoothgrad" else None
         job.pngs[name] = heatmap_png(values[0], clip_percentile=clip)
-        job.labels[name] = _label(name, request, settings)
-
-
-def _label(name: str, request: Request, settings: ExplainSettings) -> str:
-    square = f"{settings.patch}x{settings.patch} square hidden (stride {settings.stride})"
-    if name == "occlusion_prob":
-        return f"probability of the class, {square}"
-    if name == "occlusion_loss":
-        return f"loss, {square}"
-    if name == "saliency":
-        label = f"max |d {settings.saliency_of} / d pixel|"
-        return (
-            f"SmoothGrad ({settings.saliency_smoothgrad} copies) of {label}"
-            if settings.saliency_smoothgrad
-            else label
-        )
-    if name == "gradcam":
-        return f"Grad-CAM of {settings.layer}"
-    return METHODS[request.method].summary
+        job.labels[name] = labels.get(name, METHODS[request.method].summary)
