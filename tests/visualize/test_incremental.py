@@ -264,6 +264,28 @@ def test_batch_sizes_and_a_saved_model_do_not_change_the_maps(tmp_path):
     np.testing.assert_allclose(again.probability, whole.probability, atol=1e-6)
 
 
+def test_stride_one_convs_above_the_image_run_in_delta_form_and_either_form_gives_the_maps(monkeypatch):
+    """Delta form (conv(new) = conv(old) + conv(new - old)) for stride-1 convs wider than
+    1x1 that read a recomputed map; every conv in window form gives the same maps."""
+    layers = (
+        "conv(8,3) bn relu maxpool(2) conv(8,3) bn relu conv(8,1) relu conv(8,3,stride=2) relu "
+        "conv(8,5,padding=valid) bn relu flatten fc(16) relu"
+    )
+    model = _model(layers, (30, 30, 3), seed=3)
+    occluder, _ = occlusion_module.incremental_occluder(model, "class", (30, 30, 3), 5, 1)
+    kinds = [op.kind for op in occluder.chain.spatial]
+    assert kinds == ["conv", "maxpool", "conv", "conv", "conv", "conv"]
+    assert occluder.delta == [False, False, True, False, False, True]
+    image = _image((30, 30, 3), seed=4)
+    assert _difference(model, image, patch=5) < TOLERANCE
+    monkeypatch.setattr(incremental.engine, "_delta_form", lambda index, op: False)
+    window = incremental.IncrementalOccluder(model, "class", (30, 30, 3), 5, 1)
+    assert not any(window.delta)
+    fill = np.full((30, 30, 3), 128.0, np.float32)
+    target = _runner_up(model, image, None)
+    np.testing.assert_allclose(window(image, fill, target)[0], occluder(image, fill, target)[0], atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("fault", "end"),
     [

@@ -34,9 +34,18 @@ How it is done:
    its own tight boxes); all batches share one compiled function whose sizes are
    dynamic, traced once per model, head, image size, patch and stride. A batch norm
    right after a conv is folded into its kernel and bias, so conv, bias and activation
-   run as one fused operation. The passes are traced without autograph (their Python
-   control flow is on static values): the line model's first map took 1.7 s with it,
-   0.3 s without.
+   run as one fused operation. A stride-1 conv above the image runs in *delta form*:
+   its output box is its clean pre-activations (computed once per image) plus the
+   transposed conv of its input's change (new - old, zero outside the changed box),
+   which needs the changed box times the kernel instead of the output box times it;
+   the pooling or strided conv after it splices as in step 2. (Tried and dropped, on
+   the occlusion benchmark's two models: delta form for the conv on the image, 10%
+   slower, its 3 channels make the window cheap and the output box's gather dear; XLA
+   for the window pass, 15 s of compiling per model and patch for at most 20% less
+   time; boxes clipped to the map, whose sizes then depend on the distance to the
+   border: 17-21 size classes per axis instead of 4, 300-440 window-pass calls per
+   image.) The passes are traced without autograph (their Python control flow is on
+   static values): the line model's first map took 1.7 s with it, 0.3 s without.
 4. Flatten: the first dense layer changes by ``sum (new - old) * W`` over the changed
    box only. The head pass gathers every changed value of all batches by location of
    the final map and multiplies each location's values by that location's weights in

@@ -122,6 +122,15 @@ def _image_index(chain: Chain, rows, columns, y_axis: _Axis, x_axis: _Axis, patc
     )
 
 
+def _change_index(chain: Chain, index: int, rows, columns, y_axis: _Axis, x_axis: _Axis) -> np.ndarray:
+    """Gather index of map ``index``'s changed box (``index`` > 0) into the table
+    [map (rows*cols); zero]: the old values a delta-form conv subtracts from its input,
+    or the clean pre-activations it adds its output to (outside the map: the zero)."""
+    height, width = chain.map_sizes[index]
+    y, x, in_map = _frame(chain, index, rows, columns, y_axis, x_axis)
+    return np.where(in_map, y * width + x, height * width).astype(np.int32)
+
+
 def _in_map(chain: Chain, index: int, rows, columns, y_axis: _Axis, x_axis: _Axis) -> np.ndarray:
     """(B, h, w) whether each value of map ``index``'s boxes lies inside the map."""
     return _frame(chain, index, rows, columns, y_axis, x_axis)[2]
