@@ -41,8 +41,10 @@ Tasks:
                    the shuffled-label model, and the deletion / insertion areas
                    against random orders; the same curves (and the randomisation) for
                    the fruits recipe's model on 32 Fruits-360 test images when
-                   ../shared/data has them; figures and CSV tables go to
-                   saved_models/bench-explain-quality-<time>/ (``folder``)
+                   ../shared/data has them; every mean with its number of images and
+                   a 95% bootstrap interval (images resampled); ``--background
+                   noise|texture`` draws the lines on clutter; figures and CSV tables
+                   go to saved_models/bench-explain-quality-<time>/ (``folder``)
   page             the inspection page (explain.py --serve) on a 100x100 image through its
                    own HTTP API: upload, prediction, saliency, SmoothGrad, Grad-CAM and
                    stride-1 occlusion, first and warm request times, for the occlusion
@@ -92,6 +94,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
 from bench.tasks import data, explain, line, page, quality, stl96, study  # noqa: E402
+from fruitcnn.config.data import LINE_BACKGROUNDS  # noqa: E402
 
 # Each task and its kind: the line tasks' head, or the family of the module that runs it.
 TASKS = {
@@ -145,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--target", type=float, default=None, metavar="F", help="data tasks: the target test accuracy"
     )
+    parser.add_argument(
+        "--background",
+        choices=LINE_BACKGROUNDS,
+        default="black",
+        help="explain-quality: what the line dataset's lines are drawn on (train.py --background); "
+        "default: black",
+    )
     return parser
 
 
@@ -159,6 +169,8 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--target must be an accuracy in (0, 1], got {args.target:g}.")
     if kind == "stl" and args.data is not None and not Path(args.data).exists():
         raise ValueError(f"task stl96: {args.data} does not exist; pass --data PATH (a stl10_binary folder).")
+    if args.background != "black" and kind != "quality":
+        raise ValueError(f"--background is for the explain-quality task, not {args.task}.")
     if kind not in ("stl", "data") and args.data is not None:
         raise ValueError(f"task {args.task} generates its data; --data is not used (got {args.data!r}).")
 
@@ -200,7 +212,7 @@ def _run(args: argparse.Namespace, path: str | None) -> dict:
     if kind == "study":
         return study.run_study_task()
     if kind == "quality":
-        return quality.run_explain_quality(args.keep)
+        return quality.run_explain_quality(args.keep, args.background)
     if kind == "page":
         return page.run_page()
     return line.run_line(args.task, kind, args.keep)

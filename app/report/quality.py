@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
+
 from app.report.pages import Figure, Section, Table, Text
 from app.report.sections import FIGURE_DPI, csv_bytes, file_suffix, head_title, optional_format
 from fruitcnn import plots
 from visualize.quality import (
+    BOOTSTRAP_RESAMPLES,
+    CONFIDENCE,
     POINTING_GOAL,
     POINTING_METHODS,
     POINTING_TOLERANCE,
@@ -52,13 +56,14 @@ def quality_section(quality: dict, files: dict[str, bytes]) -> Section:
         )
     ]
     for head, found in quality["heads"].items():
-        summary = found.summary().reset_index()
+        intervals = found.intervals()
+        summary = found.summary().join(intervals[["images"]]).reset_index()
         summary["checks failed"] = [
             "; ".join(failed_checks(row["method"], row, masks=quality["masks"]))
             for _, row in summary.iterrows()
         ]
         suffix = file_suffix(head, multi)
-        files[f"quality{suffix}.csv"] = csv_bytes(summary)
+        files[f"quality{suffix}.csv"] = csv_bytes(summary.join(intervals.drop(columns="images"), on="method"))
         figure = plots.curves_figure(
             found.curves, title="deletion and insertion" + (f", head {head}" if multi else "")
         )
@@ -79,6 +84,13 @@ def quality_section(quality: dict, files: dict[str, bytes]) -> Section:
             )
         )
         blocks.append(
+            Table(
+                _interval_text(summary, intervals),
+                f"{CONFIDENCE:.0%} bootstrap intervals of the means above (the images resampled "
+                f"{BOOTSTRAP_RESAMPLES} times; the CSV has them as numbers)",
+            )
+        )
+        blocks.append(
             Figure(
                 f"quality-curves{suffix}.png",
                 png,
@@ -86,3 +98,18 @@ def quality_section(quality: dict, files: dict[str, bytes]) -> Section:
             )
         )
     return Section("Explanation quality", "quality", blocks)
+
+
+def _interval_text(summary, intervals):
+    """The intervals as ``[low, high]`` text per method and measure (pointing in percent)."""
+    rows = []
+    for _, row in summary.iterrows():
+        text = {"method": row["method"], "images": int(row["images"])}
+        for column in summary.columns:
+            if f"{column}_low" in intervals:
+                low, high = intervals.loc[row["method"], [f"{column}_low", f"{column}_high"]]
+                text[column] = (
+                    f"[{low:.0%}, {high:.0%}]" if column == "pointing" else f"[{low:.3f}, {high:.3f}]"
+                )
+        rows.append(text)
+    return pd.DataFrame(rows)

@@ -43,11 +43,19 @@ def _shuffled_labels(dataset, seed: int = 0):
     return dataclasses.replace(dataset, train=shuffled, val=shuffled)
 
 
-def _method_table(summary, extra: dict | None = None) -> dict:
-    """``{method: {measure: value}}`` from a quality summary (NaN columns left out)."""
+def _method_table(found, extra: dict | None = None) -> dict:
+    """``{method: {measure: mean, measure_interval: [low, high], images: N}}`` from a
+    quality result (NaN columns left out; the intervals: 95% bootstrap, images resampled)."""
     table = {}
-    for method, row in summary.iterrows():
-        values = {name: round(float(value), 4) for name, value in row.items() if value == value}
+    intervals = found.intervals()
+    for method, row in found.summary().iterrows():
+        values = {"images": int(intervals.loc[method, "images"])}
+        for name, value in row.items():
+            if value == value:
+                values[name] = round(float(value), 4)
+                if f"{name}_low" in intervals:
+                    bounds = intervals.loc[method, [f"{name}_low", f"{name}_high"]]
+                    values[f"{name}_interval"] = [round(float(bound), 4) for bound in bounds]
         values.update((extra or {}).get(method, {}))
         table[method] = values
     return table
@@ -75,12 +83,12 @@ def _write_figure(folder: Path, name: str, figure) -> str:
     return str(folder / name)
 
 
-def _line_models(models: Path):
-    """The line dataset, the model train.py's defaults make of it, and the model that
-    memorised shuffled labels (data randomisation)."""
+def _line_models(models: Path, background: str):
+    """The line dataset (lines drawn on ``background``), the model train.py's defaults
+    make of it, and the model that memorised shuffled labels (data randomisation)."""
     from fruitcnn.training import train
 
-    data = DataConfig(dataset="line")
+    data = DataConfig(dataset="line", background=background)
     if _QUALITY_IMAGES_PER_CLASS:
         data = dataclasses.replace(data, images_per_class=_QUALITY_IMAGES_PER_CLASS)
     schedule = TrainConfig() if not _QUALITY_EPOCHS else TrainConfig(epochs=_QUALITY_EPOCHS)
@@ -120,14 +128,14 @@ def _randomisations(model, shuffled, images, labels, found) -> tuple[dict, objec
     return extra, cascade
 
 
-def _line_quality(models: Path, out: Path) -> dict:
+def _line_quality(models: Path, out: Path, background: str) -> dict:
     """Train the line model and one on shuffled labels, then measure every method."""
     from fruitcnn import plots
     from fruitcnn.evaluation import sample_indices
     from visualize import quality
 
     start = time.perf_counter()
-    dataset, trained, shuffled = _line_models(models)
+    dataset, trained, shuffled = _line_models(models, background)
     train_s = time.perf_counter() - start
     chosen = sample_indices(len(dataset.test), _QUALITY_IMAGES)
     images, labels, masks = (
@@ -142,8 +150,8 @@ def _line_quality(models: Path, out: Path) -> dict:
     start = time.perf_counter()
     extra, cascade = _randomisations(model, shuffled.model, images, labels, found)
     randomization_s = time.perf_counter() - start
-    summary = found.summary()
-    table = _method_table(summary, extra)
+    summary = found.summary().join(found.intervals())  # with images and the 95% intervals
+    table = _method_table(found, extra)
     summary["data_randomization_spearman"] = [
         extra[method]["data_randomization_spearman"] for method in summary.index
     ]
@@ -157,6 +165,7 @@ def _line_quality(models: Path, out: Path) -> dict:
         # reproduces, and its accuracy on the real test labels (chance: 1/96)
         "shuffled_labels_train_accuracy": shuffled.metrics["val_accuracy"],
         "shuffled_labels_test_accuracy": shuffled.metrics["test_accuracy"],
+        "background": background,
         "images": int(len(chosen)),
         "patch": int(quality.default_patch(images.shape[1:])),
         "cascade_layers": list(dict.fromkeys(cascade["layer"].tolist())),
@@ -193,30 +202,31 @@ def _fruits_quality(models: Path, out: Path) -> dict:
     images, labels = dataset.test.images[chosen], dataset.test.labels[chosen]
     start = time.perf_counter()
     found = quality.quality_scores(result.model, images, target=labels, methods=quality.MEASURED_MAPS)
-    summary = found.summary()
+    summary = found.summary().join(found.intervals())
     runs.write_csv(out / "fruits-quality.csv", summary.reset_index().to_dict("records"))
     figure = plots.curves_figure(found.curves, title="Fruits-360: deletion and insertion")
     return {
         "test_accuracy": result.metrics["test_accuracy"],
         "images": int(len(chosen)),
         "patch": int(quality.default_patch(images.shape[1:])),
-        "methods": _method_table(summary),
+        "methods": _method_table(found),
         "train_s": round(train_s, 1),
         "measures_s": round(time.perf_counter() - start, 1),
         "figures": [_write_figure(out, "fruits-curves.png", figure)],
     }
 
 
-def run_explain_quality(keep: bool) -> dict:
-    """Measure the explanations of a trained line model (ground truth, randomisation,
-    deletion/insertion) and, when the data is there, of a Fruits-360 model."""
+def run_explain_quality(keep: bool, background: str = "black") -> dict:
+    """Measure the explanations of a trained line model (its lines drawn on
+    ``background``: ground truth, randomisation, deletion/insertion) and, when the data
+    is there, of a Fruits-360 model."""
     start = time.perf_counter()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path("saved_models") / f"bench-explain-quality-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
     scratch = None if keep else tempfile.TemporaryDirectory(prefix="fruitcnn-bench-")
     models = out if keep else Path(scratch.name)
-    line = _line_quality(models, out)
+    line = _line_quality(models, out, background)
     print("Fruits-360 deletion and insertion ...", file=sys.stderr)
     fruits = _fruits_quality(models, out)
     report = {

@@ -18,6 +18,9 @@ from fruitcnn.config.fields import _check_field_types, setting_field
 INPUT_RANGES = {"0-255": (1.0, 0.0), "0-1": (1.0 / 255.0, 0.0), "-1-1": (2.0 / 255.0, -1.0)}
 INPUT_RANGE_CHOICES = ("auto", *INPUT_RANGES)
 
+# What the line dataset's lines are drawn on (fruitcnn.data.line.BACKGROUNDS).
+LINE_BACKGROUNDS = ("black", "noise", "texture")
+
 # Unpack limits (DataConfig.unpack_limits): no image set needs a single file above 1 GiB
 # (STL-10's largest file that is read, test_X.bin, has 207 MB); 16 GiB of files is more
 # than the 24 GiB machines this was written on can decode; real image data compresses
@@ -120,6 +123,8 @@ class DataConfig:
             (28 for the line dataset; for image folders of mixed sizes, the most
             common one).
         images_per_class: images generated per class (line dataset).
+        background: what the line dataset's lines are drawn on (``LINE_BACKGROUNDS``;
+            see ``fruitcnn.data.line``).
         split: ``auto`` (the dataset's own train/test split when it has one, else
             60/40), or ``train/test`` or ``train/val/test`` as percentages summing to
             100 (``60/40``) or image counts (``8000/2000/3000``). An explicit split on
@@ -153,6 +158,13 @@ class DataConfig:
     )
     images_per_class: int = setting_field(
         1000, "--images-per-class", "line dataset: images per class", type=int, metavar="N"
+    )
+    background: str = setting_field(
+        "black",
+        "--background",
+        "line dataset: what the line is drawn on: black, noise (random pixels) or texture (smooth random "
+        "patterns), both seeded and at most 160 in each channel; the masks stay the line's pixels",
+        choices=LINE_BACKGROUNDS,
     )
     split: str = setting_field(
         "auto",
@@ -193,6 +205,16 @@ class DataConfig:
             raise ValueError(
                 "image_size must be a whole number >= 1 (or None for the data's own size), "
                 f"got {self.image_size!r}."
+            )
+        if self.background not in LINE_BACKGROUNDS:
+            raise ValueError(
+                f"background {self.background!r} is not one of {', '.join(LINE_BACKGROUNDS)} "
+                "(what the line dataset's lines are drawn on)."
+            )
+        if self.background != "black" and self.dataset != "line":
+            raise ValueError(
+                f"--background {self.background} draws the generated line dataset's background; the "
+                f"dataset is {self.dataset!r}. Leave --background out, or use --dataset line."
             )
         if self.images_per_class < 1:
             raise ValueError(f"images_per_class must be >= 1, got {self.images_per_class}.")

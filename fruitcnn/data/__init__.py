@@ -272,7 +272,10 @@ def _split_of(part: Part) -> Split:
 def line_dataset(config: DataConfig) -> Dataset:
     """The generated line dataset, split as ``config`` says (default 60/40)."""
     data = line.generate_line_dataset(
-        config.images_per_class, image_size=config.image_size or line.IMAGE_SIZE, seed=config.seed
+        config.images_per_class,
+        image_size=config.image_size or line.IMAGE_SIZE,
+        seed=config.seed,
+        background=config.background,
     )
     whole = Split(data.images, data.labels, data.attributes, data.masks)
     split = DEFAULT_SPLIT if config.split == "auto" else config.split.removeprefix(TRAINING_PART)
@@ -291,6 +294,7 @@ def line_dataset(config: DataConfig) -> Dataset:
         info={
             "source": "line",
             "format": "generated",
+            "background": config.background,
             "split": f"{split} stratified",
             "warnings": split_warnings(len(val), len(data.class_names)),
         },

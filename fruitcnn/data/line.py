@@ -1,4 +1,4 @@
-"""The line dataset: 28x28 RGB images of one straight line on black, 96 classes.
+"""The line dataset: 28x28 RGB images of one straight line, 96 classes.
 
 Every image shows one line segment described by four attributes:
 
@@ -18,6 +18,15 @@ an axis-aligned line covers exactly ``length x width`` pixels). There is no
 anti-aliasing, so the drawn pixels *are* the ground-truth mask that explanation
 checks compare heatmaps against. The centre is drawn uniformly (sub-pixel) from the
 positions that keep the whole rectangle inside the image.
+
+The line is drawn on a background (``BACKGROUNDS``): ``black`` (the default; every
+other pixel is 0, so any map multiplied by the image is the line), ``noise`` (every
+pixel and channel uniform in 0..``BACKGROUND_LEVEL``) or ``texture`` (smooth random
+colour patterns: per channel, uniform values on a coarse grid, one point every
+``TEXTURE_CELL`` pixels, interpolated bilinearly and stretched to 0..``BACKGROUND_LEVEL``).
+Backgrounds stay at or below ``BACKGROUND_LEVEL`` (160) in every channel, so the line,
+255 in its colour's channel, stays visible on any background; they come from a random
+stream of their own, so the lines (positions, masks) are the same on every background.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fruitcnn.config.data import LINE_BACKGROUNDS
+
 LENGTHS = (7, 15)  # pixels along the line
 WIDTHS = (1, 3)  # pixels across the line
 ANGLES = tuple(range(0, 180, 15))  # degrees, counter-clockwise
@@ -36,6 +47,11 @@ COLOURS = ("red", "blue")
 COLOUR_RGB = {"red": (255, 0, 0), "blue": (0, 0, 255)}
 ATTRIBUTES = ("length", "width", "angle", "colour")
 NUM_CLASSES = len(LENGTHS) * len(WIDTHS) * len(ANGLES) * len(COLOURS)
+BACKGROUNDS = LINE_BACKGROUNDS
+# Brightest background value in any channel: the line (255 in its channel) stays visible.
+BACKGROUND_LEVEL = 160
+# Texture: pixels between the points of the coarse random grid.
+TEXTURE_CELL = 4
 
 # Images are drawn in chunks so the float32 distance grids stay near 100 MB.
 _CHUNK_IMAGES = 8192
@@ -118,14 +134,16 @@ IMAGE_SIZE = 28
 
 
 def generate_line_dataset(
-    images_per_class: int = 1000, *, image_size: int = IMAGE_SIZE, seed: int = 0
+    images_per_class: int = 1000, *, image_size: int = IMAGE_SIZE, seed: int = 0, background: str = "black"
 ) -> LineData:
     """Generate the line dataset, deterministically for a given seed.
 
     Args:
         images_per_class: how many images of each of the 96 classes.
         image_size: side of the square images in pixels (at least ``MIN_IMAGE_SIZE``).
-        seed: seed of the NumPy generator that places the lines.
+        seed: seed of the NumPy generator that places the lines (the background has a
+            stream of its own from the same seed).
+        background: one of ``BACKGROUNDS`` (see the module notes).
 
     Returns:
         A :class:`LineData`; images are ordered class by class
@@ -133,7 +151,8 @@ def generate_line_dataset(
         them with the seeded helpers in ``fruitcnn.data.splits``.
 
     Raises:
-        ValueError: for a non-positive count or an image too small for the lines.
+        ValueError: for a non-positive count, an image too small for the lines or an
+            unknown background.
     """
     if int(images_per_class) != images_per_class or images_per_class < 1:
         raise ValueError(
@@ -146,6 +165,8 @@ def generate_line_dataset(
             f"{max(LENGTHS)}-pixel line of width {max(WIDTHS)} needs at least "
             f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} pixels; pass image_size >= {MIN_IMAGE_SIZE}."
         )
+    if background not in BACKGROUNDS:
+        raise ValueError(f"unknown line background {background!r}; expected one of {', '.join(BACKGROUNDS)}.")
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(NUM_CLASSES, dtype=np.int32), images_per_class)
     attributes = class_attributes(labels)
@@ -158,9 +179,31 @@ def generate_line_dataset(
     for start in range(0, total, _CHUNK_IMAGES):
         stop = min(start + _CHUNK_IMAGES, total)
         masks[start:stop] = _draw_masks(attributes[start:stop], unit_positions[start:stop], image_size)
+    if background != "black":
+        images[:] = _backgrounds(background, total, image_size, np.random.default_rng([seed, 1]))
     colours = np.asarray([COLOUR_RGB[name] for name in COLOURS], dtype=np.uint8)
     images[masks] = colours[np.broadcast_to(attributes[:, 3, None, None], masks.shape)[masks]]
     return LineData(images, labels, attributes, masks, CLASS_NAMES)
+
+
+def _backgrounds(kind: str, count: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` backgrounds (count, size, size, 3) uint8 in 0..BACKGROUND_LEVEL."""
+    if kind == "noise":
+        return rng.integers(0, BACKGROUND_LEVEL + 1, (count, size, size, 3), dtype=np.uint8)
+    points = -(-(size - 1) // TEXTURE_CELL) + 1  # grid points per side, covering the image
+    images = np.empty((count, size, size, 3), np.uint8)
+    place = np.arange(size, dtype=np.float32) / TEXTURE_CELL
+    low = np.minimum(place.astype(np.int64), points - 2)  # the grid point before each pixel
+    down, across = (place - low)[None, :, None, None], (place - low)[None, None, :, None]
+    for start in range(0, count, _CHUNK_IMAGES):
+        stop = min(start + _CHUNK_IMAGES, count)
+        grid = rng.random((stop - start, points, points, 3), dtype=np.float32)
+        rows = grid[:, low] * (1 - down) + grid[:, low + 1] * down  # (n, size, points, 3)
+        smooth = rows[:, :, low] * (1 - across) + rows[:, :, low + 1] * across
+        lowest = smooth.min(axis=(1, 2), keepdims=True)
+        spread = np.maximum(smooth.max(axis=(1, 2), keepdims=True) - lowest, 1e-6)
+        images[start:stop] = np.round((smooth - lowest) / spread * BACKGROUND_LEVEL).astype(np.uint8)
+    return images
 
 
 def _draw_masks(attributes: np.ndarray, unit_positions: np.ndarray, image_size: int) -> np.ndarray:
@@ -218,9 +261,12 @@ def main(argv=None) -> int:
     parser.add_argument("--images-per-class", type=int, default=1000, help="default: 1000")
     parser.add_argument("--image-size", type=int, default=28, help="default: 28")
     parser.add_argument("--seed", type=int, default=0, help="default: 0")
+    parser.add_argument("--background", choices=BACKGROUNDS, default="black", help="default: black")
     args = parser.parse_args(argv)
     try:
-        data = generate_line_dataset(args.images_per_class, image_size=args.image_size, seed=args.seed)
+        data = generate_line_dataset(
+            args.images_per_class, image_size=args.image_size, seed=args.seed, background=args.background
+        )
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")
     count = write_png_folders(data, args.out)

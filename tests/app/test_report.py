@@ -328,6 +328,11 @@ def test_explanation_quality_section_measures_the_run_model(single_report, small
     ).summary()
     for column in ("pointing", "mask_mass", "deletion_auc", "insertion_auc", "randomization_spearman"):
         np.testing.assert_allclose(table[column], again[column].to_numpy(), atol=1e-5)
+        # each mean with its 95% bootstrap interval and the number of images behind it
+        assert (table[f"{column}_low"] <= table[column] + 1e-6).all()
+        assert (table[column] <= table[f"{column}_high"] + 1e-6).all()
+    assert (table["images"] == 32).all()
+    assert "95% bootstrap intervals of the means above" in page
     failing = table["checks failed"].fillna("")
     for text, value in zip(failing, table["randomization_spearman"]):
         assert ("randomization_spearman" in text) == (value >= 0.3)

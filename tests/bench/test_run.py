@@ -86,8 +86,11 @@ def test_explain_quality_task_measures_every_method_on_a_small_line_model(tmp_pa
     variants = {"saliency_logit", "gradient_x_input", "gradcam_relu1", "gradcam_relu2"}
     assert variants <= set(methods) and "gradcam_relu3" not in methods  # relu3 is gradcam's default
     for values in methods.values():
+        assert values["images"] == 6
         for name in ("pointing", "mask_mass", "deletion_auc", "deletion_auc_random", "insertion_auc"):
             assert 0.0 <= values[name] <= 1.0
+            low, high = values[f"{name}_interval"]  # the 95% bootstrap interval holds the mean
+            assert low - 1e-4 <= values[name] <= high + 1e-4
         assert -1.0 <= values["randomization_spearman"] <= 1.0
         assert -1.0 <= values["data_randomization_spearman"] <= 1.0
         assert len(values["cascade_spearman"]) == len(report["cascade_layers"]) == 4
@@ -103,6 +106,25 @@ def test_explain_quality_task_measures_every_method_on_a_small_line_model(tmp_pa
     for figure in report["figures"]:
         assert (tmp_path / figure).stat().st_size > 1000
     assert (tmp_path / report["folder"] / "line-quality.csv").is_file()
+    assert report["background"] == "black"
+
+
+def test_explain_quality_draws_the_lines_on_the_background_asked_for(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    asked = []
+
+    def measured(models, out, background):
+        asked.append(background)
+        return {"test_accuracy": 1.0, "methods": {}, "misses": []}
+
+    monkeypatch.setattr(quality, "_line_quality", measured)
+    monkeypatch.setattr(quality, "_fruits_quality", lambda models, out: {"skipped": "not here"})
+    assert bench.main(["explain-quality", "--background", "texture"]) == 0
+    assert asked == ["texture"]
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["line", "--background", "noise"])
+    assert stop.value.code == 2
+    assert "--background is for the explain-quality task" in capsys.readouterr().err
 
 
 def test_stl96_task_compares_the_deep_net_with_the_recipe_in_the_same_time(tmp_path, capsys, monkeypatch):

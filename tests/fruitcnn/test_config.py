@@ -198,6 +198,7 @@ def test_setting_names_come_from_the_fields_flags():
         "dataset": ("data", "dataset"),
         "image_size": ("data", "image_size"),
         "images_per_class": ("data", "images_per_class"),
+        "background": ("data", "background"),
         "split": ("data", "split"),
         "val_fraction": ("data", "val_fraction"),
         "data_seed": ("data", "seed"),

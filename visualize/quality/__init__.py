@@ -23,11 +23,13 @@ methods point the same way).
   order does (smaller area) and the insertion curve rise faster (larger area).
 
 :func:`quality_scores` runs all of it for a batch of images and returns one row per
-image and method.
+image and method; ``QualityResult.intervals`` adds, per method and measure, the number
+of images and a bootstrap interval of the mean (:func:`bootstrap_interval`, the images
+resampled).
 
 The parts: ``maps`` (which maps a model offers and making them through the method
 registry, ``visualize.methods``), ``truth``, ``curves`` (and the rank statistics),
-``randomisation``, ``scores`` (all of it, and the goals), ``constants``.
+``randomisation``, ``intervals``, ``scores`` (all of it, and the goals), ``constants``.
 """
 
 from visualize.compute import occlusion_importance
@@ -53,6 +55,7 @@ from visualize.quality.curves import (
     random_order,
     rank_correlation,
 )
+from visualize.quality.intervals import BOOTSTRAP_RESAMPLES, CONFIDENCE, bootstrap_interval, interval_table
 from visualize.quality.maps import available_methods, explanation_maps, gradcam_method_layers
 from visualize.quality.randomisation import (
     TooFewImages,
@@ -65,6 +68,8 @@ from visualize.quality.scores import QualityResult, failed_checks, quality_score
 from visualize.quality.truth import dilate, mask_mass, pointing_game
 
 __all__ = [
+    "BOOTSTRAP_RESAMPLES",
+    "CONFIDENCE",
     "CURVE_BATCH",
     "CURVE_MODES",
     "CURVE_STEPS",
@@ -83,6 +88,7 @@ __all__ = [
     "QualityResult",
     "TooFewImages",
     "available_methods",
+    "bootstrap_interval",
     "cascade_correlations",
     "cascade_stages",
     "correlations_with",
@@ -92,6 +98,7 @@ __all__ = [
     "explanation_maps",
     "failed_checks",
     "gradcam_method_layers",
+    "interval_table",
     "mask_mass",
     "occlusion_importance",
     "perturbation_curves",

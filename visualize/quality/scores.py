@@ -14,6 +14,7 @@ from visualize.methods import MEASURED, MEASURED_MAPS, ExplainSettings
 from visualize.occlusion import DEFAULT_FILL
 from visualize.quality.constants import (
     CURVE_STEPS,
+    MEASURES,
     POINTING_GOAL,
     POINTING_METHODS,
     RANDOM_MODELS,
@@ -28,6 +29,7 @@ from visualize.quality.curves import (
     random_order,
     rank_correlation,
 )
+from visualize.quality.intervals import BOOTSTRAP_RESAMPLES, CONFIDENCE, interval_table
 from visualize.quality.maps import explanation_maps
 from visualize.quality.randomisation import TooFewImages, cascade_stages, randomized_model
 from visualize.quality.truth import mask_mass, pointing_game
@@ -68,6 +70,14 @@ class QualityResult:
         of hits), in the order the methods were given."""
         frame = self.scores.drop(columns="image").groupby("method", sort=False).mean()
         return frame.dropna(axis=1, how="all")
+
+    def intervals(
+        self, *, confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+    ) -> pd.DataFrame:
+        """Per method the number of images and a percentile bootstrap interval (the
+        images resampled) of each measure's mean: ``images``, ``<measure>_low``,
+        ``<measure>_high`` (see :mod:`visualize.quality.intervals`)."""
+        return interval_table(self.scores, MEASURES, confidence=confidence, resamples=resamples, seed=seed)
 
 
 def quality_scores(

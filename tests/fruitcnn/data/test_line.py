@@ -136,3 +136,42 @@ def test_png_folders(tmp_path):
     assert folders == sorted(data.class_names)
     first = sorted((tmp_path / data.class_names[0]).iterdir())[0]
     np.testing.assert_array_equal(np.asarray(Image.open(first)), data.images[0])
+
+
+def test_backgrounds_keep_the_lines_and_their_masks():
+    black = line.generate_line_dataset(2, seed=3)
+    assert (black.images[~black.masks] == 0).all()
+    smoothness = {}
+    for background in ("noise", "texture"):
+        data = line.generate_line_dataset(2, seed=3, background=background)
+        np.testing.assert_array_equal(data.masks, black.masks)  # the same lines on every background
+        np.testing.assert_array_equal(data.images[data.masks], black.images[black.masks])
+        rest = data.images[~data.masks]
+        assert rest.max() <= line.BACKGROUND_LEVEL and rest.max() >= line.BACKGROUND_LEVEL - 10
+        assert rest.min() <= 10
+        again = line.generate_line_dataset(2, seed=3, background=background)
+        np.testing.assert_array_equal(again.images, data.images)
+        other = line.generate_line_dataset(2, seed=4, background=background)
+        assert not np.array_equal(other.images, data.images)
+        pixels = data.images.astype(np.float32)
+        smoothness[background] = np.abs(np.diff(pixels, axis=2)).mean()
+    # texture: neighbouring pixels close (a quarter of a grid cell apart), noise: independent
+    assert smoothness["texture"] < smoothness["noise"] / 3
+
+
+def test_an_unknown_background_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="black, noise, texture"):
+        line.generate_line_dataset(2, background="grass")
+
+
+def test_the_background_flag_is_for_the_line_dataset_only():
+    from fruitcnn.config import DataConfig
+    from fruitcnn.data import line_dataset
+
+    with pytest.raises(ValueError, match="--dataset line"):
+        DataConfig(dataset="some/folder", background="noise")
+    with pytest.raises(ValueError, match="black, noise, texture"):
+        DataConfig(background="plaid")
+    dataset = line_dataset(DataConfig(images_per_class=2, background="texture"))
+    assert dataset.info["background"] == "texture"
+    assert dataset.train.images[~dataset.train.masks].max() > 0
