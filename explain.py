@@ -6,7 +6,8 @@ data split) it prints the top predictions of every head, then writes per method 
 and, when known, the true class) and the raw float32 arrays as .npy, named
 ``<image stem>_<method>[_<variant>][_<head>]`` (``_<head>`` for four-head models),
 e.g. ``x_occlusion_prob.npy``, ``x_occlusion_loss.npy``, ``x_saliency.npy``,
-``x_gradcam.npy``, ``x_activations_conv2.png``, ``x_filters_conv2.png``, and
+``x_gradcam.npy``, ``x_gradcampp.npy``, ``x_layercam.npy``,
+``x_integrated_gradients.npy``, ``x_rise.npy``, ``x_activations_conv2.png``, ``x_filters_conv2.png``, and
 explained.csv (per image and head the predicted, true and explained class); with
 --quality it also measures the heatmaps drawn (visualize.quality), prints the scores
 and writes quality.csv. Without
@@ -38,11 +39,13 @@ from fruitcnn.config import INPUT_RANGE_CHOICES, RunConfig  # noqa: E402
 from fruitcnn.data import load_dataset  # noqa: E402
 from fruitcnn.data.images import read_image_file  # noqa: E402
 from visualize.methods import (  # noqa: E402  (no TensorFlow)
+    CAM_METHODS,
     ENGINES,
     EXPLAIN_DEFAULT,
     EXPLAIN_METHODS,
     FILLS,
     FILTER_OBJECTIVES,
+    HEATMAP_METHODS,
     SALIENCY_OF,
     SMOOTHGRAD_COPIES,
     ExplainSettings,
@@ -116,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--layer",
         default=None,
-        help="layer(s) of gradcam, activations and filters: a name, a comma list (conv1,conv2), or all (the "
-        "last layer of every conv block: relu1, relu2 ...) (default: the last feature maps, e.g. relu3)",
+        help="layer(s) of gradcam, gradcampp, layercam, activations and filters: a name, a comma list "
+        "(conv1,conv2), or all (the last layer of every conv block: relu1, relu2 ...) (default: the last "
+        "feature maps, e.g. relu3)",
     )
     parser.add_argument(
         "--filter-objective",
@@ -280,7 +284,7 @@ def _layers(text: str | None, model, methods) -> tuple[str, ...]:
         return tuple(sorted(layers, key=[layer.name for layer in model.layers].index))
     layers = tuple(item.strip() for item in text.split(",") if item.strip())
     for layer in layers:  # activations take any layer; Grad-CAM and filters need feature maps
-        check_layer(model, layer, spatial=bool({"gradcam", "filters"} & set(methods)))
+        check_layer(model, layer, spatial=bool({*CAM_METHODS, "filters"} & set(methods)))
     return layers
 
 
@@ -454,9 +458,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.serve is not None:
             return _serve(args)
         methods = _methods(args.method)
-        if args.quality and not {"occlusion", "saliency", "gradcam"} & set(methods):
+        if args.quality and not set(HEATMAP_METHODS) & set(methods):
             raise ValueError(
-                f"--quality measures heatmaps (occlusion, saliency, gradcam); --method {args.method} "
+                f"--quality measures heatmaps ({', '.join(HEATMAP_METHODS)}); --method {args.method} "
                 "draws none; add one, e.g. --method occlusion."
             )
         fill = _fill(args.fill)

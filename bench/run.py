@@ -31,7 +31,8 @@ Tasks:
                    (``max_abs_difference``), for patch 5/10/20 and stride 1/2
                    (``grid``; the headline figures are patch 10, stride 1: 10,000
                    positions); explain.py's batched engine (``batched_engine_s``); and
-                   saliency / Grad-CAM in ms per image (single and batched)
+                   saliency, Grad-CAM, Grad-CAM++, LayerCAM and Integrated Gradients
+                   in ms per image (single and batched), RISE (single)
   explain-quality  how far the explanations of a trained line model can be trusted
                    (visualize.quality): trains it with train.py's defaults and a
                    second one on shuffled labels until it memorises them, then per

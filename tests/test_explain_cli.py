@@ -100,6 +100,11 @@ def test_all_methods_on_a_four_head_model_with_a_chosen_target(trained, tmp_path
     names = {path.name for path in tmp_path.iterdir()}
     assert {"line_occlusion_prob_angle.npy", "line_saliency_angle.png", "line_gradcam_angle.npy"} <= names
     assert {
+        "line_gradcampp_angle.npy",
+        "line_layercam_angle.png",
+        "line_integrated_gradients_angle.npy",
+    } <= names
+    assert {
         "line_activations_relu3.png",
         "filters_relu3.png",
         "filters_relu3.csv",

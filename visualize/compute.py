@@ -3,9 +3,9 @@
 One function per method, named ``<method>_method``, in one form:
 ``(model, images, *, head, targets, settings, progress=None) -> MethodMaps``. They call
 the method modules (``visualize.occlusion``, ``visualize.saliency``,
-``visualize.gradcam``) with the options ``settings`` gives, and return the maps as drawn
-and as importance (higher = more important). Run them through
-:func:`visualize.methods.compute`.
+``visualize.integrated``, ``visualize.rise``, ``visualize.gradcam``) with the options ``settings`` gives,
+and return the maps as drawn and as importance (higher = more important). Run them
+through :func:`visualize.methods.compute`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import time
 
 import numpy as np
 
-from visualize.gradcam import gradcam
+from visualize.gradcam import gradcam, gradcam_plus_plus, layercam
+from visualize.integrated import integrated_gradients
 from visualize.methods import ExplainSettings, MethodMaps
 from visualize.occlusion import occlusion, training_mean_colour
+from visualize.rise import rise
 from visualize.saliency import saliency
 
 
@@ -109,12 +111,44 @@ def gradient_x_input_method(
     return _gradient("gradient_x_input", model, images, head, targets, times_input=True)
 
 
-def gradcam_method(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
-    """Grad-CAM of each layer of ``settings.layers`` (none: the default layer): the map
-    ``gradcam`` for one layer, ``gradcam_<layer>`` each for several."""
+def integrated_gradients_method(
+    model, images, *, head, targets, settings: ExplainSettings, progress=None
+) -> MethodMaps:
+    """Integrated Gradients of the class's logit from ``settings.ig_baseline`` in
+    ``settings.ig_steps`` points, summed over the colour channels (signed)."""
+    values = integrated_gradients(
+        model, images, head=head, target=targets, baseline=settings.ig_baseline, steps=settings.ig_steps
+    )
+    return MethodMaps(drawn={"integrated_gradients": values}, importance={"integrated_gradients": values})
+
+
+def rise_method(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
+    """RISE over ``settings.rise_masks`` random masks, hidden pixels showing ``settings.fill``."""
+    values = rise(model, images, head=head, target=targets, masks=settings.rise_masks, fill=settings.fill)
+    return MethodMaps(drawn={"rise": values}, importance={"rise": values})
+
+
+def _class_activation(name, function, model, images, head, targets, settings) -> MethodMaps:
+    """A class activation map of each layer of ``settings.layers`` (none: the default
+    layer): the map ``<name>`` for one layer, ``<name>_<layer>`` each for several."""
     layers = settings.layers or (None,)
     maps = {}
     for layer in layers:
-        name = "gradcam" if len(layers) <= 1 else f"gradcam_{layer}"
-        maps[name] = gradcam(model, images, head=head, target=targets, layer=layer)
+        key = name if len(layers) <= 1 else f"{name}_{layer}"
+        maps[key] = function(model, images, head=head, target=targets, layer=layer)
     return MethodMaps(drawn=maps, importance=dict(maps))
+
+
+def gradcam_method(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
+    """Grad-CAM (``visualize.gradcam.gradcam``) of each layer of ``settings.layers``."""
+    return _class_activation("gradcam", gradcam, model, images, head, targets, settings)
+
+
+def gradcampp_method(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
+    """Grad-CAM++ (``visualize.gradcam.gradcam_plus_plus``) of each layer of ``settings.layers``."""
+    return _class_activation("gradcampp", gradcam_plus_plus, model, images, head, targets, settings)
+
+
+def layercam_method(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
+    """LayerCAM (``visualize.gradcam.layercam``) of each layer of ``settings.layers``."""
+    return _class_activation("layercam", layercam, model, images, head, targets, settings)

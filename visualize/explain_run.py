@@ -27,7 +27,7 @@ from visualize.filters import (
     receptive_field,
 )
 from visualize.gradcam import default_layer
-from visualize.methods import METHODS, SMOOTHGRAD_COPIES, ExplainSettings, compute
+from visualize.methods import CAM_METHODS, METHODS, SMOOTHGRAD_COPIES, ExplainSettings, compute, method_of
 from visualize.occlusion import default_patch
 
 # Filters drawn by the filters method when none are chosen (the first ones of the layer).
@@ -216,10 +216,10 @@ def _progress_bar(images, options: ExplainSettings):
     return lambda done, _: bar.update(done)
 
 
-def map_labels(model, options: ExplainSettings, gradcam_drawn: bool) -> dict[str, str]:
+def map_labels(model, options: ExplainSettings, cams_drawn: bool) -> dict[str, str]:
     """What each drawn map measures, by map name (explain.py's colour bars, the inspection
-    page's captions); Grad-CAM's names its layer, which a model without conv layers does
-    not have."""
+    page's captions); a class activation map's (``cams_drawn``) names its layer, which a
+    model without conv layers does not have."""
     patch = options.patch
     saliency_label = f"max |d {options.saliency_of} / d pixel| over channels"
     if options.saliency_smoothgrad:
@@ -230,17 +230,22 @@ def map_labels(model, options: ExplainSettings, gradcam_drawn: bool) -> dict[str
         "occlusion_prob": f"probability of the class, {patch}x{patch} square hidden",
         "occlusion_loss": f"loss, {patch}x{patch} square hidden",
         "saliency": saliency_label,
+        "integrated_gradients": f"Integrated Gradients of the logit from the {options.ig_baseline} "
+        f"baseline ({options.ig_steps} steps), summed over channels",
+        "rise": f"RISE: probability of the class with the pixel shown ({options.rise_masks} random masks, "
+        f"{options.fill} fill)",
     }
-    if gradcam_drawn:
-        labels["gradcam"] = f"Grad-CAM of {options.layer or default_layer(model)}"
-        labels.update((f"gradcam_{layer}", f"Grad-CAM of {layer}") for layer in options.layers)
+    if cams_drawn:
+        for method, title in (("gradcam", "Grad-CAM"), ("gradcampp", "Grad-CAM++"), ("layercam", "LayerCAM")):
+            labels[method] = f"{title} of {options.layer or default_layer(model)}"
+            labels.update((f"{method}_{layer}", f"{title} of {layer}") for layer in options.layers)
     return labels
 
 
 def _heatmaps(model, images, stems, titles, maps, options, out, suffix) -> int:
     if not maps:
         return 0
-    labels = map_labels(model, options, any(name.startswith("gradcam") for name in maps))
+    labels = map_labels(model, options, any(method_of(name) in CAM_METHODS for name in maps))
     written = 0
     for method, values in maps.items():
         # gradients: a few extreme pixels would leave the rest of the map dark

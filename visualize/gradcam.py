@@ -1,9 +1,19 @@
-"""Grad-CAM: where in a conv layer's feature maps the target class's evidence lies.
+"""Class activation maps: where in a conv layer's feature maps the target class's
+evidence lies. Three ways to weigh the feature maps ``A`` (channels k, positions ij)
+by the gradient ``g = dS/dA`` of the target's logit ``S``, one function each:
 
-The weights of the feature maps are the spatial means of the target logit's gradient
-with respect to them; the map is the ReLU of the weighted sum, resized (bilinear) to
-the input. The sub-model is built from the layers' symbolic outputs, so models loaded
-from .keras files work as freshly built ones do.
+* :func:`gradcam` (Selvaraju et al., ICCV 2017): one weight per channel, the spatial
+  mean of ``g``; map = ReLU(sum_k w_k A_k).
+* :func:`gradcam_plus_plus` (Chattopadhay et al., WACV 2018): one weight per channel,
+  w_k = sum_ij alpha_kij ReLU(g_kij) with alpha = g^2 / (2 g^2 + sum_ab A_kab g^3) (the
+  closed form for exp(S), whose higher derivatives are powers of g; alpha = 0 where
+  g = 0), so that a few strong positions count as much as a large weak region.
+* :func:`layercam` (Jiang et al., IEEE TIP 2021): a weight per position,
+  map = ReLU(sum_k ReLU(g_kij) A_kij), which stays sharp on the high-resolution maps
+  of earlier layers.
+
+Each map is resized (bilinear) to the input. The sub-model is built from the layers'
+symbolic outputs, so models loaded from .keras files work as freshly built ones do.
 """
 
 from __future__ import annotations
@@ -61,7 +71,21 @@ def default_layer(model: keras.Model) -> str:
     return [name for name in after if len(model.get_layer(name).output.shape) == 4][-1]
 
 
-def _cam_function(model: keras.Model, head: str, layer: str, shape):
+def _weighted(rule: str, features, gradients):
+    """The feature maps weighted by the gradient as ``rule`` says, summed over channels
+    (B, h, w, 1), before the ReLU."""
+    if rule == "gradcam":
+        weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
+    elif rule == "gradcam++":
+        squared, total = tf.square(gradients), tf.reduce_sum(features, axis=[1, 2], keepdims=True)
+        alpha = tf.math.divide_no_nan(squared, 2.0 * squared + total * squared * gradients)  # 0 where g = 0
+        weights = tf.reduce_sum(alpha * tf.nn.relu(gradients), axis=[1, 2], keepdims=True)
+    else:  # layercam: a weight per position
+        weights = tf.nn.relu(gradients)
+    return tf.reduce_sum(weights * features, axis=-1, keepdims=True)
+
+
+def _cam_function(model: keras.Model, head: str, layer: str, shape, rule: str):
     explained = logits_model(model, head, [layer])
 
     @tf.function(
@@ -74,8 +98,7 @@ def _cam_function(model: keras.Model, head: str, layer: str, shape):
             tape.watch(features)
             score = class_logit(logits, chosen)
         gradients = tape.gradient(score, features)
-        weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
-        maps = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1, keepdims=True))
+        maps = tf.nn.relu(_weighted(rule, features, gradients))
         return tf.image.resize(maps, shape[:2], method="bilinear")[..., 0]
 
     return cam
@@ -97,6 +120,38 @@ def gradcam(
         layer: a layer with feature maps (default: :func:`default_layer`, e.g. ``relu3``).
         batch_size: images per compiled call (the maps do not depend on it).
     """
+    return _class_activation_maps("gradcam", model, images, head, target, layer, batch_size)
+
+
+def gradcam_plus_plus(
+    model: keras.Model,
+    images,
+    *,
+    head: str | None = None,
+    target=None,
+    layer: str | None = None,
+    batch_size: int = DEFAULT_BATCH,
+) -> np.ndarray:
+    """Grad-CAM++ maps at input resolution, float32 (N, H, W), >= 0 (arguments as
+    :func:`gradcam`)."""
+    return _class_activation_maps("gradcam++", model, images, head, target, layer, batch_size)
+
+
+def layercam(
+    model: keras.Model,
+    images,
+    *,
+    head: str | None = None,
+    target=None,
+    layer: str | None = None,
+    batch_size: int = DEFAULT_BATCH,
+) -> np.ndarray:
+    """LayerCAM maps at input resolution, float32 (N, H, W), >= 0 (arguments as
+    :func:`gradcam`; an earlier layer gives a sharper map)."""
+    return _class_activation_maps("layercam", model, images, head, target, layer, batch_size)
+
+
+def _class_activation_maps(rule, model, images, head, target, layer, batch_size) -> np.ndarray:
     images = as_images(images)
     head = resolve_head(model, head)
     check_per_image(model)
@@ -104,7 +159,7 @@ def gradcam(
     check_layer(model, layer)
     targets = resolve_targets(model, images, head, target).astype(np.int32)
     shape = tuple(images.shape[1:])
-    cam = compiled(model, ("gradcam", head, layer, shape), lambda: _cam_function(model, head, layer, shape))
+    cam = compiled(model, (rule, head, layer, shape), lambda: _cam_function(model, head, layer, shape, rule))
     parts = [
         cam(
             tf.constant(images[start : start + batch_size]), tf.constant(targets[start : start + batch_size])

@@ -8,8 +8,9 @@ the quality bench and the inspection page (``app.page``) choose their methods fr
 
 Three kinds of method:
 
-* ``map``: a heatmap per image for one head and class (occlusion, saliency and its
-  variants, Grad-CAM). Each is one function of :mod:`visualize.compute`
+* ``map``: a heatmap per image for one head and class (occlusion, RISE, saliency and
+  its variants, Integrated Gradients, and the class activation maps of a layer: Grad-CAM,
+  Grad-CAM++, LayerCAM). Each is one function of :mod:`visualize.compute`
   (``<name>_method``) with the form
   ``(model, images, *, head, targets, settings, progress=None) -> MethodMaps``: the
   maps as drawn and the same as *importance* (higher = more important; occlusion as
@@ -18,8 +19,9 @@ Three kinds of method:
 * ``model``: per layer, with no image (filter visualisation).
 
 Measured maps have names of their own: a method's name, except occlusion (two maps:
-``occlusion_prob`` and ``occlusion_loss``) and Grad-CAM of a chosen layer
-(``gradcam_<layer>``); :func:`method_of` maps a map's name back to its method.
+``occlusion_prob`` and ``occlusion_loss``) and a class activation map of a chosen layer
+(``gradcam_<layer>``, ``gradcampp_<layer>``, ``layercam_<layer>``); :func:`method_of`
+maps a map's name back to its method.
 
 This module imports no TensorFlow (nor NumPy): explain.py's ``--help`` and flag
 checks read it and stay at 0.3 s instead of about 8 s with TensorFlow (both measured on
@@ -44,6 +46,15 @@ FILTER_OBJECTIVES = ("centre", "mean")
 # 61.5% of the images, against 29% for the plain gradient.
 SMOOTHGRAD_COPIES = 16
 KINDS = ("map", "layer", "model")
+# Integrated Gradients: points on the path, and the baseline image (one of FILLS or a
+# pixel value; see visualize.integrated for why the mean colour and not black).
+IG_STEPS = 32
+IG_BASELINE = "mean"
+# RISE: random masks per image, grid cells per side, the share of cells shown (the
+# paper's 0.5; its 4000-8000 masks were for 224-pixel ImageNet images).
+RISE_MASKS = 2000
+RISE_CELLS = 7
+RISE_KEEP = 0.5
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,10 @@ class ExplainSettings:
         smoothgrad: the measured method ``smoothgrad``: its noisy copies.
         filters: filter indices to draw, ``"all"``, or None (the first ones).
         filter_objective: one of :data:`FILTER_OBJECTIVES`.
+        ig_steps: Integrated Gradients: points on the path from the baseline.
+        ig_baseline: Integrated Gradients: the baseline, one of :data:`FILLS` or a pixel
+            value 0-255.
+        rise_masks: RISE: random masks per image (what hidden pixels show: ``fill``).
     """
 
     layers: tuple[str, ...] = ()
@@ -79,6 +94,9 @@ class ExplainSettings:
     smoothgrad: int = SMOOTHGRAD_COPIES
     filters: tuple[int, ...] | str | None = None
     filter_objective: str = "centre"
+    ig_steps: int = IG_STEPS
+    ig_baseline: Any = IG_BASELINE
+    rise_masks: int = RISE_MASKS
 
     @property
     def layer(self) -> str | None:
@@ -100,12 +118,14 @@ class Method:
         kind: ``map``, ``layer`` or ``model`` (see the module docstring).
         summary: one line on what it shows.
         drawn: explain.py offers it (the others are measured variants).
+        layered: it reads the feature maps of a chosen layer (``--layer``).
     """
 
     name: str
     kind: str
     summary: str
     drawn: bool = True
+    layered: bool = False
 
 
 METHODS: dict[str, Method] = {
@@ -113,33 +133,71 @@ METHODS: dict[str, Method] = {
     for method in (
         Method("occlusion", "map", "the class probability and loss with a square hidden at each position"),
         Method("saliency", "map", "the gradient of the class's loss (or logit) with respect to each pixel"),
-        Method("gradcam", "map", "Grad-CAM: a conv layer's feature maps weighted by the class's gradient"),
-        Method("activations", "layer", "a layer's feature maps for the image"),
-        Method("filters", "model", "the input that drives each filter of a layer hardest (gradient ascent)"),
+        Method(
+            "gradcam",
+            "map",
+            "Grad-CAM: a conv layer's feature maps weighted by the class's gradient",
+            layered=True,
+        ),
+        Method(
+            "gradcampp",
+            "map",
+            "Grad-CAM++: like Grad-CAM, each map weighted by its positive gradients, strong places first",
+            layered=True,
+        ),
+        Method(
+            "layercam",
+            "map",
+            "LayerCAM: the feature maps weighted position by position by their positive gradients",
+            layered=True,
+        ),
+        Method(
+            "integrated_gradients",
+            "map",
+            "Integrated Gradients: each pixel's share of the logit's change from a baseline image",
+        ),
+        Method(
+            "rise", "map", "RISE: the class probability expected when the pixel is shown, over random masks"
+        ),
+        Method("activations", "layer", "a layer's feature maps for the image", layered=True),
+        Method(
+            "filters",
+            "model",
+            "the input that drives each filter of a layer hardest (gradient ascent)",
+            layered=True,
+        ),
         Method("smoothgrad", "map", "saliency averaged over noisy copies of the image (SmoothGrad)", False),
         Method("saliency_logit", "map", "the gradient of the class's logit", False),
         Method("gradient_x_input", "map", "|gradient x pixel value|", False),
     )
 }
-# explain.py's --method choices and default.
+# explain.py's --method choices and default, and the heatmaps among them.
 EXPLAIN_METHODS = tuple(name for name, method in METHODS.items() if method.drawn)
+HEATMAP_METHODS = tuple(name for name in EXPLAIN_METHODS if METHODS[name].kind == "map")
 EXPLAIN_DEFAULT = ("occlusion", "saliency", "gradcam")
 # The maps the quality measures take by default (report, bench): what explain.py draws
 # plus SmoothGrad, the usual repair of noisy gradients; and the variants measured besides.
 MEASURED_MAPS = ("occlusion_prob", "occlusion_loss", "saliency", "smoothgrad", "gradcam")
 SALIENCY_VARIANTS = ("saliency_logit", "gradient_x_input")
 OCCLUSION_MAPS = ("occlusion_prob", "occlusion_loss")
+# The class activation maps: heatmaps of a layer's feature maps (``<name>_<layer>``).
+CAM_METHODS = tuple(name for name, method in METHODS.items() if method.kind == "map" and method.layered)
+# Measured by the quality bench besides MEASURED_MAPS and SALIENCY_VARIANTS (the report
+# keeps to MEASURED_MAPS, so its time does not grow with the registry).
+OTHER_MAPS = ("integrated_gradients", "rise", "gradcampp", "layercam")
 
 
 def method_of(map_name: str) -> str:
     """The method that makes a measured map: ``occlusion_prob`` -> ``occlusion``,
-    ``gradcam_relu2`` -> ``gradcam``, ``saliency`` -> ``saliency``."""
+    ``gradcam_relu2`` -> ``gradcam``, ``layercam_relu1`` -> ``layercam``, ``saliency``
+    -> ``saliency``."""
     if map_name in OCCLUSION_MAPS:
         return "occlusion"
-    if map_name.startswith("gradcam"):
-        return "gradcam"
     if map_name in METHODS and METHODS[map_name].kind == "map":
         return map_name
+    for name in CAM_METHODS:
+        if map_name.startswith(name + "_"):
+            return name
     raise ValueError(f"no method makes a map named {map_name!r}.")
 
 

@@ -24,7 +24,7 @@ from fruitcnn import plots
 from visualize.activations import activations
 from visualize.explain_run import map_labels
 from visualize.filters import filter_patterns, receptive_field
-from visualize.methods import METHODS, ExplainSettings, compute
+from visualize.methods import CAM_METHODS, METHODS, ExplainSettings, compute
 from visualize.occlusion import default_patch
 
 # Finished jobs kept for their downloads (older ones answer "unknown job").
@@ -168,11 +168,7 @@ def explain_work(session: RunSession, image: np.ndarray | None, request: Request
     if method.kind != "model" and image is None:
         raise ValueError(f"{request.method} explains an image: choose or upload one.")
     session.check_target(request.head, request.target)
-    layer = (
-        session.check_layer(request.layer)
-        if request.method in ("gradcam", "activations", "filters")
-        else None
-    )
+    layer = session.check_layer(request.layer) if method.layered else None
     height, width, _ = session.image_shape
     patch = request.patch or default_patch(session.image_shape)
     for name, value, limit in (
@@ -238,7 +234,7 @@ def _map_work(job: Job, session: RunSession, image, request: Request, settings: 
             progress=progress,
         )
     job.notes += found.notes
-    labels = map_labels(session.model, settings, request.method == "gradcam")
+    labels = map_labels(session.model, settings, request.method in CAM_METHODS)
     for name, values in found.drawn.items():
         job.maps[name] = np.asarray(values[0], np.float32)
         clip = 99.0 if name.startswith("saliency") or name == "smoothgrad" else None

@@ -1,7 +1,8 @@
 """The occlusion task: incremental occlusion of a 100x100 image by a Fruits-360-sized
 model against plain batched re-inference of every occluded copy (speed and exactness,
-for several patches and strides), explain.py's batched engine, and saliency / Grad-CAM
-timings.
+for several patches and strides), explain.py's batched engine, and the times of the
+other heatmap methods (saliency, Grad-CAM, Grad-CAM++, LayerCAM, Integrated Gradients:
+single and batched; RISE: single).
 
 TensorFlow and the modules that load it (5-20 s) are imported in the functions that use
 them, so that ``python bench/run.py --help`` and argument errors answer at once.
@@ -29,7 +30,7 @@ _EXPLAIN_SHAPE, _EXPLAIN_CLASSES, _EXPLAIN_PATCH, _EXPLAIN_LOGIT_SCALE = (100, 1
 _OCCLUSION_GRID = [(patch, stride) for stride in (1, 2) for patch in (5, 10, 20)]
 # The goal of the incremental engine at patch 10, stride 1 (issue 7).
 _GOAL_SPEEDUP, _GOAL_S = 20.0, 0.3
-_GRADIENT_REPEATS, _GRADIENT_BATCH, _INCREMENTAL_ROUNDS = 20, 64, 5
+_GRADIENT_REPEATS, _GRADIENT_BATCH, _INCREMENTAL_ROUNDS, _RISE_REPEATS = 20, 64, 5, 3
 
 
 def _explain_model(preset_name: str | None = None):
@@ -91,6 +92,15 @@ def _gradient_milliseconds(function, model, images) -> dict[str, float]:
     function(model, images, target=0, batch_size=_GRADIENT_BATCH)
     batched = (time.perf_counter() - start) / len(images) * 1000
     return {"single_ms": round(single, 2), "batched_ms_per_image": round(batched, 3)}
+
+
+def _rise_milliseconds(function, model, image) -> float:
+    """ms of RISE for one image (its 2,000 masked copies are its batch), compiled first."""
+    function(model, image[None], target=0)
+    start = time.perf_counter()
+    for _ in range(_RISE_REPEATS):
+        function(model, image[None], target=0)
+    return round((time.perf_counter() - start) / _RISE_REPEATS * 1000, 1)
 
 
 def _occlusion_case(model, image, fill, target: int, patch: int, stride: int, peak: float) -> dict:
@@ -174,8 +184,10 @@ def run_explain() -> dict:
     """Incremental occlusion against plain batched re-inference, explain.py's batched
     engine, and saliency/Grad-CAM timings."""
     from fruitcnn.model import flops_per_image
-    from visualize.gradcam import gradcam
+    from visualize.gradcam import gradcam, gradcam_plus_plus, layercam
+    from visualize.integrated import integrated_gradients
     from visualize.occlusion import fill_image
+    from visualize.rise import rise
     from visualize.saliency import saliency
 
     model = _explain_model()
@@ -212,8 +224,16 @@ def run_explain() -> dict:
         "fruits_preset": _engines_on_preset("fruits", image),
     }
     images = rng.integers(0, 256, (_GRADIENT_BATCH, *_EXPLAIN_SHAPE)).astype(np.float32)
-    for name, function in (("saliency", saliency), ("gradcam", gradcam)):
+    gradient_methods = (
+        ("saliency", saliency),
+        ("gradcam", gradcam),
+        ("gradcampp", gradcam_plus_plus),
+        ("layercam", layercam),
+        ("integrated_gradients", integrated_gradients),
+    )
+    for name, function in gradient_methods:
         for key, value in _gradient_milliseconds(function, model, images).items():
             report[f"{name}_{key}"] = value
+    report["rise_single_ms"] = _rise_milliseconds(rise, model, images[0])
     report["wall_s"] = headline["incremental_s"]
     return report

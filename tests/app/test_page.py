@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 import train
 from app.page import session as page_session
 from app.page.server import make_app
-from visualize.methods import ExplainSettings, compute
+from visualize.methods import CAM_METHODS, ExplainSettings, compute
 from visualize.targets import load_explained_model
 
 RUN = "line-single"
@@ -75,8 +75,9 @@ def test_a_run_describes_its_heads_layers_and_the_registrys_methods(client):
     assert list(found["heads"]) == ["class"] and len(found["heads"]["class"]) == 96
     assert found["image"] == {"height": 28, "width": 28, "channels": 3}
     assert {"conv1", "conv2", "relu3"} <= set(found["layers"]) and found["default_layer"] == "relu3"
-    assert [method["name"] for method in found["methods"]][:5] == [
-        "occlusion", "saliency", "gradcam", "activations", "filters"
+    assert [method["name"] for method in found["methods"]][:9] == [
+        "occlusion", "saliency", "gradcam", "gradcampp", "layercam", "integrated_gradients", "rise",
+        "activations", "filters",
     ]  # fmt: skip
     assert found["defaults"]["patch"] == 3 and found["quality"] == []
 
@@ -121,7 +122,9 @@ def test_predictions_of_an_upload_equal_the_models(client, root):
     assert set(sample.json()["truth"]) == {"class"}
 
 
-@pytest.mark.parametrize("method", ["occlusion", "saliency", "gradcam"])
+@pytest.mark.parametrize(
+    "method", ["occlusion", "saliency", "gradcam", "layercam", "integrated_gradients", "rise"]
+)
 def test_explanations_equal_the_method_called_directly(client, root, method):
     token = client.post(f"/api/runs/{RUN}/uploads", content=_png(_line_image())).json()["image"]
     request = {"image": {"upload": token}, "method": method, "head": "class", "target": 5, "smoothgrad": 0}
@@ -130,7 +133,7 @@ def test_explanations_equal_the_method_called_directly(client, root, method):
     found = _wait(client, job.json()["job"])
     assert found["state"] == "done", found
     model, _ = load_explained_model(root / RUN)
-    layer = "relu3" if method == "gradcam" else None
+    layer = "relu3" if method in CAM_METHODS else None
     settings = ExplainSettings(layers=(layer,) if layer else (), patch=3, saliency_smoothgrad=0)
     expected = compute(
         method, model, _line_image()[None], head="class", targets=np.array([5]), settings=settings

@@ -244,6 +244,10 @@ def test_explanation_maps_point_the_same_way_for_every_method():
         "gradcam_relu1",
         "gradcam_relu2",
         "smoothgrad",
+        "integrated_gradients",
+        "gradcampp",
+        "layercam",
+        "layercam_relu1",
     }
     layers = quality.gradcam_method_layers(model)
     assert layers == {"gradcam_relu1": "relu1", "gradcam_relu2": "relu2", "gradcam": "relu3"}

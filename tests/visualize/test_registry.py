@@ -192,13 +192,17 @@ def test_only_heatmap_methods_compute_and_unknown_names_are_refused():
 
 
 def test_names_come_from_the_registry():
-    assert EXPLAIN_METHODS == ("occlusion", "saliency", "gradcam", "activations", "filters")
+    assert EXPLAIN_METHODS == (
+        "occlusion", "saliency", "gradcam", "gradcampp", "layercam", "integrated_gradients", "rise",
+        "activations", "filters",
+    )  # fmt: skip
     assert explain.METHODS == EXPLAIN_METHODS and explain.DEFAULT_METHODS == ",".join(EXPLAIN_DEFAULT)
     assert {METHODS[name].kind for name in EXPLAIN_METHODS} == {"map", "layer", "model"}
     assert [method_of(name) for name in quality.MEASURED_MAPS] == [
         "occlusion", "occlusion", "saliency", "smoothgrad", "gradcam"
     ]  # fmt: skip
     assert method_of("gradcam_relu2") == "gradcam" and method_of("gradient_x_input") == "gradient_x_input"
+    assert method_of("gradcampp") == "gradcampp" and method_of("layercam_relu1") == "layercam"
     with pytest.raises(ValueError, match="no method makes a map named 'activations'"):
         method_of("activations")
     # explain.py's defaults are the settings' defaults

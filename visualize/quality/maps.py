@@ -11,8 +11,10 @@ import numpy as np
 
 from visualize.gradcam import conv_layers, default_layer
 from visualize.methods import (
+    CAM_METHODS,
     MEASURED,
     MEASURED_MAPS,
+    OTHER_MAPS,
     SALIENCY_VARIANTS,
     ExplainSettings,
     method_of,
@@ -52,11 +54,16 @@ def gradcam_method_layers(model: keras.Model) -> dict[str, str]:
 
 
 def available_methods(model: keras.Model) -> tuple[str, ...]:
-    """Every method :func:`explanation_maps` measures on ``model`` by default choice
-    (besides, ``gradcam_<layer>`` of any layer with feature maps, as explain.py draws)."""
+    """Every map :func:`explanation_maps` measures on ``model`` by default choice: the
+    measured maps, the saliency variants, Grad-CAM of every conv block, the other
+    methods (:data:`~visualize.methods.OTHER_MAPS`) and LayerCAM of every conv block
+    (besides, ``<cam>_<layer>`` of any layer with feature maps, as explain.py draws)."""
     layers = gradcam_method_layers(model)
+    blocks = [name.removeprefix("gradcam_") for name in layers if name != "gradcam"]
     plain = [method for method in MEASURED_MAPS if method != "gradcam" or layers]
-    return (*plain, *SALIENCY_VARIANTS, *[name for name in layers if name != "gradcam"])
+    others = [method for method in OTHER_MAPS if method not in CAM_METHODS or layers]
+    per_block = [f"gradcam_{layer}" for layer in blocks] + [f"layercam_{layer}" for layer in blocks]
+    return (*plain, *SALIENCY_VARIANTS, *others, *per_block)
 
 
 def explanation_maps(
@@ -74,44 +81,48 @@ def explanation_maps(
     hidden, ``occlusion_loss`` the loss's rise; ``saliency`` is max |d loss / d pixel|,
     ``saliency_logit`` the same of the logit, ``smoothgrad`` SmoothGrad of the loss,
     ``gradient_x_input`` |gradient x pixel value| (``saliency`` follows
-    ``settings``' saliency options); ``gradcam`` Grad-CAM of the default (or the first
-    chosen) layer and ``gradcam_<layer>`` of that layer. Each is made by its method in
-    the registry (``visualize.methods``).
+    ``settings``' saliency options); ``integrated_gradients`` the attributions summed
+    over channels; ``gradcam``, ``gradcampp``, ``layercam`` the class activation map of
+    the default (or the first chosen) layer and ``<cam>_<layer>`` of that layer. Each is
+    made by its method in the registry (``visualize.methods``).
     """
     settings = settings or MEASURED
     images = as_images(images)
     head = resolve_head(model, head)
     targets = resolve_targets(model, images, head, target)
     _check_methods(model, methods)
-    layers = gradcam_method_layers(model)
-    if settings.layer:
-        layers["gradcam"] = settings.layer
     maps: dict[str, np.ndarray] = {}
     for name in methods:
         if name in maps:  # occlusion makes two maps at once
             continue
         method = method_of(name)
-        layer = layers.get(name) or _gradcam_layer(model, name)
-        chosen = replace(settings, layers=(layer,)) if method == "gradcam" else settings
-        found = compute_method(method, model, images, head=head, targets=targets, settings=chosen).importance
-        maps.update({name: found["gradcam"]} if method == "gradcam" else found)
+        if method in CAM_METHODS:
+            layer = _cam_layer(model, name) or settings.layer or default_layer(model)
+            chosen = replace(settings, layers=(layer,))
+            found = compute_method(method, model, images, head=head, targets=targets, settings=chosen)
+            maps[name] = found.importance[method]
+        else:
+            found = compute_method(method, model, images, head=head, targets=targets, settings=settings)
+            maps.update(found.importance)
     return {method: maps[method].astype(np.float32) for method in methods}
 
 
-def _gradcam_layer(model: keras.Model, name: str) -> str | None:
-    """The layer of a ``gradcam_<layer>`` map (explain.py --layer draws any layer with
-    feature maps), or None for another name or a layer the model does not have."""
-    layer = name.removeprefix("gradcam_")
-    if layer == name or layer not in {item.name for item in model.layers}:
-        return None
-    return layer
+def _cam_layer(model: keras.Model, name: str) -> str | None:
+    """The layer of a ``<cam>_<layer>`` map (``gradcam_relu1``; explain.py --layer draws
+    any layer with feature maps), or None for another name or a layer the model does
+    not have."""
+    for method in CAM_METHODS:
+        layer = name.removeprefix(method + "_")
+        if layer != name:
+            return layer if layer in {item.name for item in model.layers} else None
+    return None
 
 
 def _check_methods(model: keras.Model, methods: Sequence[str]) -> None:
     known = available_methods(model)
     if not methods:
         raise ValueError(f"no explanation method given; this model offers {', '.join(known)}.")
-    unknown = [method for method in methods if method not in known and not _gradcam_layer(model, method)]
+    unknown = [method for method in methods if method not in known and not _cam_layer(model, method)]
     if unknown:
         raise ValueError(
             f"unknown explanation method {', '.join(unknown)}; this model offers {', '.join(known)}."
