@@ -43,11 +43,11 @@ def _shuffled_labels(dataset, seed: int = 0):
     return dataclasses.replace(dataset, train=shuffled, val=shuffled)
 
 
-def _method_table(found, extra: dict | None = None) -> dict:
+def _method_table(found, intervals, extra: dict | None = None) -> dict:
     """``{method: {measure: mean, measure_interval: [low, high], images: N}}`` from a
-    quality result (NaN columns left out; the intervals: 95% bootstrap, images resampled)."""
+    quality result and its ``found.intervals()`` (NaN columns left out; the intervals: 95%
+    bootstrap, images resampled)."""
     table = {}
-    intervals = found.intervals()
     for method, row in found.summary().iterrows():
         values = {"images": int(intervals.loc[method, "images"])}
         for name, value in row.items():
@@ -150,8 +150,9 @@ def _line_quality(models: Path, out: Path, background: str) -> dict:
     start = time.perf_counter()
     extra, cascade = _randomisations(model, shuffled.model, images, labels, found)
     randomization_s = time.perf_counter() - start
-    summary = found.summary().join(found.intervals())  # with images and the 95% intervals
-    table = _method_table(found, extra)
+    intervals = found.intervals()  # with the images measured: one bootstrap per table
+    summary = found.summary().join(intervals)
+    table = _method_table(found, intervals, extra)
     summary["data_randomization_spearman"] = [
         extra[method]["data_randomization_spearman"] for method in summary.index
     ]
@@ -202,14 +203,15 @@ def _fruits_quality(models: Path, out: Path) -> dict:
     images, labels = dataset.test.images[chosen], dataset.test.labels[chosen]
     start = time.perf_counter()
     found = quality.quality_scores(result.model, images, target=labels, methods=quality.MEASURED_MAPS)
-    summary = found.summary().join(found.intervals())
+    intervals = found.intervals()
+    summary = found.summary().join(intervals)
     runs.write_csv(out / "fruits-quality.csv", summary.reset_index().to_dict("records"))
     figure = plots.curves_figure(found.curves, title="Fruits-360: deletion and insertion")
     return {
         "test_accuracy": result.metrics["test_accuracy"],
         "images": int(len(chosen)),
         "patch": int(quality.default_patch(images.shape[1:])),
-        "methods": _method_table(found),
+        "methods": _method_table(found, intervals),
         "train_s": round(train_s, 1),
         "measures_s": round(time.perf_counter() - start, 1),
         "figures": [_write_figure(out, "fruits-curves.png", figure)],
