@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="--samples: read the run's data from PATH instead of where it was at training (moved)",
     )
     parser.add_argument(
+        "--cued",
+        action="store_true",
+        help="--samples of a run trained with --cue: the test images with the cue planted, as in training "
+        "(default: the clean test images)",
+    )
+    parser.add_argument(
         "--input-range",
         choices=INPUT_RANGE_CHOICES,
         default="auto",
@@ -431,6 +437,11 @@ def _samples(args, run: Path):
     data = dataclasses.replace(config.data, dataset=args.dataset) if args.dataset else config.data
     dataset = load_dataset(data)
     split = dataset.splits[args.split]
+    if args.cued and split.cued is None:
+        raise ValueError(
+            f"--cued explains test images with the run's planted cue, but {folder.name} was trained without "
+            f"one (--cue {config.data.cue}) or --split is {args.split} (cued copies exist for test only)."
+        )
     rng = np.random.default_rng(args.seed)
     chosen = np.sort(rng.choice(len(split), size=min(args.samples, len(split)), replace=False))
     specs = head_specs(config, dataset)
@@ -439,6 +450,8 @@ def _samples(args, run: Path):
     )
     truth = {spec.name: np.asarray(targets[spec.name]).reshape(-1).astype(int) for spec in specs}
     masks = None if split.masks is None else split.masks[chosen]
+    if args.cued:
+        return split.cued[chosen], [f"{args.split}-cued{int(index):05d}" for index in chosen], truth, masks
     return split.images[chosen], [f"{args.split}{int(index):05d}" for index in chosen], truth, masks
 
 
@@ -473,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.dataset and args.samples is None:
             raise ValueError("--dataset names the run's data for --samples; with --image it has no use.")
+        if args.cued and args.samples is None:
+            raise ValueError("--cued chooses the cued copies of --samples; with --image it has no use.")
         run = _run_folder(args.model)
         from visualize.targets import load_explained_model
 

@@ -71,8 +71,8 @@ def training_speed(result, dataset, config, flops: float) -> dict:
     }
 
 
-def data_path(task: str, given: str | None, default: Path) -> str:
-    """The data a task reads: ``given`` (--data) or else its default copy.
+def data_path(task: str, given: str | None, default: Path, flag: str = "--data") -> str:
+    """The data a task reads: ``given`` (``flag``) or else its default copy.
 
     Raises:
         ValueError: the path does not exist; names it and the flag to pass.
@@ -80,7 +80,7 @@ def data_path(task: str, given: str | None, default: Path) -> str:
     data = given or str(default)
     if not Path(data).exists():
         raise ValueError(
-            f"task {task} needs its data: {data} does not exist; pass --data PATH "
+            f"task {task} needs its data: {data} does not exist; pass {flag} PATH "
             "(the archive or folder as downloaded)."
         )
     return data

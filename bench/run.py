@@ -46,6 +46,15 @@ Tasks:
                    a 95% bootstrap interval (images resampled); ``--background
                    noise|texture`` draws the lines on clutter; figures and CSV tables
                    go to saved_models/bench-explain-quality-<time>/ (``folder``)
+  shortcut         explanations on clutter and a shortcut detector: Fruits-360 objects
+                   (``--data``) pasted on CIFAR-10 photos (``--backgrounds``; train.py
+                   --paste-on), a model trained on them (the fruits network, 4 epochs),
+                   the pointing game and mask mass of its maps on 200 test images
+                   beside the objects' area share; then per cue (patch, border, hue) a
+                   model trained with it planted (train.py --cue) and both models
+                   checked on the cued test images (``visualize.quality.region_check``):
+                   the share flagged as relying on the cue, accuracy with and without
+                   it, importance shares on object / cue / rest (``cues``)
   page             the inspection page (explain.py --serve) on a 100x100 image through its
                    own HTTP API: upload, prediction, saliency, SmoothGrad, Grad-CAM and
                    stride-1 occlusion, first and warm request times, for the occlusion
@@ -94,7 +103,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any task imports Te
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
-from bench.tasks import data, explain, line, page, quality, stl96, study  # noqa: E402
+from bench.tasks import data, explain, line, page, quality, shortcut, stl96, study  # noqa: E402
 from fruitcnn.config.data import LINE_BACKGROUNDS  # noqa: E402
 
 # Each task and its kind: the line tasks' head, or the family of the module that runs it.
@@ -108,6 +117,7 @@ TASKS = {
     "occlusion": "explain",
     "study": "study",
     "explain-quality": "quality",
+    "shortcut": "shortcut",
     "page": "page",
 }
 
@@ -150,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--target", type=float, default=None, metavar="F", help="data tasks: the target test accuracy"
     )
     parser.add_argument(
+        "--backgrounds",
+        default=None,
+        metavar="PATH",
+        help="shortcut: the photos the objects are pasted on (default: ../shared/data's CIFAR-10)",
+    )
+    parser.add_argument(
         "--background",
         choices=LINE_BACKGROUNDS,
         default="black",
@@ -172,13 +188,18 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"task stl96: {args.data} does not exist; pass --data PATH (a stl10_binary folder).")
     if args.background != "black" and kind != "quality":
         raise ValueError(f"--background is for the explain-quality task, not {args.task}.")
-    if kind not in ("stl", "data") and args.data is not None:
+    if args.backgrounds is not None and kind != "shortcut":
+        raise ValueError(f"--backgrounds is for the shortcut task, not {args.task}.")
+    if kind not in ("stl", "data", "shortcut") and args.data is not None:
         raise ValueError(f"task {args.task} generates its data; --data is not used (got {args.data!r}).")
 
 
 def _data(args: argparse.Namespace) -> str | None:
     """The data the task reads: a data task's ``--data`` or its default copy (ValueError
     when that is missing); else ``--data`` as given."""
+    if TASKS[args.task] == "shortcut":
+        common.data_path(args.task, args.backgrounds, shortcut.BACKGROUNDS, "--backgrounds")
+        return common.data_path(args.task, args.data, shortcut.OBJECTS)
     if TASKS[args.task] != "data":
         return args.data
     return common.data_path(args.task, args.data, data.RECIPES[args.task]["data"])
@@ -216,6 +237,8 @@ def _run(args: argparse.Namespace, path: str | None) -> dict:
         return quality.run_explain_quality(args.keep, args.background)
     if kind == "page":
         return page.run_page()
+    if kind == "shortcut":
+        return shortcut.run_shortcut(path, args.backgrounds or str(shortcut.BACKGROUNDS), args.keep)
     return line.run_line(args.task, kind, args.keep)
 
 

@@ -7,7 +7,8 @@ A run folder (``saved_models/<run>/`` or ``--out DIR``) holds:
 ``config.json``      the :class:`~fruitcnn.config.RunConfig` (rebuilds the run)
 ``classes.json``     ``{head name: [class names]}``
 ``data.json``        the data: source, format, image shape, classes, split,
-                     images per split, skipped and ignored files
+                     images per split, skipped and ignored files, what
+                     ``--object-masks``/``--paste-on``/``--cue`` did
 ``history.csv``      one row per finished epoch (see ``fruitcnn.training``)
 ``metrics.json``     final metrics of ``model.keras`` on every split
 ``environment.json`` ``{"sessions": [...]}``: for the start and every resume,

@@ -322,3 +322,25 @@ def test_serve_checks_its_folder_and_port_before_loading_anything(tmp_path, caps
         with pytest.raises(SystemExit):
             cli.main(["--serve", str(tmp_path), "--port", str(port)])
     assert f"--port {port}: Address already in use; choose another port" in capsys.readouterr().err
+
+
+def test_cued_samples_explain_the_test_images_with_the_planted_cue(trained, tmp_path, capsys):
+    import json
+    import shutil
+
+    plain = trained / "saved_models" / RUNS["single"]
+    argv = ["--samples", "2", "--method", "saliency", "--cued"]
+    with pytest.raises(SystemExit):  # trained without a cue: nothing cued to explain
+        cli.main(["--model", str(plain), *argv, "--out", str(tmp_path / "none")])
+    assert "trained without one (--cue none)" in capsys.readouterr().err
+    run = tmp_path / "run"
+    shutil.copytree(plain, run)
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["cue"] = "patch"  # as if trained with --cue patch
+    (run / "config.json").write_text(json.dumps(config))
+    assert cli.main(["--model", str(run), *argv, "--out", str(tmp_path / "cued"), "--quality"]) == 0
+    written = sorted(path.name for path in (tmp_path / "cued").glob("*_saliency.npy"))
+    assert len(written) == 2 and all(name.startswith("test-cued") for name in written)
+    with pytest.raises(SystemExit):
+        cli.main(["--model", str(run), "--image", str(trained / "line.png"), "--cued"])
+    assert "--cued chooses the cued copies of --samples" in capsys.readouterr().err

@@ -49,7 +49,7 @@ from fruitcnn.training import eval_batch_size, head_specs
 from heads import head_targets
 from visualize import quality
 from visualize.gradcam import default_layer
-from visualize.methods import MEASURED, MEASURED_MAPS
+from visualize.methods import MEASURED, REPORTED_MAPS
 from visualize.occlusion import default_patch
 from visualize.targets import check_per_image
 
@@ -275,14 +275,16 @@ def _replace_folder(folder: Path, files: dict[str, bytes]) -> None:
 def measure_explanations(record: RunRecord, model, dataset, count: int, seed: int = 0) -> dict:
     """``visualize.quality`` on ``count`` test images (a seeded choice), explaining
     their true class with the default methods, for every head: ``{"images": n, "masks":
-    bool, "heads": {head: QualityResult}, "settings": {...}}``, or ``{"skipped": reason}``
-    for a model whose explanations are not per image."""
+    bool, "heads": {head: QualityResult}, "regions": {head: RegionResult} (with masks:
+    what the decisions rest on, the cued copies checked when the data has a cue),
+    "settings": {...}}``, or ``{"skipped": reason}`` for a model whose explanations are
+    not per image."""
     try:
         check_per_image(model)
     except ValueError as error:  # batch statistics at inference: no per-image map exists
         return {"skipped": str(error)}
     sample = seeded_sample(dataset.splits["test"], head_specs(record.config, dataset), count, seed)
-    methods = [method for method in MEASURED_MAPS if method in quality.available_methods(model)]
+    methods = [method for method in REPORTED_MAPS if method in quality.available_methods(model)]
     found = {
         head: quality.quality_scores(
             model,
@@ -296,16 +298,40 @@ def measure_explanations(record: RunRecord, model, dataset, count: int, seed: in
         )
         for head, truth in sample.truth.items()
     }
+    regions = {}
+    if sample.masks is not None:
+        chosen = dataset.splits["test"].take(sample.indices)
+        for head, truth in sample.truth.items():
+            options = {"head": head, "target": truth, "methods": methods, "settings": MEASURED}
+            if chosen.cued is None:  # the maps measured above are of these images
+                options["maps"] = found[head].maps
+                regions[head] = quality.region_check(model, sample.images, sample.masks, **options)
+            else:  # the cue as the model saw it in training; removing it gives the clean images
+                regions[head] = quality.region_check(
+                    model,
+                    chosen.cued,
+                    sample.masks,
+                    cue_masks=chosen.cue_masks,
+                    clean=sample.images,
+                    **options,
+                )
     described = {
         "patch": MEASURED.patch or default_patch(sample.images.shape[1:]),
         "smoothgrad": MEASURED.smoothgrad,
     }
     if "gradcam" in methods:
         described["layer"] = MEASURED.layer or default_layer(model)
+    if "integrated_gradients" in methods:
+        described["integrated_gradients"] = (
+            f"{MEASURED.ig_steps} steps from the {MEASURED.ig_baseline} colour"
+        )
+    if "rise" in methods:
+        described["rise"] = f"{MEASURED.rise_masks} random masks"
     return {
         "images": len(sample.indices),
         "masks": sample.masks is not None,
         "heads": found,
+        "regions": regions,
         "settings": described,
     }
 

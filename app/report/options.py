@@ -27,8 +27,8 @@ class ReportOptions:
         pairs: rows of the "most confused pairs" tables.
         grid_classes: classes per image-grid figure (long class lists are split).
         quality_images: test images whose explanations are measured in the
-            "Explanation quality" section (0, the default: no such section; it took
-            longer than the rest of the report, e.g. 21 s against 14 s for the line
+            "Explanation quality" section (0, the default: no such section; it takes
+            longer than the rest of the report, e.g. 28 s against 12 s for the line
             model with 32 images, so it is written on request: --quality-images 32).
     """
 

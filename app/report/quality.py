@@ -17,6 +17,7 @@ from visualize.quality import (
     POINTING_METHODS,
     POINTING_TOLERANCE,
     RANDOM_MODELS,
+    RELIANCE_MARGIN,
     SANITY_LIMIT,
     failed_checks,
 )
@@ -35,7 +36,11 @@ def quality_section(quality: dict, files: dict[str, bytes]) -> Section:
     multi = len(quality["heads"]) > 1
     described = f"occlusion with a {settings['patch']}-pixel square, the mean colour as fill"
     if "layer" in settings:
-        described += f"; Grad-CAM of {settings['layer']}"
+        described += f"; Grad-CAM, Grad-CAM++ and LayerCAM of {settings['layer']}"
+    if "integrated_gradients" in settings:
+        described += f"; Integrated Gradients in {settings['integrated_gradients']}"
+    if "rise" in settings:
+        described += f"; RISE with {settings['rise']}"
     blocks: list[Any] = [
         Text(
             f"{quality['images']} test images (a seeded choice), their true class explained ({described}; "
@@ -97,7 +102,40 @@ def quality_section(quality: dict, files: dict[str, bytes]) -> Section:
                 "Mean deletion and insertion curves per method; dashed: random pixel orders.",
             )
         )
+        if head in quality.get("regions", {}):
+            blocks += _regions_blocks(quality["regions"][head], suffix, files)
     return Section("Explanation quality", "quality", blocks)
+
+
+def _regions_blocks(found, suffix: str, files: dict[str, bytes]) -> list:
+    """What the decisions rest on (``visualize.quality.region_check``): the verdict in
+    words, then per method the shares of importance on each region."""
+    summary = found.summary()
+    summary.index.name = "measured by"
+    files[f"regions{suffix}.csv"] = csv_bytes(summary.reset_index())
+    checked = (
+        "the cued copies of the test images (the cue as in training)" if found.cue else "the images above"
+    )
+    others = [region for region in found.regions if region != "object"]
+    return [
+        Text(
+            "What the decisions rest on: " + " ".join(found.verdict()), "warning" if found.relies else "text"
+        ),
+        Table(
+            summary.reset_index(),
+            f"On {checked}: row 'area', each region's share of the image; row 'removal', the class "
+            f"probability removing the region costs (object and rest filled with the training mean colour"
+            + (", the cue replaced by the clean image" if found.cue else "")
+            + f"), with relies_on_{'/'.join(others)} the share of images where removing it costs at least "
+            f"{RELIANCE_MARGIN:g} and more_on_ the share where that is also more than hiding the object "
+            "costs; "
+            "the other rows, each method's share of "
+            "positive importance per region and the share of images whose map puts more on "
+            f"{' / '.join(others)} than on the object.",
+            {column: "{:.0%}" for column in summary.columns if column.startswith(("more_on_", "relies_on_"))},
+            file=f"regions{suffix}.csv",
+        ),
+    ]
 
 
 def _interval_text(summary, intervals):

@@ -20,6 +20,8 @@ INPUT_RANGE_CHOICES = ("auto", *INPUT_RANGES)
 
 # What the line dataset's lines are drawn on (fruitcnn.data.line.BACKGROUNDS).
 LINE_BACKGROUNDS = ("black", "noise", "texture")
+# Cues planted in the training and validation images (fruitcnn.data.composite.CUES).
+CUE_KINDS = ("none", "patch", "border", "hue")
 
 # Unpack limits (DataConfig.unpack_limits): no image set needs a single file above 1 GiB
 # (STL-10's largest file that is read, test_X.bin, has 207 MB); 16 GiB of files is more
@@ -125,6 +127,15 @@ class DataConfig:
         images_per_class: images generated per class (line dataset).
         background: what the line dataset's lines are drawn on (``LINE_BACKGROUNDS``;
             see ``fruitcnn.data.line``).
+        object_masks: find the object masks of photos of one object on a plain
+            background (Fruits-360), for the explanation checks
+            (``fruitcnn.data.composite.object_masks``).
+        paste_on: a folder or archive of photos (any source ``dataset`` takes) to paste
+            the objects on, at seeded positions and scales, with their masks; each split
+            gets backgrounds of its own ('' = no pasting).
+        cue: a cue that names the class (``CUE_KINDS``: a corner patch, a frame, or the
+            background's hue) planted in the training and validation images only; the
+            test images stay clean and a cued copy is kept for the shortcut check.
         split: ``auto`` (the dataset's own train/test split when it has one, else
             60/40), or ``train/test`` or ``train/val/test`` as percentages summing to
             100 (``60/40``) or image counts (``8000/2000/3000``). An explicit split on
@@ -165,6 +176,29 @@ class DataConfig:
         "line dataset: what the line is drawn on: black, noise (random pixels) or texture (smooth random "
         "patterns), both seeded and at most 160 in each channel; the masks stay the line's pixels",
         choices=LINE_BACKGROUNDS,
+    )
+    object_masks: bool = setting_field(
+        False,
+        "--object-masks",
+        "find the object masks of photos of one object on a plain background (Fruits-360's fruits on white) "
+        "for the explanation checks (pointing, mask mass, the shortcut check)",
+        action="store_true",
+    )
+    paste_on: str = setting_field(
+        "",
+        "--paste-on",
+        "paste the objects (with --object-masks' masks) on the photos of this folder or archive, at seeded "
+        "positions and scales, each split on backgrounds of its own; the masks follow the objects",
+        metavar="PATH",
+        shown_default="no pasting",
+    )
+    cue: str = setting_field(
+        "none",
+        "--cue",
+        "plant a cue that names the class in the training and validation images only: patch (a corner "
+        "square), border (a frame) or hue (the background tinted; needs masks); the test images stay "
+        "clean, and the report's shortcut check measures whether the model took it",
+        choices=CUE_KINDS,
     )
     split: str = setting_field(
         "auto",
@@ -215,6 +249,21 @@ class DataConfig:
             raise ValueError(
                 f"--background {self.background} draws the generated line dataset's background; the "
                 f"dataset is {self.dataset!r}. Leave --background out, or use --dataset line."
+            )
+        if self.cue not in CUE_KINDS:
+            raise ValueError(f"cue {self.cue!r} is not one of {', '.join(CUE_KINDS)}.")
+        if self.dataset == "line" and (self.object_masks or self.paste_on):
+            flag = "--paste-on" if self.paste_on else "--object-masks"
+            raise ValueError(
+                f"{flag} is for photos of objects on a plain background; the line dataset has its exact "
+                "masks already (and --background to draw it on noise or textures)."
+            )
+        if self.paste_on and not self.paste_on.strip():
+            raise ValueError("paste_on is blank; give a folder or archive of photos, or leave it out.")
+        if self.cue == "hue" and self.dataset != "line" and not (self.object_masks or self.paste_on):
+            raise ValueError(
+                "--cue hue tints the background, which needs the objects' masks: add --object-masks (photos "
+                "of objects on a plain background) or --paste-on PATH, or use --cue patch or --cue border."
             )
         if self.images_per_class < 1:
             raise ValueError(f"images_per_class must be >= 1, got {self.images_per_class}.")

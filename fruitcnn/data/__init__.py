@@ -8,6 +8,7 @@ same container, so training has one path for all of them.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from fruitcnn.config import TRAINING_PART, DataConfig, parse_unpack_limits
-from fruitcnn.data import cache, line
+from fruitcnn.data import cache, composite, line
+from fruitcnn.data.images import resize_many
 from fruitcnn.data.problems import DatasetError, Problems
 from fruitcnn.data.sources import Part, RawData, check_classes, read_source
 from fruitcnn.data.splits import holdout, parse_split, stratified_split
@@ -41,12 +43,18 @@ class Split:
         labels: int32 class ids (N,).
         attributes: int32 (N, A) attribute indices, or None.
         masks: bool (N, H, W) ground-truth object pixels, or None.
+        cued: the images with the cue of their class planted (uint8, as ``images``),
+            kept for the test split of data with ``--cue`` (whose ``images`` are clean),
+            else None.
+        cue_masks: bool (N, H, W) where the cue lies in ``cued``, or None.
     """
 
     images: np.ndarray
     labels: np.ndarray
     attributes: np.ndarray | None = None
     masks: np.ndarray | None = None
+    cued: np.ndarray | None = None
+    cue_masks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -57,7 +65,14 @@ class Split:
         def pick(array):
             return None if array is None else array[indices]
 
-        return Split(self.images[indices], self.labels[indices], pick(self.attributes), pick(self.masks))
+        return Split(
+            self.images[indices],
+            self.labels[indices],
+            pick(self.attributes),
+            pick(self.masks),
+            pick(self.cued),
+            pick(self.cue_masks),
+        )
 
 
 @dataclass(frozen=True)
@@ -106,7 +121,7 @@ def load_dataset(config: DataConfig) -> Dataset:
     if config.split != "auto":
         parse_split(config.split)  # fail on a bad split before reading anything
     if config.dataset == "line":
-        return line_dataset(config)
+        return _ground_truth(line_dataset(config), config)
     started = time.monotonic()
     problems = Problems(config.dataset, strict=config.strict)
     raw, from_cache = _read(config, problems)
@@ -126,9 +141,105 @@ def load_dataset(config: DataConfig) -> Dataset:
         "messages": problems.summary(),
     }
     info["warnings"] = split_warnings(len(val), len(raw.class_names))
-    return Dataset(
+    dataset = Dataset(
         name=config.dataset, train=train, val=val, test=test, class_names=raw.class_names, info=info
     )
+    return _ground_truth(dataset, config)
+
+
+def _ground_truth(dataset: Dataset, config: DataConfig) -> Dataset:
+    """The dataset with what ``--object-masks``, ``--paste-on`` and ``--cue`` add
+    (``fruitcnn.data.composite``): object masks, the objects pasted on photos (each split
+    on backgrounds of its own), and a cue planted in the training and validation images
+    (the test images kept clean, a cued copy beside them); ``info["ground_truth"]`` says
+    what was done."""
+    if not (config.object_masks or config.paste_on or config.cue != "none"):
+        return dataset
+    splits = dict(dataset.splits)
+    done = []
+    if config.object_masks or config.paste_on:
+        try:
+            splits = {
+                name: dataclasses.replace(part, masks=composite.object_masks(part.images))
+                for name, part in splits.items()
+            }
+        except ValueError as error:
+            raise DatasetError(
+                f"{config.dataset}: {error}\n  fix: leave out --object-masks and --paste-on for this data "
+                "(they need photos of single objects on a plain background)."
+            ) from None
+        share = float(np.mean([part.masks.mean() for part in splits.values()]))
+        done.append(f"object masks from the plain background (the objects cover {share:.0%} of the images)")
+    if config.paste_on:
+        splits, text = _pasted(splits, config, dataset.image_shape)
+        done.append(text)
+    if config.cue != "none":
+        classes = len(dataset.class_names)
+        for name in ("train", "val"):
+            part = splits[name]
+            cued, _ = composite.plant_cue(part.images, part.labels, config.cue, classes, part.masks)
+            splits[name] = dataclasses.replace(part, images=cued)
+        test = splits["test"]
+        cued, where = composite.plant_cue(test.images, test.labels, config.cue, classes, test.masks)
+        splits["test"] = dataclasses.replace(test, cued=cued, cue_masks=where)
+        done.append(
+            f"cue: {config.cue} of each class's colour in the training and validation images only; the test "
+            "images are clean (a cued copy is kept for the shortcut check)"
+        )
+    info = {**dataset.info, "ground_truth": done}
+    return dataclasses.replace(dataset, **splits, info=info)
+
+
+def _pasted(splits: dict[str, Split], config: DataConfig, shape) -> tuple[dict[str, Split], str]:
+    """The splits' objects pasted on photos of ``config.paste_on``, each split on a
+    seeded share of the photos of its own (drawn again when it has fewer photos than
+    images), and the words that say so."""
+    if not Path(config.paste_on).expanduser().exists():
+        raise DatasetError(
+            f"--paste-on {config.paste_on}: no such file or folder (relative to {Path.cwd()}); expected a "
+            "folder or archive of photos to paste the objects on (e.g. ../shared/data/cifar10-jpg.tgz)."
+        )
+    problems = Problems(config.paste_on, strict=config.strict)
+    raw, _ = _read(dataclasses.replace(config, dataset=config.paste_on, paste_on="", cue="none"), problems)
+    problems.raise_if_any()
+    photos = [part.images for part in raw.parts.values()]
+    total = sum(len(images) for images in photos)
+    if total < len(splits):
+        raise DatasetError(
+            f"--paste-on {config.paste_on}: {total} photo(s) found; each of the {len(splits)} splits needs "
+            "photos of its own: give a folder with more photos."
+        )
+    pool = np.concatenate(photos) if len(photos) > 1 else photos[0]
+    rng = np.random.default_rng([config.seed, 2])
+    order = rng.permutation(total)
+    sizes = np.array([len(part) for part in splits.values()], np.float64)
+    counts = 1 + np.floor((total - len(sizes)) * sizes / sizes.sum()).astype(int)  # at most ``total``
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    height, width, channels = shape
+    result = {}
+    for (name, part), start, stop in zip(splits.items(), bounds[:-1], bounds[1:]):
+        own = order[start:stop]
+        chosen = own[: len(part)] if len(own) >= len(part) else rng.choice(own, len(part))
+        backgrounds = _as_channels(pool[np.sort(chosen)][rng.permutation(len(part))], channels)
+        if backgrounds.shape[1:3] != (height, width):
+            backgrounds = resize_many(backgrounds, (height, width))
+        images, masks = composite.paste_objects(part.images, part.masks, backgrounds, rng)
+        result[name] = dataclasses.replace(part, images=images, masks=masks)
+    text = (
+        f"objects pasted on {total} photos of {config.paste_on} (train / val / test on photos of their own: "
+        f"{', '.join(str(int(stop - start)) for start, stop in zip(bounds[:-1], bounds[1:]))}), their longer "
+        f"side {composite.PASTE_SCALE[0]:g}-{composite.PASTE_SCALE[1]:g} of the image side"
+    )
+    return result, text
+
+
+def _as_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 images with ``channels`` channels (grey repeated into RGB, RGB averaged to grey)."""
+    if images.shape[3] == channels:
+        return images
+    if channels == 3:
+        return np.repeat(images, 3, axis=3)
+    return np.round(images.mean(axis=3, keepdims=True)).astype(np.uint8)
 
 
 def split_warnings(validation_images: int, classes: int) -> list[str]:
@@ -157,7 +268,11 @@ def describe(dataset: Dataset) -> list[str]:
         f"{height}x{width}x{channels}; train {len(dataset.train)} / val {len(dataset.val)} / "
         f"test {len(dataset.test)} ({info.get('split', '')}){origin}"
     )
-    return [summary, *(f"  {note}" for note in info.get("notes", [])[1:])]
+    return [
+        summary,
+        *(f"  {note}" for note in info.get("notes", [])[1:]),
+        *(f"  {note}" for note in info.get("ground_truth", [])),
+    ]
 
 
 def warning_lines(dataset: Dataset) -> list[str]:

@@ -14,9 +14,9 @@ import fruitcnn
 from app.report.build import ReportOptions, RunRecord, build_report
 from fruitcnn import browser, runs
 from fruitcnn.config import ArchConfig, DataConfig, RunConfig, TrainConfig, parse_layers
-from fruitcnn.data import Dataset, Split
+from fruitcnn.data import Dataset, Split, load_dataset
 from fruitcnn.training import train
-from visualize.quality import MEASURED_MAPS
+from visualize.methods import REPORTED_MAPS
 
 FAST = TrainConfig(epochs=2, batch_size=32, learning_rate=0.01, warmup_epochs=0.0)
 QUIET = {"progress": lambda line: None}
@@ -315,7 +315,8 @@ def test_explanation_quality_section_measures_the_run_model(single_report, small
     page, markdown = report.html.read_text(), report.markdown.read_text()
     assert "<h2>Explanation quality</h2>" in page and "## Explanation quality" in markdown
     table = pd.read_csv(report.folder / "quality.csv")
-    assert table["method"].tolist() == list(quality.MEASURED_MAPS)
+    # the default methods and those added since (Integrated Gradients, RISE, Grad-CAM++, LayerCAM)
+    assert table["method"].tolist() == list(REPORTED_MAPS)
     assert (report.folder / "quality-curves.png").stat().st_size > 1000
     # the same numbers from visualize.quality directly, on the same seeded choice of test images
     chosen = np.sort(np.random.default_rng(0).choice(len(small_line.test), size=32, replace=False))
@@ -324,7 +325,7 @@ def test_explanation_quality_section_measures_the_run_model(single_report, small
         small_line.test.images[chosen],
         target=small_line.test.labels[chosen],
         masks=small_line.test.masks[chosen],
-        methods=quality.MEASURED_MAPS,
+        methods=REPORTED_MAPS,
     ).summary()
     for column in ("pointing", "mask_mass", "deletion_auc", "insertion_auc", "randomization_spearman"):
         np.testing.assert_allclose(table[column], again[column].to_numpy(), atol=1e-5)
@@ -346,12 +347,49 @@ def test_explanation_quality_section_measures_the_run_model(single_report, small
     )
 
 
+def test_the_report_says_what_the_decisions_rest_on(single_report, small_line):
+    from visualize import quality
+
+    run, report = single_report
+    page = report.html.read_text()
+    assert "What the decisions rest on" in page
+    regions = pd.read_csv(report.folder / "regions.csv").set_index("measured by")
+    assert list(regions.index[:2]) == ["area", "removal"] and set(REPORTED_MAPS) <= set(regions.index)
+    assert regions.loc["area", ["object", "rest"]].sum() == pytest.approx(1.0)
+    chosen = np.sort(np.random.default_rng(0).choice(len(small_line.test), size=32, replace=False))
+    again = quality.region_check(
+        run.model,
+        small_line.test.images[chosen],
+        small_line.test.masks[chosen],
+        target=small_line.test.labels[chosen],
+        methods=["occlusion_prob", "saliency"],
+    ).summary()
+    for row in ("removal", "occlusion_prob", "saliency"):
+        np.testing.assert_allclose(
+            regions.loc[row, ["object", "rest"]], again.loc[row, ["object", "rest"]], atol=1e-6
+        )
+
+
+def test_with_a_planted_cue_the_cued_test_images_are_checked(single_report):
+    from app.report.build import measure_explanations
+
+    run, _ = single_report
+    cued = load_dataset(DataConfig(images_per_class=24, seed=3, cue="patch"))
+    record = RunRecord.read(run.run_dir)
+    found = measure_explanations(record, run.model, cued, 12)["regions"]["class"]
+    assert found.cue and set(found.accuracy) == {"images", "clean"}
+    # the model never saw the patch: removing it costs (almost) nothing, and it is never relied on
+    assert not found.removal["relies_on_cue"].any()
+    assert found.removal["drop_cue"].max() < 0.2
+    assert "No reliance on the planted cue" in found.verdict()[0]
+
+
 def test_multi_head_report_measures_every_head_and_quality_can_be_left_out(
     multi_report, tmp_path, small_line
 ):
     run, report = multi_report
     for head in ("length", "width", "colour", "angle"):
-        assert len(pd.read_csv(report.folder / f"quality-{head}.csv")) == len(MEASURED_MAPS)
+        assert len(pd.read_csv(report.folder / f"quality-{head}.csv")) == len(REPORTED_MAPS)
     again = build_report(run.run_dir, dataset=small_line, **QUIET)  # the default: not measured
     assert "Explanation quality" not in again.html.read_text()
     assert not list(again.folder.glob("quality*"))

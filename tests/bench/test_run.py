@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import common
-from bench.tasks import data, quality, study
+from bench.tasks import data, quality, shortcut, study
 from tests.fruitcnn.data import formats
 
 # bench/run.py is a script (python bench/run.py TASK): loaded from its file, as it is run.
@@ -191,3 +191,37 @@ def test_train_flags_write_switches_and_whole_seconds_as_train_py_takes_them():
     assert train._settings(train.build_parser().parse_args(flags)) == settings
     # switches at their defaults need no flag
     assert common.train_flags({"normalize": True, "test_each_epoch": True, "multihead": False}) == []
+
+
+def test_shortcut_task_trains_with_and_without_each_cue_and_checks_both(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    objects = formats.object_tree(tmp_path / "objects", classes=3, per_class=12, size=32)
+    photos = formats.photo_tree(tmp_path / "photos", count=40, size=20)
+    monkeypatch.setattr(shortcut, "SETTINGS", {"arch": "fruits", "epochs": 1, "batch_size": 16, "lr": 0.01})
+    monkeypatch.setattr(shortcut, "IMAGES", 6)
+    monkeypatch.setattr(shortcut, "CUES", ("patch", "hue"))
+    assert bench.main(["shortcut", "--data", str(objects), "--backgrounds", str(photos)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["task"] == "shortcut" and report["wall_s"] > 0 and report["images"] == 6
+    assert 0 < report["object_area_share"] < 1 and set(report["cues"]) == {"patch", "hue"}
+    assert {"occlusion_prob", "integrated_gradients", "rise", "gradcampp", "layercam"} <= set(
+        report["methods"]
+    )
+    for values in report["methods"].values():
+        assert values["images"] == 6 and 0 <= values["pointing"] <= 1
+        low, high = values["mask_mass_interval"]
+        assert low - 1e-4 <= values["mask_mass"] <= high + 1e-4
+    for kind, found in report["cues"].items():
+        for model in ("trained_with_cue", "trained_without_cue"):
+            figures = found[model]
+            assert 0 <= figures["flagged"] <= 1 and 0 <= figures["accuracy_without_cue"] <= 1
+            assert set(figures["shares"]) == set(report["methods"]) - set(shortcut.SKIPPED_IN_CHECKS)
+            shares = figures["shares"]["occlusion_prob"]
+            regions = ("object", "cue") if kind == "hue" else ("object", "cue", "rest")
+            assert sum(shares[region] for region in regions) == pytest.approx(1.0, abs=1e-3) or not any(
+                shares[region] for region in regions
+            )
+    assert report["meets_goals"] == (not report["misses"])
+    with pytest.raises(SystemExit):
+        bench.main(["shortcut", "--data", str(objects), "--backgrounds", str(tmp_path / "none")])
+    assert "pass --backgrounds PATH" in capsys.readouterr().err

@@ -16,6 +16,11 @@ methods point the same way).
   the randomised model (Spearman, per image). A method whose maps barely change when
   the weights they claim to explain are destroyed fails the check. A model trained on
   shuffled labels (data randomisation) is compared the same way.
+* What the decisions rest on (``regions``): for images with object masks and, with a
+  planted cue, the cue's pixels, :func:`region_check` measures the probability each
+  region's removal costs and each method's share of importance on the object, the cue
+  and the rest, and says in words when the model relies on the cue or the surroundings
+  more than on the object.
 * Faithfulness (Petsiuk et al., RISE, BMVC 2018): :func:`perturbation_curves` removes
   (deletion) or reveals (insertion) the pixels in the order the map ranks them and
   records the class probability; :func:`curve_area` is the area under that curve. A
@@ -29,7 +34,7 @@ resampled).
 
 The parts: ``maps`` (which maps a model offers and making them through the method
 registry, ``visualize.methods``), ``truth``, ``curves`` (and the rank statistics),
-``randomisation``, ``intervals``, ``scores`` (all of it, and the goals), ``constants``.
+``randomisation``, ``intervals``, ``regions``, ``scores`` (all of it, and the goals), ``constants``.
 """
 
 from visualize.compute import occlusion_importance
@@ -64,6 +69,14 @@ from visualize.quality.randomisation import (
     correlations_with,
     randomized_model,
 )
+from visualize.quality.regions import (
+    REGIONS,
+    RELIANCE_MARGIN,
+    RegionResult,
+    region_check,
+    region_masks,
+    region_shares,
+)
 from visualize.quality.scores import QualityResult, failed_checks, quality_scores
 from visualize.quality.truth import dilate, mask_mass, pointing_game
 
@@ -82,10 +95,13 @@ __all__ = [
     "POINTING_TOLERANCE",
     "RANDOM_MODELS",
     "RANDOM_ORDERS",
+    "REGIONS",
+    "RELIANCE_MARGIN",
     "SALIENCY_VARIANTS",
     "SANITY_LIMIT",
     "ExplainSettings",
     "QualityResult",
+    "RegionResult",
     "TooFewImages",
     "available_methods",
     "bootstrap_interval",
@@ -107,5 +123,8 @@ __all__ = [
     "quality_scores",
     "random_order",
     "randomized_model",
+    "region_check",
+    "region_masks",
+    "region_shares",
     "rank_correlation",
 ]

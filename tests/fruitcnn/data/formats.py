@@ -140,3 +140,28 @@ def jpeg_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="JPEG", quality=95)
     return buffer.getvalue()
+
+
+def object_tree(root, classes=3, per_class=8, size=24):
+    """Class folders of discs on white, a different disc colour per class."""
+    rows, columns = np.mgrid[:size, :size]
+    rng = np.random.default_rng(5)
+    for label in range(classes):
+        folder = root / f"class{label}"
+        folder.mkdir(parents=True)
+        for index in range(per_class):
+            centre = rng.uniform(size * 0.4, size * 0.6, 2)
+            disc = (rows - centre[0]) ** 2 + (columns - centre[1]) ** 2 <= (size * 0.3) ** 2
+            image = np.full((size, size, 3), 255, np.uint8)
+            image[disc] = (60 * label, 100, 200 - 60 * label)
+            write_png(folder / f"{index}.png", image)
+    return root
+
+
+def photo_tree(root, count=20, size=16):
+    rng = np.random.default_rng(6)
+    folder = root / "any"
+    folder.mkdir(parents=True)
+    for index in range(count):
+        write_png(folder / f"{index}.png", rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+    return root
