@@ -224,7 +224,9 @@ def _build_report(run_dir, dataset, model, options: ReportOptions, progress, inp
     quality = None
     if options.quality_images:
         progress(f"measuring the explanations of {options.quality_images} test images ...")
+        started = time.monotonic()
         quality = measure_explanations(record, model, dataset, options.quality_images)
+        quality["seconds"] = round(time.monotonic() - started, 1)
     progress("drawing figures ...")
     sections, files = _sections(record, model, dataset, results, options, quality)
     folder = record.folder / runs.REPORT_DIR

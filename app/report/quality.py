@@ -43,7 +43,8 @@ def quality_section(quality: dict, files: dict[str, bytes]) -> Section:
         described += f"; RISE with {settings['rise']}"
     blocks: list[Any] = [
         Text(
-            f"{quality['images']} test images (a seeded choice), their true class explained ({described}; "
+            (f"Measured in {quality['seconds']:.0f} s. " if "seconds" in quality else "")
+            + f"{quality['images']} test images (a seeded choice), their true class explained ({described}; "
             f"SmoothGrad of {settings['smoothgrad']} noisy copies). Deletion / insertion: the area under the "
             "class probability as the pixels a map ranks first are replaced by the training mean colour / "
             "revealed on it (Petsiuk et al., 2018): a faithful map's deletion area lies below the random "

@@ -314,6 +314,7 @@ def test_explanation_quality_section_measures_the_run_model(single_report, small
     run, report = single_report
     page, markdown = report.html.read_text(), report.markdown.read_text()
     assert "<h2>Explanation quality</h2>" in page and "## Explanation quality" in markdown
+    assert re.search(r"Measured in \d+ s\. 32 test images", page)  # the section says what it cost
     table = pd.read_csv(report.folder / "quality.csv")
     # the default methods and those added since (Integrated Gradients, RISE, Grad-CAM++, LayerCAM)
     assert table["method"].tolist() == list(REPORTED_MAPS)

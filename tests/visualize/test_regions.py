@@ -106,3 +106,9 @@ def test_equal_removals_below_the_margin_are_not_reliance():
     assert RELIANCE_MARGIN > 0
     with pytest.raises(ValueError, match="both"):
         region_check(rest_reader, clean, masks, cue_masks=masks, target=1)
+    with pytest.raises(ValueError, match="maps has no gradcam"):
+        region_check(
+            rest_reader, clean, masks, target=1, methods=["gradcam"], maps={"saliency": clean[..., 0]}
+        )
+    removal_only = region_check(rest_reader, clean, masks, target=1, methods=())
+    assert removal_only.shares.empty and list(removal_only.summary().index) == ["area", "removal"]

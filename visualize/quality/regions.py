@@ -269,9 +269,18 @@ def region_check(
         maps = explanation_maps(
             model, images, methods, head=head, target=targets, settings=settings or MEASURED
         )
-    frames = [pd.DataFrame(columns=["image", "method", *regions])]
-    for method in methods:
-        shares = region_shares(maps[method], regions)
-        frames.append(pd.DataFrame({"image": np.arange(len(images)), "method": method, **shares}))
-    shares = pd.concat(frames[1:], ignore_index=True) if methods else frames[0]
+    missing = [method for method in methods if method not in (maps or {})]
+    if missing:
+        raise ValueError(f"maps has no {', '.join(missing)}; it has {', '.join(maps or {}) or 'nothing'}.")
+    frames = [
+        pd.DataFrame(
+            {"image": np.arange(len(images)), "method": method, **region_shares(maps[method], regions)}
+        )
+        for method in methods
+    ]
+    shares = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["image", "method", *regions])
+    )
     return RegionResult(pd.DataFrame(removal), shares, accuracy, tuple(regions))
