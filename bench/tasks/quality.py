@@ -43,7 +43,7 @@ def _shuffled_labels(dataset, seed: int = 0):
     return dataclasses.replace(dataset, train=shuffled, val=shuffled)
 
 
-def _method_table(found, intervals, extra: dict | None = None) -> dict:
+def method_table(found, intervals, extra: dict | None = None) -> dict:
     """``{method: {measure: mean, measure_interval: [low, high], images: N}}`` from a
     quality result and its ``found.intervals()`` (NaN columns left out; the intervals: 95%
     bootstrap, images resampled)."""
@@ -152,7 +152,7 @@ def _line_quality(models: Path, out: Path, background: str) -> dict:
     randomization_s = time.perf_counter() - start
     intervals = found.intervals()  # with the images measured: one bootstrap per table
     summary = found.summary().join(intervals)
-    table = _method_table(found, intervals, extra)
+    table = method_table(found, intervals, extra)
     summary["data_randomization_spearman"] = [
         extra[method]["data_randomization_spearman"] for method in summary.index
     ]
@@ -211,7 +211,7 @@ def _fruits_quality(models: Path, out: Path) -> dict:
         "test_accuracy": result.metrics["test_accuracy"],
         "images": int(len(chosen)),
         "patch": int(quality.default_patch(images.shape[1:])),
-        "methods": _method_table(found, intervals),
+        "methods": method_table(found, intervals),
         "train_s": round(train_s, 1),
         "measures_s": round(time.perf_counter() - start, 1),
         "figures": [_write_figure(out, "fruits-curves.png", figure)],

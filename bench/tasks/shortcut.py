@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from bench import common
+from bench.tasks import quality as quality_tasks
 from fruitcnn.config import config_from_settings
 from fruitcnn.data import load_and_report
 from visualize.methods import REPORTED_MAPS
@@ -101,22 +102,7 @@ def run_shortcut(objects: str, backgrounds: str, keep: bool) -> dict:
     found = quality.quality_scores(
         model, test.images, target=test.labels, masks=test.masks, methods=measured, randomize=False
     )
-    intervals = found.intervals()
-    table = {}
-    for method, row in found.summary().iterrows():
-        table[method] = {
-            "images": int(intervals.loc[method, "images"]),
-            **{
-                name: round(float(row[name]), 4)
-                for name in ("pointing", "mask_mass", "deletion_auc", "deletion_auc_random")
-            },
-            **{
-                f"{name}_interval": [
-                    round(float(intervals.loc[method, f"{name}_{end}"]), 4) for end in ("low", "high")
-                ]
-                for name in ("pointing", "mask_mass")
-            },
-        }
+    table = quality_tasks.method_table(found, found.intervals())
     area = float(test.masks.mean())
     measures_s = time.perf_counter() - measure_start
     cues, misses = {}, []

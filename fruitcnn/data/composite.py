@@ -65,12 +65,18 @@ def border_pixels(images: np.ndarray, width: int = BORDER) -> np.ndarray:
     return np.concatenate(parts, axis=1).astype(np.int16)
 
 
+def border_colour(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's background colour (the median of its border, (N, C)) and the border's
+    spread around it (the median over its pixels of the largest channel difference, (N,))."""
+    border = border_pixels(images)
+    colour = np.median(border, axis=1)
+    return colour, np.median(np.abs(border - colour[:, None]).max(axis=-1), axis=1)
+
+
 def plain_border_problem(images: np.ndarray) -> str | None:
     """Why ``images`` are not objects on a plain background (their borders vary too much,
     or too few images have one), or None when they are."""
-    border = border_pixels(images)
-    colour = np.median(border, axis=1)
-    spread = np.median(np.abs(border - colour[:, None]).max(axis=-1), axis=1)
+    _, spread = border_colour(images)
     plain = spread <= PLAIN_SPREAD
     if plain.mean() >= PLAIN_SHARE:
         return None
@@ -100,9 +106,7 @@ def object_masks(images: np.ndarray) -> np.ndarray:
     masks = np.empty(images.shape[:3], bool)
     for start in range(0, len(images), _CHUNK):
         chunk = images[start : start + _CHUNK].astype(np.int16)
-        border = border_pixels(chunk)
-        colour = np.median(border, axis=1)
-        spread = np.median(np.abs(border - colour[:, None]).max(axis=-1), axis=1)
+        colour, spread = border_colour(chunk)
         threshold = np.maximum(MIN_CONTRAST, SPREAD_FACTOR * spread)
         difference = np.abs(chunk - colour[:, None, None].astype(np.int16))
         found = (

@@ -89,17 +89,29 @@ def random_order(count: int, shape: Sequence[int], *, seed: int, repeat: int = 0
     )
 
 
-def _probability_function(model: keras.Model, head: str, shape):
-    explained = logits_model(model, head)
+def class_scores_function(model: keras.Model, head: str, shape):
+    """The compiled ``(images, targets) -> (probability of each target, predicted class)``
+    of ``model``'s ``head`` for images of ``shape``, made once per model, head and shape
+    (the deletion curves and ``regions`` share it)."""
 
-    @tf.function(
-        input_signature=[tf.TensorSpec((None, *shape), tf.float32), tf.TensorSpec([None], tf.int32)],
-        autograph=False,  # no Python control flow inside; autograph tripped on the closure
-    )
-    def probability(images, targets):
-        return class_probability(explained(images, training=False), targets)
+    def build():
+        explained = logits_model(model, head)
 
-    return probability
+        @tf.function(
+            input_signature=[tf.TensorSpec((None, *shape), tf.float32), tf.TensorSpec([None], tf.int32)],
+            autograph=False,  # no Python control flow inside; autograph tripped on the closure
+        )
+        def scores(images, targets):
+            logits = explained(images, training=False)
+            if logits.shape[-1] > 1:
+                predicted = tf.argmax(logits, axis=-1)
+            else:
+                predicted = tf.cast(logits[:, 0] > 0, tf.int64)
+            return class_probability(logits, targets), predicted
+
+        return scores
+
+    return compiled(model, ("class-scores", head, tuple(shape)), build)
 
 
 def perturbation_curves(
@@ -142,9 +154,7 @@ def perturbation_curves(
     if places.shape != images.shape[:3]:
         raise ValueError(f"places must have shape {images.shape[:3]} (one per pixel), got {places.shape}.")
     shape = tuple(images.shape[1:])
-    probability = compiled(
-        model, ("probability", head, shape), lambda: _probability_function(model, head, shape)
-    )
+    scores = class_scores_function(model, head, shape)
     pixels = shape[0] * shape[1]
     patch = default_patch(shape) if patch is None else patch
     counts = np.round(np.arange(steps + 1) * pixels / steps).astype(np.int64)
@@ -161,7 +171,7 @@ def perturbation_curves(
             variants.append(np.where(changed[..., None], filled[None], image[None]))
         batch = np.concatenate(variants).astype(np.float32)
         chosen = np.repeat(targets[start : start + len(variants)], steps + 1).astype(np.int32)
-        values = probability(tf.constant(batch), tf.constant(chosen)).numpy()
+        values = scores(tf.constant(batch), tf.constant(chosen))[0].numpy()
         curves.append(values.reshape(len(variants), steps + 1))
     return np.concatenate(curves).astype(np.float32)
 

@@ -32,15 +32,10 @@ import tensorflow as tf
 
 from visualize.methods import MEASURED, MEASURED_MAPS, ExplainSettings
 from visualize.occlusion import DEFAULT_FILL, default_patch, fill_image
+from visualize.quality.curves import class_scores_function
 from visualize.quality.maps import explanation_maps
-from visualize.targets import (
-    as_images,
-    class_probability,
-    compiled,
-    logits_model,
-    resolve_head,
-    resolve_targets,
-)
+from visualize.quality.truth import mask_mass
+from visualize.targets import as_images, resolve_head, resolve_targets
 
 REGIONS = ("object", "cue", "rest")
 # A removal must cost at least this much probability to count as reliance.
@@ -74,40 +69,17 @@ def region_masks(masks, cue_masks=None) -> dict[str, np.ndarray]:
 
 
 def region_shares(maps, regions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per region the share of each map's positive mass on it, ``{region: float (N,)}``
-    (summing to 1 over the regions; all 0 for a map without positive values)."""
-    maps = np.maximum(np.asarray(maps, np.float64), 0.0)
-    total = maps.sum(axis=(1, 2))
-    safe = np.where(total > 0, total, 1.0)
-    return {
-        name: np.where(total > 0, (maps * region).sum(axis=(1, 2)) / safe, 0.0)
-        for name, region in regions.items()
-    }
-
-
-def _predictor(model: keras.Model, head: str, shape):
-    explained = logits_model(model, head)
-
-    @tf.function(
-        input_signature=[tf.TensorSpec((None, *shape), tf.float32), tf.TensorSpec([None], tf.int32)],
-        autograph=False,
-    )
-    def predict(images, targets):
-        logits = explained(images, training=False)
-        predicted = (
-            tf.argmax(logits, axis=-1) if logits.shape[-1] > 1 else tf.cast(logits[:, 0] > 0, tf.int64)
-        )
-        return class_probability(logits, targets), predicted
-
-    return predict
+    """Per region the share of each map's positive mass on it (``mask_mass`` of the
+    region), ``{region: float (N,)}``: summing to 1 over the regions, all 0 for a map
+    without positive values."""
+    return {name: mask_mass(maps, region) for name, region in regions.items()}
 
 
 def _predict(model, head, images, targets) -> tuple[np.ndarray, np.ndarray]:
     """(probability of each target, predicted class) of ``images``, in batches."""
-    shape = tuple(images.shape[1:])
-    predict = compiled(model, ("region-predict", head, shape), lambda: _predictor(model, head, shape))
+    scores = class_scores_function(model, head, tuple(images.shape[1:]))
     found = [
-        predict(tf.constant(images[start : start + _BATCH]), tf.constant(targets[start : start + _BATCH]))
+        scores(tf.constant(images[start : start + _BATCH]), tf.constant(targets[start : start + _BATCH]))
         for start in range(0, len(images), _BATCH)
     ]
     return (
