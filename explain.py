@@ -48,6 +48,7 @@ from visualize.methods import (  # noqa: E402  (no TensorFlow)
     HEATMAP_METHODS,
     SALIENCY_OF,
     SMOOTHGRAD_COPIES,
+    SPREADS,
     ExplainSettings,
     parse_methods,
 )
@@ -169,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="occlusion: incremental (recompute only the part of each layer the square changes: the "
         "same maps, many times faster), batched (every occluded copy through the whole model) or auto "
         "(incremental when the model allows it, else batched with the reason printed) (default: auto)",
+    )
+    parser.add_argument(
+        "--occlusion-spread",
+        choices=SPREADS,
+        default="window",
+        help="occlusion: each pixel the mean over every square that hides it (window) or the value of the "
+        "square centred on it (centre) (default: window)",
     )
     parser.add_argument(
         "--saliency",
@@ -516,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
             stride=args.stride,
             fill=fill,
             occlusion_engine=args.occlusion_engine,
+            occlusion_spread=args.occlusion_spread,
             saliency_of=args.saliency,
             saliency_smoothgrad=args.smoothgrad,
             times_input=args.times_input,

@@ -166,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="shortcut: the photos the objects are pasted on (default: ../shared/data's CIFAR-10)",
     )
     parser.add_argument(
+        "--methods",
+        default=None,
+        metavar="M,M",
+        help="explain-quality, shortcut: measure only these maps (names as in the quality tables, "
+        "e.g. occlusion_prob,occlusion_loss; default: every method the task measures)",
+    )
+    parser.add_argument(
         "--background",
         choices=LINE_BACKGROUNDS,
         default="black",
@@ -190,16 +197,52 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--background is for the explain-quality task, not {args.task}.")
     if args.backgrounds is not None and kind != "shortcut":
         raise ValueError(f"--backgrounds is for the shortcut task, not {args.task}.")
+    if args.methods is not None:
+        if kind not in ("quality", "shortcut"):
+            raise ValueError(f"--methods is for the explain-quality and shortcut tasks, not {args.task}.")
+        _methods(args)
     if kind not in ("stl", "data", "shortcut") and args.data is not None:
         raise ValueError(f"task {args.task} generates its data; --data is not used (got {args.data!r}).")
+
+
+def _methods(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """``--methods`` as names (ValueError for a name no quality table has), or None."""
+    if args.methods is None:
+        return None
+    from visualize.methods import method_of
+
+    names = tuple(name.strip() for name in args.methods.split(",") if name.strip())
+    unknown = []
+    for name in names:
+        try:
+            method_of(name)
+        except ValueError:
+            unknown.append(name)
+    if not names or unknown:
+        raise ValueError(
+            f"--methods {args.methods!r}: {'unknown ' + ', '.join(unknown) if unknown else 'no method'}; "
+            "expected map names as in the quality tables, e.g. occlusion_prob,occlusion_loss,gradcam,"
+            "gradcam_relu2,integrated_gradients."
+        )
+    return names
 
 
 def _data(args: argparse.Namespace) -> str | None:
     """The data the task reads: a data task's ``--data`` or its default copy (ValueError
     when that is missing); else ``--data`` as given."""
     if TASKS[args.task] == "shortcut":
-        common.data_path(args.task, args.backgrounds, shortcut.BACKGROUNDS, "--backgrounds")
-        return common.data_path(args.task, args.data, shortcut.OBJECTS)
+        problems = []
+        for given, default, flag in (
+            (args.data, shortcut.OBJECTS, "--data"),
+            (args.backgrounds, shortcut.BACKGROUNDS, "--backgrounds"),
+        ):
+            try:
+                common.data_path(args.task, given, default, flag)
+            except ValueError as error:
+                problems.append(str(error))
+        if problems:
+            raise ValueError(" ".join(problems))
+        return args.data or str(shortcut.OBJECTS)
     if TASKS[args.task] != "data":
         return args.data
     return common.data_path(args.task, args.data, data.RECIPES[args.task]["data"])
@@ -234,11 +277,13 @@ def _run(args: argparse.Namespace, path: str | None) -> dict:
     if kind == "study":
         return study.run_study_task()
     if kind == "quality":
-        return quality.run_explain_quality(args.keep, args.background)
+        return quality.run_explain_quality(args.keep, args.background, _methods(args))
     if kind == "page":
         return page.run_page()
     if kind == "shortcut":
-        return shortcut.run_shortcut(path, args.backgrounds or str(shortcut.BACKGROUNDS), args.keep)
+        return shortcut.run_shortcut(
+            path, args.backgrounds or str(shortcut.BACKGROUNDS), args.keep, _methods(args)
+        )
     return line.run_line(args.task, kind, args.keep)
 
 

@@ -24,8 +24,9 @@ from visualize.saliency import saliency
 
 def occlusion_method(model, images, *, head, targets, settings: ExplainSettings, progress=None) -> MethodMaps:
     """``occlusion_prob`` and ``occlusion_loss``: drawn as the class probability and its
-    loss with the square centred on each pixel hidden; as importance, the probability's
-    drop and the loss's rise."""
+    loss with a square hidden (per pixel the mean over the squares that hide it, or the
+    square centred on it: ``settings.occlusion_spread``); as importance, the
+    probability's drop and the loss's rise."""
     notes = []
     if settings.fill == "mean" and training_mean_colour(model) is None:
         notes.append("occlusion: this model stores no training mean colour; the squares are mid-grey (128)")
@@ -39,6 +40,7 @@ def occlusion_method(model, images, *, head, targets, settings: ExplainSettings,
         stride=settings.stride,
         fill=settings.fill,
         engine=settings.occlusion_engine,
+        spread=settings.occlusion_spread,
         progress=progress,
     )
     seconds = time.perf_counter() - start

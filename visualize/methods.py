@@ -37,6 +37,9 @@ from typing import Any
 # Occlusion: what fills the hidden square, and how the maps are computed (the same maps).
 FILLS = ("mean", "gray", "zero", "blur")
 ENGINES = ("auto", "incremental", "batched")
+# How the squares' values become a map of pixels (visualize.occlusion): the mean over
+# every square that hides the pixel, or the value of the square centred on it.
+SPREADS = ("window", "centre")
 # Saliency: the gradient of the class's loss or of its logit.
 SALIENCY_OF = ("loss", "logit")
 # Filter visualisation: maximise the unit at the centre of the map, or the map's mean.
@@ -70,6 +73,8 @@ class ExplainSettings:
         stride: occlusion stride (every S-th row and column).
         fill: occlusion fill, one of :data:`FILLS` or a pixel value 0-255.
         occlusion_engine: one of :data:`ENGINES` (the same maps).
+        occlusion_spread: one of :data:`SPREADS`: each pixel the mean over the squares
+            that hide it, or the value of the square centred on it.
         saliency_of: the method ``saliency``: gradient of the ``loss`` or the ``logit``.
         saliency_smoothgrad: the method ``saliency``: SmoothGrad's noisy copies (0: the
             plain gradient).
@@ -88,6 +93,7 @@ class ExplainSettings:
     stride: int = 1
     fill: Any = "mean"
     occlusion_engine: str = "auto"
+    occlusion_spread: str = "window"
     saliency_of: str = "loss"
     saliency_smoothgrad: int = SMOOTHGRAD_COPIES
     times_input: bool = False

@@ -2,9 +2,20 @@
 
 For each evaluated pixel (i, j) the N x N square centred on it (rows i - N//2 ...
 i - N//2 + N - 1, likewise columns, clipped at the border) is filled, and the
-target class's probability and cross-entropy loss are recorded at (i, j). With
-stride s only every s-th row and column is evaluated, and each evaluated value fills
-its s x s block (the pixels up to the next evaluated row and column).
+target class's probability and cross-entropy loss are recorded for that square. With
+stride s only every s-th row and column is a centre. How the squares' values become a
+map of pixels (``spread``, one of :data:`~visualize.methods.SPREADS`):
+
+* ``window`` (the default): each pixel gets the mean over every evaluated square that
+  hides it (as Captum's ``Occlusion`` attributes); a pixel no square hides (a stride
+  larger than the square) keeps the unoccluded value. The map says what hiding *this
+  pixel* costs on average, so a small object is not ringed by the centres of squares
+  that only graze it.
+* ``centre``: each pixel gets the value of the square centred on it (Zeiler and Fergus's
+  map); with stride s each evaluated value fills its s x s block.
+
+On Fruits-360 objects pasted on CIFAR-10 photos the window map's maximum lay on the
+object for 190 of 200 test images, the centre map's for 178 (``bench/run.py shortcut``).
 
 Two engines compute the same maps:
 
@@ -28,7 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from visualize.incremental import IncrementalOccluder, Unsupported
-from visualize.methods import ENGINES, FILLS
+from visualize.methods import ENGINES, FILLS, SPREADS
 from visualize.targets import (
     as_images,
     check_per_image,
@@ -62,8 +73,10 @@ class OcclusionMaps:
     """Both occlusion maps of a batch of images, float32 (N, H, W).
 
     Attributes:
-        probability: the target class's probability with the square hidden.
-        loss: the target class's cross-entropy with the square hidden.
+        probability: the target class's probability with a square hidden: per pixel,
+            the mean over the squares that hide it (``spread="window"``) or the value
+            of the square centred on it (``"centre"``).
+        loss: the target class's cross-entropy with a square hidden, likewise.
         baseline_probability: (N,) the probability without occlusion.
         baseline_loss: (N,) the loss without occlusion, from the logits (exact where
             the probability rounds to 1).
@@ -71,6 +84,7 @@ class OcclusionMaps:
         engine: ``incremental`` or ``batched``: which engine computed the maps.
         fallback_reason: why the batched engine was used when ``auto`` was asked
             for (one line naming the layer or structure), else None.
+        spread: ``window`` or ``centre``: how the squares' values became pixels.
     """
 
     probability: np.ndarray
@@ -80,6 +94,7 @@ class OcclusionMaps:
     engine: str = "batched"
     fallback_reason: str | None = None
     baseline_loss: np.ndarray | None = None
+    spread: str = "window"
 
 
 def training_mean_colour(model: keras.Model) -> np.ndarray | None:
@@ -161,9 +176,30 @@ def _centres(height: int, width: int, stride: int) -> tuple[np.ndarray, np.ndarr
 
 
 def _to_input_resolution(coarse: np.ndarray, height: int, width: int, stride: int) -> np.ndarray:
-    """Each pixel takes the value of the evaluated pixel at the top-left corner of its
-    stride x stride block (equal blocks; no rounding ties)."""
-    return coarse[np.ix_(np.arange(height) // stride, np.arange(width) // stride)]
+    """``centre``: each pixel takes the value of the evaluated pixel at the top-left
+    corner of its stride x stride block (equal blocks; no rounding ties); (N, rows,
+    columns) -> (N, H, W)."""
+    return coarse[:, np.arange(height) // stride][:, :, np.arange(width) // stride]
+
+
+def _hidden_by(size: int, patch: int, stride: int) -> np.ndarray:
+    """float64 (size, centres): 1 where the square centred on the centre hides the pixel."""
+    pixels = np.arange(size)[:, None]
+    first = np.arange(0, size, stride)[None] - patch // 2
+    return ((pixels >= first) & (pixels < first + patch)).astype(np.float64)
+
+
+def window_average(coarse: np.ndarray, height: int, width: int, patch: int, stride: int, untouched):
+    """``window``: each pixel the mean of the values of every square that hides it,
+    (N, rows, columns) -> (N, H, W) float32; ``untouched`` (N,) for a pixel no square
+    hides. Separable: the sum over the squares hiding a pixel is R @ V @ C^T (two matrix
+    products: 0.1 ms for a 100x100 image, against 160 ms for the same sum as one einsum)."""
+    rows, columns = _hidden_by(height, patch, stride), _hidden_by(width, patch, stride)
+    total = rows @ np.asarray(coarse, np.float64) @ columns.T
+    count = rows.sum(axis=1)[:, None] * columns.sum(axis=1)[None]
+    untouched = np.asarray(untouched, np.float64)[:, None, None]
+    mean = np.where(count > 0, total / np.maximum(count, 1), untouched)
+    return mean.astype(np.float32)
 
 
 def occlusion(
@@ -177,6 +213,7 @@ def occlusion(
     fill=DEFAULT_FILL,
     batch_size: int | None = None,
     engine: str = "auto",
+    spread: str = "window",
     progress: Callable[[int, int], None] | None = None,
 ) -> OcclusionMaps:
     """Occlusion sensitivity maps (probability and loss) of ``images``.
@@ -195,6 +232,8 @@ def occlusion(
         engine: ``auto`` (incremental when the model allows, else batched with the
             reason in ``fallback_reason``), ``incremental`` (an error if the model does
             not allow it) or ``batched``.
+        spread: ``window`` (each pixel the mean over the squares that hide it) or
+            ``centre`` (the value of the square centred on it); see the module.
         progress: called with (positions done, positions in all) after each batch.
 
     Returns:
@@ -205,6 +244,8 @@ def occlusion(
             raise ValueError(f"{name} must be at least 1 pixel/position, got {value}.")
     if engine not in ENGINES:
         raise ValueError(f"unknown occlusion engine {engine!r}; expected one of {', '.join(ENGINES)}.")
+    if spread not in SPREADS:
+        raise ValueError(f"unknown occlusion spread {spread!r}; expected one of {', '.join(SPREADS)}.")
     images = as_images(images)
     head = resolve_head(model, head)
     check_per_image(model)
@@ -220,13 +261,22 @@ def occlusion(
                 "(engine='batched', --occlusion-engine batched)."
             )
     if occluder is not None:
-        result = _incremental(model, images, targets, occluder, fill, patch, stride, progress)
+        result = _incremental(model, images, targets, occluder, fill, patch, progress)
     else:
         batch_size = batch_size or DEFAULT_BATCH
         result = _batched(model, images, targets, head, patch, stride, fill, batch_size, progress, reason)
     logits = logits_model(model, head)([images], training=False)  # its inputs are a list
-    clean_loss = class_loss(logits, tf.constant(targets, tf.int32))
-    return replace(result, baseline_loss=np.asarray(clean_loss, np.float32))
+    clean_loss = np.asarray(class_loss(logits, tf.constant(targets, tf.int32)), np.float32)
+    height, width = images.shape[1:3]
+    if spread == "window":
+        probability = window_average(
+            result.probability, height, width, patch, stride, result.baseline_probability
+        )
+        loss = window_average(result.loss, height, width, patch, stride, clean_loss)
+    else:
+        probability = _to_input_resolution(result.probability, height, width, stride)
+        loss = _to_input_resolution(result.loss, height, width, stride)
+    return replace(result, probability=probability, loss=loss, baseline_loss=clean_loss, spread=spread)
 
 
 def incremental_occluder(model: keras.Model, head: str, shape, patch: int, stride: int, batch_size=None):
@@ -244,11 +294,10 @@ def incremental_occluder(model: keras.Model, head: str, shape, patch: int, strid
         return None, str(error)
 
 
-def _incremental(model, images, targets, occluder, fill, patch, stride, progress) -> OcclusionMaps:
-    count, height, width = images.shape[:3]
-    probability = np.zeros((count, height, width), np.float32)
-    loss = np.zeros((count, height, width), np.float32)
-    baseline = np.zeros(count, np.float32)
+def _incremental(model, images, targets, occluder, fill, patch, progress) -> OcclusionMaps:
+    """The maps per square (N, rows, columns) by the incremental engine."""
+    count = len(images)
+    probability, loss, baseline = [], [], np.zeros(count, np.float32)
     total, done = count * occluder.positions, 0
     for index in range(count):
 
@@ -262,23 +311,24 @@ def _incremental(model, images, targets, occluder, fill, patch, stride, progress
         coarse_probability, coarse_loss, baseline[index] = occluder(
             images[index], fill_pixels, int(targets[index]), step
         )
-        probability[index] = _to_input_resolution(coarse_probability, height, width, stride)
-        loss[index] = _to_input_resolution(coarse_loss, height, width, stride)
-    return OcclusionMaps(probability, loss, baseline, targets, "incremental", None)
+        probability.append(coarse_probability)
+        loss.append(coarse_loss)
+    return OcclusionMaps(np.stack(probability), np.stack(loss), baseline, targets, "incremental", None)
 
 
 def _batched(
     model, images, targets, head, patch, stride, fill, batch_size, progress, reason
 ) -> OcclusionMaps:
-    """Every occluded copy through the whole model, ``batch_size`` positions at a time
-    (``reason``: why the incremental engine was not used, if it was asked for)."""
+    """The maps per square (N, rows, columns) with every occluded copy through the whole
+    model, ``batch_size`` positions at a time (``reason``: why the incremental engine was
+    not used, if it was asked for)."""
     count, height, width = images.shape[:3]
     shape = tuple(images.shape[1:])
     occlude = compiled(model, ("occlusion", head, patch, shape), lambda: _occluder(model, head, patch, shape))
     rows, columns = _centres(height, width, stride)
     centres = np.stack(np.meshgrid(rows, columns, indexing="ij"), axis=-1).reshape(-1, 2).astype(np.int32)
-    probability = np.zeros((count, height, width), np.float32)
-    loss = np.zeros((count, height, width), np.float32)
+    grid = (count, len(rows), len(columns))
+    probability, loss = np.zeros(grid, np.float32), np.zeros(grid, np.float32)
     baseline = np.zeros(count, np.float32)
     total, done = count * len(centres), 0
     for index in range(count):
@@ -292,11 +342,8 @@ def _batched(
             done += len(chunk)
             if progress is not None:
                 progress(done, total)
-        grid = (len(rows), len(columns))
-        coarse_probability = np.concatenate([part[0] for part in parts]).reshape(grid)
-        coarse_loss = np.concatenate([part[1] for part in parts]).reshape(grid)
-        probability[index] = _to_input_resolution(coarse_probability, height, width, stride)
-        loss[index] = _to_input_resolution(coarse_loss, height, width, stride)
+        probability[index] = np.concatenate([part[0] for part in parts]).reshape(grid[1:])
+        loss[index] = np.concatenate([part[1] for part in parts]).reshape(grid[1:])
         # far outside the image nothing is hidden: the unoccluded prediction
         untouched = tf.constant([[-2 * patch - height, -2 * patch - width]], tf.int32)
         baseline[index] = occlude(image, fill_pixels, untouched, target_index)[0].numpy()[0]

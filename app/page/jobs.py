@@ -155,6 +155,7 @@ class Request:
     stride: int = 1
     fill: Any = "mean"
     engine: str = "auto"
+    spread: str = "window"
     saliency_of: str = "loss"
     smoothgrad: int = 0
     filters: int = 16
@@ -185,6 +186,7 @@ def explain_work(session: RunSession, image: np.ndarray | None, request: Request
         stride=request.stride,
         fill=request.fill,
         occlusion_engine=request.engine,
+        occlusion_spread=request.spread,
         saliency_of=request.saliency_of,
         saliency_smoothgrad=request.smoothgrad,
     )

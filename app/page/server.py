@@ -44,7 +44,7 @@ from starlette.routing import Route
 
 from app.page.jobs import Jobs, Request, explain_work, image_png
 from app.page.session import MAX_UPLOAD_BYTES, SPLITS, NotFound, Runs, Uploads
-from visualize.methods import ENGINES, FILLS, SALIENCY_OF
+from visualize.methods import ENGINES, FILLS, SALIENCY_OF, SPREADS
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 # Bytes of a JSON request body at most (an explanation request is a few hundred).
@@ -236,6 +236,7 @@ def _explain_request(body: dict[str, Any], session) -> Request:
         "patch": int,
         "stride": int,
         "engine": str,
+        "spread": str,
         "saliency_of": str,
         "smoothgrad": int,
         "filters": int,
@@ -259,6 +260,8 @@ def _explain_request(body: dict[str, Any], session) -> Request:
     fields["fill"] = fill
     if fields.get("engine", "auto") not in ENGINES:
         raise BadRequest(f"engine must be one of {', '.join(ENGINES)}, got {fields['engine']!r}.")
+    if fields.get("spread", "window") not in SPREADS:
+        raise BadRequest(f"spread must be one of {', '.join(SPREADS)}, got {fields['spread']!r}.")
     if fields.get("saliency_of", "loss") not in SALIENCY_OF:
         raise BadRequest(
             f"saliency_of must be one of {', '.join(SALIENCY_OF)}, got {fields['saliency_of']!r}."

@@ -43,7 +43,7 @@ from app.report.options import ORDERS, SPLIT_TITLES, SPLITS, ReportOptions
 from app.report.pages import Section, render_html, render_markdown
 from fruitcnn import evaluation, load_model, runs
 from fruitcnn.config import RunConfig
-from fruitcnn.data import load_dataset
+from fruitcnn.data import composite, load_dataset
 from fruitcnn.evaluation import seeded_sample
 from fruitcnn.training import eval_batch_size, head_specs
 from heads import head_targets
@@ -309,12 +309,17 @@ def measure_explanations(record: RunRecord, model, dataset, count: int, seed: in
                 options["maps"] = found[head].maps
                 regions[head] = quality.region_check(model, sample.images, sample.masks, **options)
             else:  # the cue as the model saw it in training; removing it gives the clean images
+                kind, classes = dataset.info["cue"], len(dataset.class_names)
+                substitutes = composite.cue_substitutes(
+                    sample.images, chosen.labels, kind, classes, sample.masks
+                )
                 regions[head] = quality.region_check(
                     model,
                     chosen.cued,
                     sample.masks,
                     cue_masks=chosen.cue_masks,
                     clean=sample.images,
+                    substitutes=substitutes,
                     **options,
                 )
     described = {

@@ -127,9 +127,20 @@ def _regions_blocks(found, suffix: str, files: dict[str, bytes]) -> list:
             f"On {checked}: row 'area', each region's share of the image; row 'removal', the class "
             f"probability removing the region costs (object and rest filled with the training mean colour"
             + (", the cue replaced by the clean image" if found.cue else "")
-            + f"), with relies_on_{'/'.join(others)} the share of images where removing it costs at least "
-            f"{RELIANCE_MARGIN:g} and more_on_ the share where that is also more than hiding the object "
-            "costs; "
+            + (
+                "; column other_cue: the cost of another class's cue in its place, the median over the "
+                "other classes' cues"
+                if found.substituted
+                else ""
+            )
+            + f"), with relies_on_{'/'.join(others)} the share of images where removing it"
+            + (
+                " (the cue: removing or replacing it, where its own cue helps against both)"
+                if found.substituted
+                else ""
+            )
+            + f" costs at least {RELIANCE_MARGIN:g} and more_on_ the share where that is also more than "
+            "hiding the object costs; "
             "the other rows, each method's share of "
             "positive importance per region and the share of images whose map puts more on "
             f"{' / '.join(others)} than on the object.",

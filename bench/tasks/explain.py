@@ -110,7 +110,9 @@ def _occlusion_case(model, image, fill, target: int, patch: int, stride: int, pe
     from visualize.occlusion import incremental_occluder, occlusion
 
     def incremental():
-        return occlusion(model, image, patch=patch, stride=stride, target=target, engine="incremental")
+        # each square's own value (spread "centre"), compared square by square with the reference
+        options = {"patch": patch, "stride": stride, "target": target, "spread": "centre"}
+        return occlusion(model, image, engine="incremental", **options)
 
     first = time.perf_counter()
     maps = incremental()  # builds the geometry and traces the passes
@@ -153,12 +155,13 @@ def _engines_on_preset(name: str, image: np.ndarray) -> dict:
     model = _explain_model(name)
     target = _runner_up(model, image)
     seconds, maps = {}, {}
+    options = {"patch": _EXPLAIN_PATCH, "target": target, "spread": "centre"}
     for engine, rounds in (("incremental", 3), ("batched", 1)):
-        maps[engine] = occlusion(model, image, patch=_EXPLAIN_PATCH, target=target, engine=engine)
+        maps[engine] = occlusion(model, image, engine=engine, **options)
         seconds[engine] = float("inf")
         for _ in range(rounds):
             start = time.perf_counter()
-            occlusion(model, image, patch=_EXPLAIN_PATCH, target=target, engine=engine)
+            occlusion(model, image, engine=engine, **options)
             seconds[engine] = min(seconds[engine], time.perf_counter() - start)
     return {
         "incremental_s": round(seconds["incremental"], 3),

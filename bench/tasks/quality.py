@@ -75,6 +75,19 @@ def _quality_misses(methods: dict) -> list[str]:
     return misses
 
 
+def chosen_methods(offered, methods=None) -> list[str]:
+    """The maps to measure: ``offered`` (a model's ``available_methods``), or those of
+    ``methods`` (bench/run.py --methods) in their order; ValueError for one not offered."""
+    if methods is None:
+        return list(offered)
+    missing = [name for name in methods if name not in offered]
+    if missing:
+        raise ValueError(
+            f"--methods: this model has no {', '.join(missing)}; it offers {', '.join(offered)}."
+        )
+    return list(methods)
+
+
 def _write_figure(folder: Path, name: str, figure) -> str:
     from fruitcnn import plots
 
@@ -128,8 +141,9 @@ def _randomisations(model, shuffled, images, labels, found) -> tuple[dict, objec
     return extra, cascade
 
 
-def _line_quality(models: Path, out: Path, background: str) -> dict:
-    """Train the line model and one on shuffled labels, then measure every method."""
+def _line_quality(models: Path, out: Path, background: str, methods=None) -> dict:
+    """Train the line model and one on shuffled labels, then measure every method (or
+    ``methods``)."""
     from fruitcnn import plots
     from fruitcnn.evaluation import sample_indices
     from visualize import quality
@@ -141,7 +155,8 @@ def _line_quality(models: Path, out: Path, background: str) -> dict:
     images, labels, masks = (
         array[chosen] for array in (dataset.test.images, dataset.test.labels, dataset.test.masks)
     )
-    model, methods = trained.model, quality.available_methods(trained.model)
+    model = trained.model
+    methods = chosen_methods(quality.available_methods(model), methods)
     print(f"measuring {len(methods)} methods on {len(chosen)} test images ...", file=sys.stderr)
     start = time.perf_counter()
     found = quality.quality_scores(model, images, target=labels, masks=masks, methods=methods)
@@ -182,12 +197,18 @@ def _line_quality(models: Path, out: Path, background: str) -> dict:
     }
 
 
-def _fruits_quality(models: Path, out: Path) -> dict:
+def _fruits_quality(models: Path, out: Path, methods=None) -> dict:
     """Deletion/insertion (and the full randomisation) of the fruits recipe's model on
-    Fruits-360 test images, when ../shared/data has them."""
+    Fruits-360 test images, when ../shared/data has them (the default methods, or those
+    of ``methods`` among them)."""
+    from visualize.quality import MEASURED_MAPS
+
     recipe = data_tasks.RECIPES["fruits"]
     if not Path(recipe["data"]).exists():
         return {"skipped": f"{recipe['data']} does not exist"}
+    measured = [name for name in MEASURED_MAPS if methods is None or name in methods]
+    if not measured:
+        return {"skipped": f"--methods names none of {', '.join(MEASURED_MAPS)}"}
     from fruitcnn import plots
     from fruitcnn.evaluation import sample_indices
     from fruitcnn.training import train
@@ -202,7 +223,7 @@ def _fruits_quality(models: Path, out: Path) -> dict:
     chosen = sample_indices(len(dataset.test), _QUALITY_FRUITS_IMAGES)
     images, labels = dataset.test.images[chosen], dataset.test.labels[chosen]
     start = time.perf_counter()
-    found = quality.quality_scores(result.model, images, target=labels, methods=quality.MEASURED_MAPS)
+    found = quality.quality_scores(result.model, images, target=labels, methods=measured)
     intervals = found.intervals()
     summary = found.summary().join(intervals)
     runs.write_csv(out / "fruits-quality.csv", summary.reset_index().to_dict("records"))
@@ -218,19 +239,19 @@ def _fruits_quality(models: Path, out: Path) -> dict:
     }
 
 
-def run_explain_quality(keep: bool, background: str = "black") -> dict:
+def run_explain_quality(keep: bool, background: str = "black", methods=None) -> dict:
     """Measure the explanations of a trained line model (its lines drawn on
     ``background``: ground truth, randomisation, deletion/insertion) and, when the data
-    is there, of a Fruits-360 model."""
+    is there, of a Fruits-360 model; every method, or the maps named in ``methods``."""
     start = time.perf_counter()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path("saved_models") / f"bench-explain-quality-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
     scratch = None if keep else tempfile.TemporaryDirectory(prefix="fruitcnn-bench-")
     models = out if keep else Path(scratch.name)
-    line = _line_quality(models, out, background)
+    line = _line_quality(models, out, background, methods)
     print("Fruits-360 deletion and insertion ...", file=sys.stderr)
-    fruits = _fruits_quality(models, out)
+    fruits = _fruits_quality(models, out, methods)
     report = {
         "task": "explain-quality",
         "test_accuracy": line.pop("test_accuracy"),

@@ -8,8 +8,9 @@ trained on them as they are; its explanations are measured against the object ma
 decisions checked (``visualize.quality.region_check``) on test images with each cue planted.
 Then, per cue kind, a model is trained with that cue planted in its training and
 validation images (train.py --cue) and checked on the cued test images: the share of
-images flagged as relying on the cue, the accuracy with and without the cue, and each
-method's share of importance on the object, the cue and the rest.
+images flagged as relying on the cue (removing it, or putting the cues of the other
+classes in its place), the accuracy with the cue, without it and with another class's,
+and each method's share of importance on the object, the cue and the rest.
 
 TensorFlow, and the modules that load it, are imported in the functions that use them
 (5-20 s), so that ``python bench/run.py --help`` and argument errors answer at once.
@@ -58,12 +59,18 @@ def _check_figures(found) -> dict:
     method the mean importance shares (rounded)."""
     summary = found.summary()
     removal = found.removal
+    from visualize.quality.regions import RELIANCE_MARGIN
+
     figures = {
         "flagged": round(float(removal["relies_on_cue"].mean()), 4),
+        # what removal alone flags (the check before substitution)
+        "flagged_by_removal": round(float((removal["drop_cue"] >= RELIANCE_MARGIN).mean()), 4),
         "cue_over_object": round(float(removal["outweighs_cue"].mean()), 4),
         "accuracy_with_cue": round(found.accuracy["images"], 4),
         "accuracy_without_cue": round(found.accuracy["clean"], 4),
+        "accuracy_other_cue": round(found.accuracy["other_cue"], 4),
         "drop_cue": round(float(removal["drop_cue"].mean()), 4),
+        "drop_other_cue": round(float(removal["drop_other_cue"].mean()), 4),
         "drop_object": round(float(removal["drop_object"].mean()), 4),
         "area": {region: round(float(summary.loc["area", region]), 4) for region in found.regions},
         "shares": {
@@ -75,8 +82,9 @@ def _check_figures(found) -> dict:
     return figures
 
 
-def run_shortcut(objects: str, backgrounds: str, keep: bool) -> dict:
-    """Train on the composites with and without each cue and measure (see the module)."""
+def run_shortcut(objects: str, backgrounds: str, keep: bool, methods=None) -> dict:
+    """Train on the composites with and without each cue and measure (see the module);
+    every method of the report, or the maps named in ``methods``."""
     import tempfile
 
     import numpy as np
@@ -96,7 +104,10 @@ def run_shortcut(objects: str, backgrounds: str, keep: bool) -> dict:
     test = dataset.test.take(chosen)
     model, classes = clean_run.model, len(dataset.class_names)
     offered = quality.available_methods(model)
-    measured = [name for name in REPORTED_MAPS if name in offered]
+    if methods is None:
+        measured = [name for name in REPORTED_MAPS if name in offered]
+    else:
+        measured = quality_tasks.chosen_methods(offered, methods)
     methods = [name for name in measured if name not in SKIPPED_IN_CHECKS]
     measure_start = time.perf_counter()
     found = quality.quality_scores(
@@ -109,8 +120,18 @@ def run_shortcut(objects: str, backgrounds: str, keep: bool) -> dict:
     for kind in CUES:
         cued, where = composite.plant_cue(test.images, test.labels, kind, classes, test.masks)
         options = {"target": test.labels, "methods": methods}
+
+        def substitutes(split, kind=kind):  # the other classes' cues on the clean test images
+            return composite.cue_substitutes(split.images, split.labels, kind, classes, split.masks)
+
         on_clean = quality.region_check(
-            model, cued, test.masks, cue_masks=where, clean=test.images, **options
+            model,
+            cued,
+            test.masks,
+            cue_masks=where,
+            clean=test.images,
+            substitutes=substitutes(test),
+            **options,
         )
         print(f"training with the {kind} cue ...", file=sys.stderr)
         cue_data, cue_run, cue_train_s = _train({**base, "cue": kind}, models / f"cue-{kind}")
@@ -121,6 +142,7 @@ def run_shortcut(objects: str, backgrounds: str, keep: bool) -> dict:
             cue_test.masks,
             cue_masks=cue_test.cue_masks,
             clean=cue_test.images,
+            substitutes=substitutes(cue_test),
             **options,
         )
         cues[kind] = {

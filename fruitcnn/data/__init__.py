@@ -152,7 +152,7 @@ def _ground_truth(dataset: Dataset, config: DataConfig) -> Dataset:
     (``fruitcnn.data.composite``): object masks, the objects pasted on photos (each split
     on backgrounds of its own), and a cue planted in the training and validation images
     (the test images kept clean, a cued copy beside them); ``info["ground_truth"]`` says
-    what was done."""
+    what was done, ``info["cue"]`` which cue was planted."""
     if not (config.object_masks or config.paste_on or config.cue != "none"):
         return dataset
     splits = dict(dataset.splits)
@@ -187,6 +187,8 @@ def _ground_truth(dataset: Dataset, config: DataConfig) -> Dataset:
             "images are clean (a cued copy is kept for the shortcut check)"
         )
     info = {**dataset.info, "ground_truth": done}
+    if config.cue != "none":
+        info["cue"] = config.cue  # the shortcut check plants the other classes' cues alike
     return dataclasses.replace(dataset, **splits, info=info)
 
 

@@ -15,7 +15,8 @@ other photos, and cues planted to test whether a model takes a shortcut.
   corner), ``border`` (a frame ``BORDER_SHARE`` of the side wide) or ``hue`` (the
   background, every pixel off the object, blended ``HUE_STRENGTH`` towards the colour).
   :func:`fruitcnn.data.load_dataset` plants it in the training and validation images
-  only; the test images stay clean, with a cued copy kept for the shortcut check.
+  only; the test images stay clean, with a cued copy kept for the shortcut check, which
+  also puts the cues of other classes in its place (:func:`cue_substitutes`).
 
 The constants were set by looking at Fruits-360 (100x100, borders at 253-255 with a
 spread of at most 2 levels; objects cover 38-84% of the image) and the line dataset;
@@ -49,6 +50,9 @@ CUES = CUE_KINDS
 PATCH_SHARE = 0.12
 BORDER_SHARE = 0.04
 HUE_STRENGTH = 0.35
+# The shortcut check's substitutes: the cues of at most this many other classes, their
+# offsets spread evenly over the classes (all the others up to this many).
+MAX_SUBSTITUTES = 31
 _CHUNK = 2048
 
 
@@ -277,3 +281,21 @@ def plant_cue(
         np.uint8
     )
     return cued, np.array(region)
+
+
+def substitute_offsets(classes: int) -> np.ndarray:
+    """The class offsets k of :func:`cue_substitutes`: all of 1 .. classes - 1, or
+    ``MAX_SUBSTITUTES`` of them spread evenly."""
+    if classes < 2:
+        raise ValueError(f"another class's cue needs at least two classes, got {classes}.")
+    count = min(classes - 1, MAX_SUBSTITUTES)
+    return np.unique(np.round(np.linspace(1, classes - 1, count)).astype(int))
+
+
+def cue_substitutes(images: np.ndarray, labels: np.ndarray, kind: str, classes: int, masks=None):
+    """The clean ``images`` with the cue of another class, one array per class offset k
+    (:func:`substitute_offsets`): image i gets the cue of class (label_i + k) mod classes,
+    where :func:`plant_cue` puts its own. A generator (one array in memory at a time)."""
+    labels = np.asarray(labels)
+    for offset in substitute_offsets(classes):
+        yield plant_cue(images, (labels + offset) % classes, kind, classes, masks)[0]

@@ -128,13 +128,17 @@ def test_predictions_of_an_upload_equal_the_models(client, root):
 def test_explanations_equal_the_method_called_directly(client, root, method):
     token = client.post(f"/api/runs/{RUN}/uploads", content=_png(_line_image())).json()["image"]
     request = {"image": {"upload": token}, "method": method, "head": "class", "target": 5, "smoothgrad": 0}
+    spread = "centre" if method == "occlusion" else "window"  # the page's choice reaches the method
+    request["spread"] = spread
     job = client.post(f"/api/runs/{RUN}/explain", json=request)
     assert job.status_code == 202
     found = _wait(client, job.json()["job"])
     assert found["state"] == "done", found
     model, _ = load_explained_model(root / RUN)
     layer = "relu3" if method in CAM_METHODS else None
-    settings = ExplainSettings(layers=(layer,) if layer else (), patch=3, saliency_smoothgrad=0)
+    settings = ExplainSettings(
+        layers=(layer,) if layer else (), patch=3, saliency_smoothgrad=0, occlusion_spread=spread
+    )
     expected = compute(
         method, model, _line_image()[None], head="class", targets=np.array([5]), settings=settings
     )
@@ -212,6 +216,8 @@ def test_unknown_names_and_bad_requests_answer_with_a_status(client):
          400, "patch must be 1..28 pixels"),
         (client.post(explain, json={"image": image, "method": "occlusion", "fill": "red"}),
          400, "fill must be one of mean, gray, zero, blur"),
+        (client.post(explain, json={"image": image, "method": "occlusion", "spread": "ring"}),
+         400, "spread must be one of window, centre, got 'ring'"),
         (client.get("/api/jobs/0123"), 404, "unknown job"),
     ]  # fmt: skip
     for answer, status, message in cases:

@@ -378,10 +378,11 @@ def test_with_a_planted_cue_the_cued_test_images_are_checked(single_report):
     cued = load_dataset(DataConfig(images_per_class=24, seed=3, cue="patch"))
     record = RunRecord.read(run.run_dir)
     found = measure_explanations(record, run.model, cued, 12)["regions"]["class"]
-    assert found.cue and set(found.accuracy) == {"images", "clean"}
-    # the model never saw the patch: removing it costs (almost) nothing, and it is never relied on
+    assert found.cue and set(found.accuracy) == {"images", "clean", "other_cue"} and found.substituted
+    # the model never saw the patch: removing it, or putting another class's patch in its
+    # place (the other 95 classes' colours), costs (almost) nothing; it is never relied on
     assert not found.removal["relies_on_cue"].any()
-    assert found.removal["drop_cue"].max() < 0.2
+    assert found.removal["drop_cue"].max() < 0.2 and found.removal["drop_other_cue"].abs().max() < 0.2
     assert "No reliance on the planted cue" in found.verdict()[0]
 
 

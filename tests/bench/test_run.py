@@ -113,18 +113,34 @@ def test_explain_quality_draws_the_lines_on_the_background_asked_for(tmp_path, c
     monkeypatch.chdir(tmp_path)
     asked = []
 
-    def measured(models, out, background):
-        asked.append(background)
+    def measured(models, out, background, methods):
+        asked.append((background, methods))
         return {"test_accuracy": 1.0, "methods": {}, "misses": []}
 
     monkeypatch.setattr(quality, "_line_quality", measured)
-    monkeypatch.setattr(quality, "_fruits_quality", lambda models, out: {"skipped": "not here"})
+    monkeypatch.setattr(quality, "_fruits_quality", lambda models, out, methods: {"skipped": "not here"})
     assert bench.main(["explain-quality", "--background", "texture"]) == 0
-    assert asked == ["texture"]
-    with pytest.raises(SystemExit) as stop:
-        bench.main(["line", "--background", "noise"])
-    assert stop.value.code == 2
-    assert "--background is for the explain-quality task" in capsys.readouterr().err
+    assert bench.main(["explain-quality", "--methods", "occlusion_prob, gradcam_relu2"]) == 0
+    assert asked == [("texture", None), ("black", ("occlusion_prob", "gradcam_relu2"))]
+    for flags, message in (
+        (["line", "--background", "noise"], "--background is for the explain-quality task"),
+        (["line", "--methods", "rise"], "--methods is for the explain-quality and shortcut tasks, not line"),
+        (["explain-quality", "--methods", "rise,lime"], "--methods 'rise,lime': unknown lime; expected"),
+        (["explain-quality", "--methods", ","], "--methods ',': no method; expected"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            bench.main(flags)
+        assert stop.value.code == 2
+        assert message in capsys.readouterr().err
+    assert len(asked) == 2  # refused before any work
+
+
+def test_quality_tasks_measure_the_methods_asked_for_if_the_model_offers_them():
+    offered = ("occlusion_prob", "saliency", "gradcam", "gradcam_relu2")
+    assert quality.chosen_methods(offered) == list(offered)
+    assert quality.chosen_methods(offered, ("gradcam_relu2", "saliency")) == ["gradcam_relu2", "saliency"]
+    with pytest.raises(ValueError, match="model has no gradcam_relu9; it offers occlusion_prob, saliency"):
+        quality.chosen_methods(offered, ("saliency", "gradcam_relu9"))
 
 
 def test_stl96_task_compares_the_deep_net_with_the_recipe_in_the_same_time(tmp_path, capsys, monkeypatch):
@@ -225,3 +241,8 @@ def test_shortcut_task_trains_with_and_without_each_cue_and_checks_both(tmp_path
     with pytest.raises(SystemExit):
         bench.main(["shortcut", "--data", str(objects), "--backgrounds", str(tmp_path / "none")])
     assert "pass --backgrounds PATH" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # both missing: both named at once
+        bench.main(["shortcut", "--data", str(tmp_path / "no"), "--backgrounds", str(tmp_path / "none")])
+    error = capsys.readouterr().err
+    assert "no does not exist; pass --data PATH" in error
+    assert "none does not exist; pass --backgrounds PATH" in error

@@ -77,6 +77,7 @@ def _difference(model, image, *, min_spread=0.02, **options) -> float:
     """Largest difference of the incremental maps from the batched ones (probability, and
     loss relative to its size) for the runner-up class unless a target is given; asserts
     the incremental engine ran and the loss map varies by more than ``min_spread``."""
+    options.setdefault("spread", "centre")  # each square's own value, not a mean over squares
     if options.get("target") is None:
         options["target"] = _runner_up(model, image, options.get("head"))
     fast = occlusion(model, image, engine="incremental", **options)
@@ -378,3 +379,5 @@ def test_unsupported_models_fall_back_with_the_reason_or_fail_when_asked_for():
         ValueError, match="unknown occlusion engine 'fast'; expected one of auto, incremental"
     ):
         occlusion(model, image, engine="fast")
+    with pytest.raises(ValueError, match="unknown occlusion spread 'middle'; expected one of window, centre"):
+        occlusion(model, image, spread="middle")

@@ -46,14 +46,41 @@ def test_occlusion_matches_brute_force_on_a_model_that_sees_one_region(patch):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 8, 8, 1)).astype(np.float32)
     model = _region_model()
-    maps = occlusion(model, images, target=1, patch=patch, fill=7.0, batch_size=5)
+    maps = occlusion(model, images, target=1, patch=patch, fill=7.0, batch_size=5, spread="centre")
+    window = occlusion(model, images, target=1, patch=patch, fill=7.0, batch_size=5)
+    assert (maps.spread, window.spread) == ("centre", "window")
     for index in range(2):
         probability, loss = _region_oracle(images[index, ..., 0], patch, 7.0)
         np.testing.assert_allclose(maps.probability[index], probability, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(maps.loss[index], loss, rtol=1e-5, atol=1e-5)
+        for values, drawn in ((probability, window.probability), (loss, window.loss)):
+            np.testing.assert_allclose(drawn[index], _window_oracle(values, patch, 1), rtol=1e-5, atol=1e-5)
     # squares that miss the region change nothing: the unoccluded probability
     far = maps.probability[0, 7, 0]
     assert far == pytest.approx(maps.baseline_probability[0], abs=1e-6)
+
+
+def _window_oracle(values, patch, stride, untouched=np.nan):
+    """Brute force: each pixel the mean of the values of the squares (centred on every
+    stride-th row and column) that hide it; ``untouched`` where none does."""
+    size = values.shape[0]
+    mean = np.full((size, size), untouched, np.float64)
+    for row in range(size):
+        for column in range(size):
+            found = [
+                values[top + patch // 2, left + patch // 2]
+                for top in range(-(patch // 2), size, 1)
+                for left in range(-(patch // 2), size, 1)
+                if (top + patch // 2) % stride == 0
+                and (left + patch // 2) % stride == 0
+                and 0 <= top + patch // 2 < size
+                and 0 <= left + patch // 2 < size
+                and top <= row < top + patch
+                and left <= column < left + patch
+            ]
+            if found:
+                mean[row, column] = np.mean(found)
+    return mean
 
 
 def test_occlusion_is_the_same_for_any_batch_size_and_exact_at_strided_positions():
@@ -63,13 +90,22 @@ def test_occlusion_is_the_same_for_any_batch_size_and_exact_at_strided_positions
     full = occlusion(model, images, target=1, patch=3, fill="zero", batch_size=64)
     small = occlusion(model, images, target=1, patch=3, fill="zero", batch_size=3)
     np.testing.assert_allclose(full.probability, small.probability, atol=1e-7)
+    squares = occlusion(model, images, target=1, patch=3, fill="zero", spread="centre").probability[0]
     for stride in (2, 3):
-        strided = occlusion(model, images, target=1, patch=3, fill="zero", stride=stride)
+        strided = occlusion(model, images, target=1, patch=3, fill="zero", stride=stride, spread="centre")
         # every pixel holds the exact value of the evaluated pixel at the top-left of its block
         blocks = (np.arange(8) // stride) * stride
-        expected = full.probability[0][np.ix_(blocks, blocks)]
+        expected = squares[np.ix_(blocks, blocks)]
         np.testing.assert_allclose(strided.probability[0], expected, atol=1e-7)
         assert np.unique(strided.probability[0]).size > 1  # the region changes some blocks
+    # the window spread averages only the evaluated squares; with a stride larger than the
+    # square, the pixels no square hides keep the unoccluded probability
+    for stride in (2, 4):
+        window = occlusion(model, images, target=1, patch=3, fill="zero", stride=stride)
+        oracle = _window_oracle(squares, 3, stride, untouched=window.baseline_probability[0])
+        np.testing.assert_allclose(window.probability[0], oracle, rtol=1e-6, atol=1e-7)
+    gaps = np.isnan(_window_oracle(squares, 3, 4))
+    assert gaps.any() and not gaps.all()
 
 
 def test_fills_are_in_pixel_units():

@@ -81,7 +81,9 @@ def test_a_model_that_reads_the_cue_is_flagged_and_one_that_reads_the_object_is_
     assert summary.loc["saliency", "cue"] == pytest.approx(1.0)  # the gradient lies on the cue only
     assert summary.loc["saliency", "more_on_cue"] == 1.0 and summary.loc["removal", "more_on_cue"] == 1.0
     assert summary.loc["removal", "relies_on_cue"] == 1.0 and found.relies
-    assert found.verdict()[0].startswith("The model relies on the planted cue: for 100% of the 4 images")
+    assert found.verdict()[0].startswith(
+        "The model relies on the planted cue: for 4 of the 4 images checked (100.0%)"
+    )
 
     object_reader = _reader(masks[0] & ~cue[0])
     found = region_check(
@@ -112,3 +114,93 @@ def test_equal_removals_below_the_margin_are_not_reliance():
         )
     removal_only = region_check(rest_reader, clean, masks, target=1, methods=())
     assert removal_only.shares.empty and list(removal_only.summary().index) == ["area", "removal"]
+
+
+def _colour_reader(object_red: float, cue_weights) -> keras.Model:
+    """Class 1's logit: ``object_red`` x the object's red sum + per channel
+    ``cue_weights[c]`` x the cue's sum of channel c (class 0's logit is 0)."""
+    clean, _, masks, cue = _images()
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    logits = keras.layers.Dense(2, name="class_logits")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, {"class": keras.layers.Softmax(name="class")(logits)})
+    weights = np.zeros((SIZE, SIZE, 3, 2), np.float32)
+    weights[masks[0], 0, 1] = object_red
+    for channel, weight in enumerate(cue_weights):
+        weights[cue[0], channel, 1] = weight
+    model.get_layer("class_logits").set_weights([weights.reshape(-1, 2), np.zeros(2, np.float32)])
+    return model
+
+
+def test_a_cue_the_model_does_not_need_but_follows_is_caught_by_substitution():
+    clean, cued, masks, cue = _images()
+    other = clean.copy()
+    other[cue] = (0.0, 255.0, 0.0)  # the other class's cue: green where the red square was
+    sigmoid = lambda value: 1.0 / (1.0 + np.exp(-value))  # noqa: E731
+    object_logit, cue_logit = 0.001 * 200 * 16, 0.003 * 255 * 4
+    # the object alone nearly suffices: removing the red cue costs less than the margin,
+    # but a green cue, read as evidence against the class, costs most of the probability
+    model = _colour_reader(0.001, (0.003, -0.003, 0.0))
+    options = {"cue_masks": cue, "clean": clean, "target": 1, "methods": ()}
+    removal_only = region_check(model, cued, masks, **options)
+    assert not removal_only.substituted and not removal_only.removal["relies_on_cue"].any()
+    found = region_check(model, cued, masks, substitutes=iter([other]), **options)
+    removal = found.removal
+    with_cue = sigmoid(object_logit + cue_logit)
+    np.testing.assert_allclose(removal["probability"], with_cue, rtol=1e-5)
+    np.testing.assert_allclose(removal["drop_cue"], with_cue - sigmoid(object_logit), rtol=1e-4)
+    np.testing.assert_allclose(removal["other_cue"], sigmoid(object_logit - cue_logit), rtol=1e-4)
+    assert (removal["drop_cue"] < RELIANCE_MARGIN).all() and (removal["drop_other_cue"] > 0.4).all()
+    assert removal["relies_on_cue"].all() and found.substituted and found.relies
+    # hiding the object (filled with mid-grey: red 128 read as evidence) costs less than the swap
+    assert (removal["drop_other_cue"] > removal["drop_object"]).all() and removal["outweighs_cue"].all()
+    assert found.accuracy == {"images": 1.0, "clean": 1.0, "other_cue": 1.0}  # 0.53 still wins
+    assert found.summary().loc["removal", "other_cue"] == pytest.approx(removal["drop_other_cue"].mean())
+    assert "putting another class's cue in its place" in found.verdict()[0]
+    assert "100.0% with another class's cue" in found.verdict()[0]
+
+    # another class's cue on the first image only: one image of four relies on the cue
+    partly = cued.copy()
+    partly[0] = other[0]
+    found = region_check(model, cued, masks, substitutes=[partly], **options)
+    assert found.removal["relies_on_cue"].tolist() == [True, False, False, False] and not found.relies
+    assert found.verdict()[0].startswith(
+        "The model does not rely on the planted cue for most images: for 1 of the 4 images checked (25.0%)"
+    )
+
+    # a model that reads only the object: the same probability with any cue
+    found = region_check(_colour_reader(0.001, (0, 0, 0)), cued, masks, substitutes=[other], **options)
+    np.testing.assert_allclose(found.removal["drop_other_cue"], 0.0, atol=1e-6)
+    assert not found.removal["relies_on_cue"].any() and not found.relies
+
+    # a model that any colour in the corner pushes away from the class, green more than red:
+    # the red cue beats the green one but not the clean image: it does not help, no reliance
+    found = region_check(
+        _colour_reader(0.001, (-0.001, -0.003, 0)), cued, masks, substitutes=[other], **options
+    )
+    assert (found.removal["drop_other_cue"] >= RELIANCE_MARGIN).all() and (
+        found.removal["drop_cue"] < 0
+    ).all()
+    assert not found.removal["relies_on_cue"].any()
+
+
+def test_substitutes_need_a_cue_and_the_images_shape():
+    clean, cued, masks, cue = _images()
+    model = _reader(cue[0])
+    with pytest.raises(ValueError, match="substitutes .other classes' cues. need a cue"):
+        region_check(model, cued, masks, substitutes=[clean], target=1, methods=())
+    with pytest.raises(
+        ValueError, match=r"substitute 0 has shape \(4, 8, 4, 3\); it must be like the images"
+    ):
+        region_check(
+            model,
+            cued,
+            masks,
+            cue_masks=cue,
+            clean=clean,
+            substitutes=[clean[:, :, :4]],
+            target=1,
+            methods=(),
+        )
+    # no substitute (one class only): removal alone
+    found = region_check(model, cued, masks, cue_masks=cue, clean=clean, substitutes=[], target=1, methods=())
+    assert not found.substituted and "other_cue" not in found.accuracy

@@ -148,7 +148,7 @@ def test_occlusion_importance_is_the_drop_and_the_rise():
     model = _one_filter_model()
     images = np.zeros((1, 6, 6, 1), np.float32)
     images[0, 2:4, 2:4, 0] = 6.0  # logit margin 2: probabilities well inside (0, 1)
-    settings = ExplainSettings(patch=2, fill=0.0, occlusion_engine="batched")
+    settings = ExplainSettings(patch=2, fill=0.0, occlusion_engine="batched", occlusion_spread="centre")
     seen = []
     found = compute(
         "occlusion", model, images, head="class", targets=np.array([1]), settings=settings,
@@ -176,6 +176,14 @@ def test_occlusion_importance_is_the_drop_and_the_rise():
     )
     assert seen and seen[-1][0] == 36
     assert any("occlusion: batched re-inference, 36 positions" in note for note in found.notes)
+    # the default spread (each pixel the mean over the squares that hide it): the same drop
+    averaged = ExplainSettings(patch=2, fill=0.0)
+    window = compute("occlusion", model, images, head="class", targets=np.array([1]), settings=averaged)
+    np.testing.assert_allclose(
+        window.importance["occlusion_prob"][0], clean - window.drawn["occlusion_prob"][0], atol=1e-6
+    )
+    # a pixel in the middle is hidden by the squares centred on it, right, below, below-right
+    assert window.drawn["occlusion_prob"][0, 2, 2] == pytest.approx(expected[2:4, 2:4].mean(), rel=1e-5)
 
 
 def test_only_heatmap_methods_compute_and_unknown_names_are_refused():

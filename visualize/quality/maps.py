@@ -77,10 +77,10 @@ def explanation_maps(
 ) -> dict[str, np.ndarray]:
     """Importance maps (higher = more important), float32 (N, H, W), per method.
 
-    ``occlusion_prob`` is the probability's drop when the square centred on a pixel is
-    hidden, ``occlusion_loss`` the loss's rise; ``saliency`` is max |d loss / d pixel|,
-    ``saliency_logit`` the same of the logit, ``smoothgrad`` SmoothGrad of the loss,
-    ``gradient_x_input`` |gradient x pixel value| (``saliency`` follows
+    ``occlusion_prob`` is the probability's drop when a square that covers the pixel is
+    hidden (``settings.occlusion_spread``), ``occlusion_loss`` the loss's rise;
+    ``saliency`` is max |d loss / d pixel|, ``saliency_logit`` the same of the logit,
+    ``smoothgrad`` SmoothGrad of the loss, ``gradient_x_input`` |gradient x pixel value| (``saliency`` follows
     ``settings``' saliency options); ``integrated_gradients`` the attributions summed
     over channels; ``gradcam``, ``gradcampp``, ``layercam`` the class activation map of
     the default (or the first chosen) layer and ``<cam>_<layer>`` of that layer. Each is

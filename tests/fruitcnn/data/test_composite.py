@@ -186,3 +186,23 @@ def test_a_cue_on_the_line_dataset_keeps_its_masks():
     data = load_dataset(DataConfig(images_per_class=3, seed=1, cue="hue"))
     assert data.test.cued is not None and data.test.masks is not None
     np.testing.assert_array_equal(data.test.cue_masks, ~data.test.masks)
+
+
+def test_cue_substitutes_plant_each_other_class_cue_in_turn():
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (5, 10, 10, 3)).astype(np.uint8)
+    labels = np.array([0, 1, 2, 3, 3])
+    found = list(composite.cue_substitutes(images, labels, "patch", 4))
+    assert len(found) == 3  # every other class once
+    for offset, substitute in zip((1, 2, 3), found, strict=True):
+        expected, _ = composite.plant_cue(images, (labels + offset) % 4, "patch", 4)
+        np.testing.assert_array_equal(substitute, expected)
+        own, _ = composite.plant_cue(images, labels, "patch", 4)
+        # each image shows a colour other than its own class's, in the same place
+        assert all((substitute[index] != own[index]).any() for index in range(5))
+        np.testing.assert_array_equal(substitute[:, 3:], images[:, 3:])
+    offsets = composite.substitute_offsets(200)
+    assert len(offsets) == composite.MAX_SUBSTITUTES and offsets[0] == 1 and offsets[-1] == 199
+    assert list(composite.substitute_offsets(2)) == [1]
+    with pytest.raises(ValueError, match="another class's cue needs at least two classes, got 1"):
+        composite.substitute_offsets(1)
