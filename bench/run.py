@@ -105,6 +105,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
 from bench.tasks import data, explain, line, page, quality, shortcut, stl96, study  # noqa: E402
 from fruitcnn.config.data import LINE_BACKGROUNDS  # noqa: E402
+from visualize.methods import method_of  # noqa: E402  (no TensorFlow)
 
 # Each task and its kind: the line tasks' head, or the family of the module that runs it.
 TASKS = {
@@ -209,8 +210,6 @@ def _methods(args: argparse.Namespace) -> tuple[str, ...] | None:
     """``--methods`` as names (ValueError for a name no quality table has), or None."""
     if args.methods is None:
         return None
-    from visualize.methods import method_of
-
     names = tuple(name.strip() for name in args.methods.split(",") if name.strip())
     unknown = []
     for name in names:
