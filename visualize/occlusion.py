@@ -182,10 +182,10 @@ def _to_input_resolution(coarse: np.ndarray, height: int, width: int, stride: in
     return coarse[:, np.arange(height) // stride][:, :, np.arange(width) // stride]
 
 
-def _hidden_by(size: int, patch: int, stride: int) -> np.ndarray:
+def _hidden_by(size: int, centres: np.ndarray, patch: int) -> np.ndarray:
     """float64 (size, centres): 1 where the square centred on the centre hides the pixel."""
     pixels = np.arange(size)[:, None]
-    first = np.arange(0, size, stride)[None] - patch // 2
+    first = centres[None] - patch // 2
     return ((pixels >= first) & (pixels < first + patch)).astype(np.float64)
 
 
@@ -194,7 +194,8 @@ def window_average(coarse: np.ndarray, height: int, width: int, patch: int, stri
     (N, rows, columns) -> (N, H, W) float32; ``untouched`` (N,) for a pixel no square
     hides. Separable: the sum over the squares hiding a pixel is R @ V @ C^T (two matrix
     products: 0.1 ms for a 100x100 image, against 160 ms for the same sum as one einsum)."""
-    rows, columns = _hidden_by(height, patch, stride), _hidden_by(width, patch, stride)
+    centre_rows, centre_columns = _centres(height, width, stride)
+    rows, columns = _hidden_by(height, centre_rows, patch), _hidden_by(width, centre_columns, patch)
     total = rows @ np.asarray(coarse, np.float64) @ columns.T
     count = rows.sum(axis=1)[:, None] * columns.sum(axis=1)[None]
     untouched = np.asarray(untouched, np.float64)[:, None, None]

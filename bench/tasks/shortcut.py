@@ -57,10 +57,10 @@ def _train(settings: dict, folder: Path):
 def _check_figures(found) -> dict:
     """The figures of a region check: flagged share, accuracies, mean drops, and per
     method the mean importance shares (rounded)."""
-    summary = found.summary()
-    removal = found.removal
     from visualize.quality.regions import RELIANCE_MARGIN
 
+    summary = found.summary()
+    removal = found.removal
     figures = {
         "flagged": round(float(removal["relies_on_cue"].mean()), 4),
         # what removal alone flags (the check before substitution)

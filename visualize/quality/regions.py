@@ -200,23 +200,17 @@ class RegionResult:
             flagged = int(removal["relies_on_cue"].sum())
             more = removal["outweighs_cue"].mean()
             with_cue, without = self.accuracy["images"], self.accuracy["clean"]
+            what, averages, accuracies = "removing the cue", f"{drop_cue:.2f}", ""
             if self.substituted:
-                numbers = (
-                    f"for {flagged} of the {count} images checked ({share:.1%}) the cue helps the class and "
-                    f"removing it or putting another class's cue in its place costs at least "
-                    f"{RELIANCE_MARGIN:g} of the class probability (on average {drop_cue:.2f} and "
-                    f"{removal['drop_other_cue'].mean():.2f}; hiding the object {drop_object:.2f}), for "
-                    f"{more:.0%} more than hiding the object; "
-                    f"accuracy {with_cue:.1%} with the cue, {without:.1%} without it, "
-                    f"{self.accuracy['other_cue']:.1%} with another class's cue"
-                )
-            else:
-                numbers = (
-                    f"for {flagged} of the {count} images checked ({share:.1%}) removing the cue costs at "
-                    f"least {RELIANCE_MARGIN:g} of the class probability (on average {drop_cue:.2f}; "
-                    f"hiding the object {drop_object:.2f}), for {more:.0%} more than hiding the object; "
-                    f"accuracy {with_cue:.1%} with the cue, {without:.1%} without it"
-                )
+                what = "the cue helps the class and removing it or putting another class's cue in its place"
+                averages += f" and {removal['drop_other_cue'].mean():.2f}"
+                accuracies = f", {self.accuracy['other_cue']:.1%} with another class's cue"
+            numbers = (
+                f"for {flagged} of the {count} images checked ({share:.1%}) {what} costs at least "
+                f"{RELIANCE_MARGIN:g} of the class probability (on average {averages}; hiding the object "
+                f"{drop_object:.2f}), for {more:.0%} more than hiding the object; accuracy {with_cue:.1%} "
+                f"with the cue, {without:.1%} without it{accuracies}"
+            )
             if share >= 0.5:
                 lines.append(f"The model relies on the planted cue: {numbers}.")
             elif flagged:
