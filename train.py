@@ -35,6 +35,7 @@ from fruitcnn.config import (  # noqa: E402
 from fruitcnn.config import SETTING_FIELDS as _FIELDS  # noqa: E402  (flag -> config field)
 from fruitcnn.data import line, load_and_report  # noqa: E402
 from fruitcnn.data.cache import add_cache_dir_argument, use_cache_dir  # noqa: E402
+from fruitcnn.distributed import finish_together  # noqa: E402
 
 EXAMPLES = """examples:
   python train.py                                  # line dataset, 96-class softmax
@@ -50,6 +51,7 @@ EXAMPLES = """examples:
   python train.py --arch ece4179-deep --image-size 96 --num-classes 10 --summary
   python train.py --arch "3*[conv(32,3) bn relu maxpool(2)] flatten fc(128) relu"   # repeats
   python train.py --resume                         # continue the last interrupted run
+  python -m fruitcnn.distributed --workers 2 -- train.py --dataset line   # two local workers
   tensorboard --logdir saved_models                # learning curves, confusion matrices
   python report.py saved_models/<run>              # the report again, other options
 """
@@ -259,9 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, train (or resume, or summarise), print where the run went."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    code = _main(parser, args)
+    if code == 0:  # the workers of a multi-worker run end together (after the chief's report)
+        finish_together()
+    return code
 
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """What :func:`main` does, its exit code; bad input exits with 2 and the reason."""
     try:
         use_cache_dir(args.cache_dir)
+        _strategy_first(args)
         if args.resume is not None:
             return _resume(args)
         if args.num_classes is not None and not args.summary:
@@ -282,12 +292,55 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _strategy_first(args) -> None:
+    """Set up a distributed strategy before anything runs TensorFlow (TensorFlow's rule
+    for multi-worker collectives): the flag's, or on --resume the run's own."""
+    name = args.strategy
+    if name is None and args.resume is None and not args.summary:
+        name = make_config(args).train.strategy
+    elif name is None and args.resume is not None:
+        folder = Path(args.resume) if args.resume else _run_dir(args) if args.out or args.run else None
+        saved = folder / runs.CONFIG_FILE if folder else None
+        if saved and saved.is_file():
+            name = RunConfig.from_dict(runs.read_json(saved)).train.strategy
+    if name and name != "default":
+        from fruitcnn.distributed import make_strategy
+
+        make_strategy(name)
+
+
+def _worker(config) -> bool:
+    """Whether this process is a multi-worker run's worker other than the chief."""
+    if config.train.strategy != "multiworker":
+        return False
+    from fruitcnn.distributed import cluster
+
+    return not cluster().is_chief
+
+
+def _train_as_worker(config, dataset, run_dir: Path | None, *, resume: bool) -> int:
+    """A worker of a multi-worker run that is not the chief: the same training, its
+    files in a temporary folder (the chief writes the run folder and the report)."""
+    from fruitcnn.distributed import cluster
+    from fruitcnn.training import TrainingFailed, train
+
+    try:
+        train(config, dataset=dataset, run_dir=run_dir, resume=resume, verbose=0, interrupt_advice="")
+    except TrainingFailed as error:
+        print(f"train.py ({cluster().describe()}): {error}", file=sys.stderr)
+        return 1
+    print(f"{cluster().describe()}: finished; the chief writes the run folder")
+    return 0
+
+
 def _train_and_report(args, config, dataset, run_dir: Path | None, runs, *, resume: bool = False) -> int:
     """Train (or resume) and write the report, holding the run folder throughout (so no
     other process can take it between the two); 1 when training stopped early."""
     from fruitcnn.training import TrainingFailed, check_run, train
 
     check_run(config, dataset)  # before a folder is made for it
+    if _worker(config):
+        return _train_as_worker(config, dataset, run_dir, resume=resume)
     created = run_dir is None
     if run_dir is None:
         run_dir = runs.create_run_folder(
@@ -343,7 +396,9 @@ def _verbosity(args) -> int:
 def _resume(args) -> int:
     from fruitcnn.training import check_resumable
 
-    settings = [*_FIELDS, "arch", "multihead", "config", "summary", "num_classes", "cache_dir"]
+    # --strategy says where the steps run, not what they compute: it may change on resume
+    settings = [*(flag for flag in _FIELDS if flag != "strategy"), "arch", "multihead", "config"]
+    settings += ["summary", "num_classes", "cache_dir"]
     given = [flag for flag in settings if getattr(args, flag) not in (None, False)]
     if given:
         names = ", ".join("--" + flag.replace("_", "-") for flag in given)
@@ -353,10 +408,20 @@ def _resume(args) -> int:
         )
     if args.resume and (args.out or args.run):
         raise ValueError("give the run to resume once: --resume DIR, or --resume with --out/--run.")
-    run_dir = Path(args.resume) if args.resume else _run_dir(args) or runs.latest_resumable_run()
+    explicit = Path(args.resume) if args.resume else _run_dir(args)
+    run_dir = explicit or runs.latest_resumable_run()
+    check_resumable(run_dir, runs.read_state(run_dir))  # its words first: no run, finished, diverged
+    config = RunConfig.from_dict(runs.read_json(run_dir / runs.CONFIG_FILE))
+    if args.strategy:
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, strategy=args.strategy))
+    if config.train.strategy == "multiworker" and explicit is None:
+        raise ValueError(
+            "every worker must resume the same run: name it (--resume DIR, or --resume with --out/--run)."
+        )
+    if _worker(config):  # the chief holds the run folder; this worker only reads it
+        return _train_as_worker(config, load_and_report(config.data), run_dir, resume=True)
     with runs.hold(run_dir, "resuming"):  # refused at once, before the data is loaded, if in use
         check_resumable(run_dir, runs.read_state(run_dir))
-        config = RunConfig.from_dict(runs.read_json(run_dir / runs.CONFIG_FILE))
         print(f"resuming {run_dir}")
         dataset = load_and_report(config.data)
         return _train_and_report(args, config, dataset, run_dir, runs, resume=True)
@@ -377,6 +442,17 @@ def _print_result(result, runs) -> None:
             f"time budget {spent['budget_s']:g} s: {spent['used_s']:.0f} s used "
             f"({100 * spent['used_s'] / spent['budget_s']:.0f}%), {spent['steps']} steps = "
             f"{spent['epochs']:g} epochs at {spent.get('step_ms', 0):.0f} ms per step"
+        )
+    shared = metrics.get("distributed")
+    if shared:
+        agree = (
+            "agree"
+            if shared["weights_disagreement"] == 0
+            else f"differ by {shared['weights_disagreement']:g}"
+        )
+        print(
+            f"strategy {shared['strategy']}: {shared['workers']} worker(s), {shared['replicas']} replica(s); "
+            f"the workers' weights {agree}"
         )
     print(
         f"run saved in {result.run_dir}/ ({runs.MODEL_FILE}, {runs.HISTORY_FILE}, "

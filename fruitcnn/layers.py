@@ -10,7 +10,13 @@ can read (and examiners can check) every step:
   ``moving = momentum * moving + (1 - momentum) * batch``;
 * inference: the same formula with the moving statistics (or, with
   ``batch_stats_at_inference=True``, the statistics of the batch being evaluated, as
-  some courses allow for the test check).
+  some courses allow for the test check);
+* several replicas (``tf.distribute``: GPUs, workers): with ``synchronized=True`` (the
+  default) the batch statistics are those of the *global* batch, as one process would
+  compute them: each replica's ``reduce_mean`` times its pixel count is summed over the
+  replicas (``all_reduce``), then the squared differences from that global mean are
+  summed the same way. Two all-reduces of one value per channel each, and the moving
+  statistics stay equal on every replica.
 
 It matches ``keras.layers.BatchNormalization`` (outputs, input gradients and moving
 statistics) to float32 rounding; the tests hold it to that.
@@ -35,6 +41,9 @@ class BatchNorm(keras.layers.Layer):
         batch_stats_at_inference: use the statistics of the evaluated batch also
             when ``training`` is false (the moving statistics are then still
             tracked during training but not used).
+        synchronized: under a ``tf.distribute`` strategy with several replicas, use
+            the statistics of the global batch (summed over the replicas) instead of
+            each replica's own; without one, or with one replica, nothing changes.
         **kwargs: passed to ``keras.layers.Layer`` (``name``, ``dtype`` ...).
     """
 
@@ -43,6 +52,7 @@ class BatchNorm(keras.layers.Layer):
         momentum: float = 0.9,
         epsilon: float = 1e-3,
         batch_stats_at_inference: bool = False,
+        synchronized: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -56,6 +66,7 @@ class BatchNorm(keras.layers.Layer):
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
         self.batch_stats_at_inference = bool(batch_stats_at_inference)
+        self.synchronized = bool(synchronized)
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -80,10 +91,7 @@ class BatchNorm(keras.layers.Layer):
         # A frozen layer (trainable=False) behaves as in inference, as Keras's does.
         use_batch = (bool(training) and self.trainable) or self.batch_stats_at_inference
         if use_batch:
-            axes = list(range(len(x.shape) - 1))
-            mean = tf.reduce_mean(x, axis=axes)
-            # (x - mean)^2 in one elementwise pass (and one saved tensor for backprop).
-            variance = tf.reduce_mean(tf.math.squared_difference(x, mean), axis=axes)
+            mean, variance = self._moments(x)
             if training and self.trainable:
                 self._update_moving(mean, variance)
         else:
@@ -93,6 +101,27 @@ class BatchNorm(keras.layers.Layer):
         scale = self.gamma / tf.sqrt(variance + self.epsilon)
         offset = self.beta - mean * scale
         return tf.cast(x * scale + offset, inputs.dtype)
+
+    def _moments(self, x):
+        """Per-channel mean and biased variance of the batch (of the global batch
+        when synchronised over several replicas)."""
+        axes = list(range(len(x.shape) - 1))
+        replicas = tf.distribute.get_replica_context()
+        if not self.synchronized or replicas is None or replicas.num_replicas_in_sync == 1:
+            mean = tf.reduce_mean(x, axis=axes)
+            # (x - mean)^2 in one elementwise pass (and one saved tensor for backprop).
+            return mean, tf.reduce_mean(tf.math.squared_difference(x, mean), axis=axes)
+        # Each replica's mean weighted by its pixel count, summed over the replicas with
+        # the count itself (replicas may hold batches of different sizes, never empty
+        # ones: fruitcnn splits a batch into non-empty parts): the global mean; then the
+        # global mean of the squared differences from it, the same way. all_reduce
+        # passes the gradients back through the sums.
+        count = tf.cast(tf.size(x) // tf.shape(x)[-1], x.dtype)
+        summed = replicas.all_reduce("sum", tf.concat([tf.reduce_mean(x, axis=axes) * count, [count]], 0))
+        total = summed[-1]
+        mean = summed[:-1] / total
+        squares = tf.reduce_mean(tf.math.squared_difference(x, mean), axis=axes) * count
+        return mean, replicas.all_reduce("sum", squares) / total
 
     def _update_moving(self, mean, variance):
         keep = self.momentum
@@ -108,6 +137,7 @@ class BatchNorm(keras.layers.Layer):
             momentum=self.momentum,
             epsilon=self.epsilon,
             batch_stats_at_inference=self.batch_stats_at_inference,
+            synchronized=self.synchronized,
         )
         return config
 

@@ -268,6 +268,14 @@ def study_from_dict(
     _check_names(parameters)
     study = Study(name, str(data.get("description", "")), base, dict(blocks), parameters, source)
     study.trials = _plan(study)
+    for trial in study.trials:
+        if trial.settings.get("strategy") == "multiworker":
+            raise ValueError(
+                "strategy = multiworker makes every trial one run over several workers started together; "
+                "a study instead spreads its trials over machines (study.py --oracle HOST:PORT "
+                "--tuner-id ...). "
+                "Use strategy = default or mirrored in a study."
+            )
     return study
 
 

@@ -21,6 +21,7 @@ SCHEDULES = ("constant", "step", "cosine", "linear", "plateau")
 HEADS = ("single", "multi")
 TTAS = ("none", "flip")
 FLIPS = ("none", "horizontal", "vertical", "both")
+STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 @dataclass
@@ -189,6 +190,14 @@ class TrainConfig:
         type=float,
         metavar="F",
     )
+    strategy: str = setting_field(
+        "default",
+        "--strategy",
+        "where the steps run: default (this process), mirrored (all local GPUs), multiworker (the "
+        "workers of TF_CONFIG; start them with python -m fruitcnn.distributed); --batch-size is the "
+        "global batch",
+        choices=STRATEGIES,
+    )
 
     def __post_init__(self):
         if isinstance(self.time_budget, str):
@@ -218,6 +227,8 @@ class TrainConfig:
             )
         if self.step_epochs < 1 or self.plateau_patience < 1:
             raise ValueError("step_epochs and plateau_patience must be >= 1.")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}.")
         if self.tta not in TTAS:
             raise ValueError(f"tta must be one of {', '.join(TTAS)}, got {self.tta!r}.")
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -1,7 +1,8 @@
 """The one training path for every dataset and both head types.
 
 :func:`train` builds (or resumes) the model a :class:`RunConfig` declares, trains it
-with ``model.fit``, evaluates validation (and by default test) data after every epoch,
+with ``model.fit`` (or, for several workers, the same steps and callbacks in a
+``strategy.run`` loop: ``engine``), evaluates validation (and by default test) data after every epoch,
 keeps the model of the best validation epoch, and writes the run folder described in
 ``fruitcnn.runs``.
 
@@ -18,8 +19,9 @@ follow for every head. Train figures are Keras's running means over the epoch
 of the epoch in inference mode. Losses include the L2 penalty when ``l2 > 0``.
 
 The parts: ``loop`` (:func:`train` and the run's state), ``models`` (the models
-trained and evaluated, the optimizer, the input pipeline) and ``watch`` (the callbacks:
-per-epoch evaluation and records, divergence, plateau, time budget).
+trained and evaluated, the optimizer, the input pipeline), ``watch`` (the callbacks:
+per-epoch evaluation and records, divergence, plateau, time budget) and ``engine``
+(fit and evaluate under the run's ``--strategy``).
 """
 
 from fruitcnn.training.loop import (

@@ -16,7 +16,9 @@ from fruitcnn import modelfile, runs
 from fruitcnn.budget import MAX_EPOCHS, BudgetPlanner, PlannedDecay
 from fruitcnn.config import RunConfig
 from fruitcnn.data import Dataset, load_dataset
+from fruitcnn.distributed import scratch_folder
 from fruitcnn.model import build_model, plan_layers, whitening_filters
+from fruitcnn.training.engine import PEER_ERRORS, Engine, chief_plan, peer_failure
 from fruitcnn.training.models import (
     batches,
     channel_statistics,
@@ -138,6 +140,11 @@ def train(
     The run folder is held (``fruitcnn.runs.hold``) from start to end, so a second
     process that tries to train or resume it is refused with this one's pid.
 
+    Under ``--strategy multiworker`` every worker calls this with the same arguments;
+    the chief trains into ``run_dir``, the others into a temporary folder (for a resume
+    a copy of ``run_dir``, which they must be able to read) that is removed at the end,
+    and they print nothing but errors.
+
     Args:
         config: the run configuration (for a resume: the one saved in the run).
         dataset: already loaded data; default: ``load_dataset(config.data)``.
@@ -158,27 +165,54 @@ def train(
         TrainingDiverged: the loss became NaN or infinite or exploded (metrics.json
             says so).
         TrainingFailed: the disk filled up while the run was saved (the run resumes
-            from its last committed epoch once there is space).
+            from its last committed epoch once there is space), or another worker of a
+            multi-worker run stopped.
     """
     if resume and run_dir is None:
         raise ValueError("resume=True needs the run folder (run_dir) to continue.")
+    engine = Engine(config.train.strategy)
     dataset = dataset if dataset is not None else load_dataset(config.data)
     specs = check_run(config, dataset)
+    engine.check_batch(config.train.batch_size)
+    if not engine.is_chief:  # the chief alone writes the run; this worker's copy is temporary
+        with scratch_folder(Path(run_dir) if resume else None) as scratch:
+            return _train_in(engine, config, dataset, specs, scratch, True, resume, callbacks, 0, "")
     if run_dir is None:
         run = runs.create_run_folder(runs.DEFAULT_ROOT, runs.new_run_name(config.data.dataset, config.head))
         created = True
     else:
         run, created = runs.check_out_folder(Path(run_dir)), not Path(run_dir).exists()
+    return _train_in(
+        engine, config, dataset, specs, run, created, resume, callbacks, verbose, interrupt_advice
+    )
+
+
+def _train_in(engine, config, dataset, specs, run, created, resume, callbacks, verbose, interrupt_advice):
     with runs.hold(run, "resuming" if resume else "training", created=created):
         keras.utils.set_random_seed(config.train.seed)
-        if resume:
-            trainer, state, history = _restore(run, config, dataset, specs)
-        else:
-            trainer, state, history = _start(run, config, dataset, specs)
-        model = heads_model(trainer, specs)
-        return _fit(
-            config, dataset, specs, run, trainer, model, state, history, callbacks, verbose, interrupt_advice
+        with engine.scope():
+            if resume:
+                trainer, state, history = _restore(run, config, dataset, specs)
+            else:
+                trainer, state, history = _start(run, config, dataset, specs)
+            model = heads_model(trainer, specs)
+        result = _fit(
+            engine,
+            config,
+            dataset,
+            specs,
+            run,
+            trainer,
+            model,
+            state,
+            history,
+            callbacks,
+            verbose,
+            interrupt_advice,
         )
+        if engine.loop:  # a copy outside the strategy: using it alone needs no other worker
+            result.model = modelfile.load_keras(run / runs.MODEL_FILE, compile=False)
+        return result
 
 
 def _start(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[HeadSpec]):
@@ -266,23 +300,30 @@ def check_resumable(run: Path, state: dict[str, Any]) -> None:
 
 
 def _fit(
-    config, dataset, specs, run, trainer, model, state, history, callbacks, verbose, interrupt_advice
+    engine, config, dataset, specs, run, trainer, model, state, history, callbacks, verbose, interrupt_advice
 ) -> TrainResult:
     settings = config.train
     budget = settings.time_budget
     last_epoch = MAX_EPOCHS if budget else settings.epochs  # a budget plans its own end
-    train_data, steps = batches(
-        dataset.train,
-        specs,
-        settings.batch_size,
-        shuffle_seed=settings.seed,
-        first_epoch=state["epoch"],
-        end_epoch=last_epoch,
-        augment=config.augment,
+    steps = steps_per_epoch(len(dataset.train), settings.batch_size)
+    train_data = engine.pipeline(
+        lambda part: batches(
+            dataset.train,
+            specs,
+            settings.batch_size,
+            shuffle_seed=settings.seed,
+            first_epoch=state["epoch"],
+            end_epoch=last_epoch,
+            augment=config.augment,
+            part=part,
+        )[0]
     )
-    eval_size = eval_batch_size(config)
-    val_data, _ = batches(dataset.val, specs, eval_size)
-    test_data, _ = batches(dataset.test, specs, eval_size)
+
+    def evaluation_data(split):
+        size = engine.eval_batch(len(split), eval_batch_size(config))
+        return engine.pipeline(lambda part: batches(split, specs, size, part=part)[0])
+
+    val_data, test_data = evaluation_data(dataset.val), evaluation_data(dataset.test)
     plateau = None
     if settings.schedule == "plateau":
         plateau = _Plateau(
@@ -292,8 +333,9 @@ def _fit(
             patience=settings.plateau_patience,
             verbose=1 if verbose else 0,
         )
-    evaluator = evaluation_model(trainer, specs, settings.tta)
-    validation = _Validation(evaluator, val_data)
+    with engine.scope():
+        evaluator = evaluation_model(trainer, specs, settings.tta)
+    validation = _Validation(evaluator, val_data, engine.evaluate)
     recorder = _EpochRecorder(
         run,
         trainer,
@@ -306,23 +348,28 @@ def _fit(
         plateau,
         validation,
         config,
+        engine.evaluate,
     )
     own = [_DivergenceGuard(), validation] + ([plateau] if plateau else []) + [recorder]
+    agree = None
     if budget:  # Keras's progress would count to the epoch bound: one line per epoch instead
-        own.append(_planner(config, dataset, trainer, state, steps))
+        planner = _planner(config, dataset, trainer, state, steps)
+        own.append(planner)
+        agree = chief_plan(engine, trainer, planner) if engine.loop else None
         own.extend([_BudgetProgress(budget, recorder)] if verbose else [])
         verbose = 0
     all_callbacks = own + list(callbacks)
     if (state["elapsed_s"] < budget) if budget else (state["epoch"] < settings.epochs):
         try:
-            trainer.fit(
+            engine.fit(  # batches() shuffles, seeded per epoch
+                trainer,
                 train_data,
                 epochs=last_epoch,
                 initial_epoch=state["epoch"],
                 steps_per_epoch=steps,
                 callbacks=all_callbacks,
-                shuffle=False,  # batches() shuffles, seeded per epoch
                 verbose=verbose,
+                agree=agree,
             )
         except KeyboardInterrupt:
             recorder.close()
@@ -337,9 +384,13 @@ def _fit(
             raise
         except _Diverged as found:
             recorder.close()
+            pipelines = {"val": val_data, "test": test_data}
             _diverged(
-                config, dataset, specs, run, evaluator, model, recorder, state, found, val_data, test_data
+                engine, config, dataset, specs, run, evaluator, model, recorder, state, found, pipelines
             )
+        except PEER_ERRORS as error:
+            recorder.close()
+            raise TrainingFailed(peer_failure(engine, run, state, error)) from None
         except OSError as error:
             recorder.close()
             if error.errno not in _FULL_DISK:
@@ -357,10 +408,19 @@ def _fit(
             ) from None
     _load_best(model, recorder, run, state)
     metrics = _final_metrics(
-        evaluator, dataset, {"val": val_data, "test": test_data}, specs, state, model, recorder.best_parts
+        engine.evaluate,
+        evaluator,
+        dataset,
+        {"val": val_data, "test": test_data},
+        specs,
+        state,
+        model,
+        recorder.best_parts,
     )
     if state.get("warnings"):
         metrics["warnings"] = list(state["warnings"])
+    if engine.name != "default":
+        metrics["distributed"] = engine.summary(trainer)
     if budget:
         done = int(keras.ops.convert_to_numpy(trainer.optimizer.iterations))
         final_rate = float(keras.ops.convert_to_numpy(trainer.optimizer.learning_rate))
@@ -414,7 +474,7 @@ def _load_best(model, recorder, run: Path, state: dict[str, Any]) -> None:
         model.set_weights(best.get_weights())
 
 
-def _diverged(config, dataset, specs, run, evaluator, model, recorder, state, found, val_data, test_data):
+def _diverged(engine, config, dataset, specs, run, evaluator, model, recorder, state, found, pipelines):
     """Record a divergence (metrics.json and state.json say so, in strict JSON) and raise
     :class:`TrainingDiverged` with what happened and what to do."""
     advice = divergence_advice(config)
@@ -428,8 +488,9 @@ def _diverged(config, dataset, specs, run, evaluator, model, recorder, state, fo
     }
     if state["best_checkpoint"]:  # an earlier epoch finished: its model stays usable
         _load_best(model, recorder, run, state)
-        pipelines = {"val": val_data, "test": test_data}
-        metrics = _final_metrics(evaluator, dataset, pipelines, specs, state, model, recorder.best_parts)
+        metrics = _final_metrics(
+            engine.evaluate, evaluator, dataset, pipelines, specs, state, model, recorder.best_parts
+        )
         kept = (
             f"model.keras keeps epoch {state['best_epoch']}, the best before it (validation accuracy "
             f"{100 * state['best_val_accuracy']:.2f}%)"
@@ -448,9 +509,9 @@ def _diverged(config, dataset, specs, run, evaluator, model, recorder, state, fo
     )
 
 
-def _final_metrics(evaluator, dataset, pipelines, specs, state, model, known) -> dict[str, Any]:
+def _final_metrics(evaluate, evaluator, dataset, pipelines, specs, state, model, known) -> dict[str, Any]:
     """Validation and test metrics of the best model (``known``: already measured;
-    else evaluated on the epochs' own ``pipelines``)."""
+    else ``evaluate(evaluator, pipeline)`` on the epochs' own ``pipelines``)."""
     metrics: dict[str, Any] = {
         "best_epoch": state["best_epoch"],
         "epochs": state["epoch"],
@@ -462,7 +523,7 @@ def _final_metrics(evaluator, dataset, pipelines, specs, state, model, known) ->
         if known is not None:
             values = known[name]
         else:
-            logs = evaluator.evaluate(pipelines[name], verbose=0, return_dict=True)
+            logs = evaluate(evaluator, pipelines[name])
             values = standard_metrics(logs, specs)
         for key, value in values.items():
             metrics[f"{name}_{key}"] = value

@@ -131,6 +131,7 @@ def batches(
     first_epoch: int = 0,
     end_epoch: int | None = None,
     augment: AugmentConfig | None = None,
+    part: tuple[int, int, int] | None = None,
 ) -> tuple[tf.data.Dataset, int]:
     """A tf.data pipeline of (float32 images, targets) batches, and its steps per epoch.
 
@@ -146,6 +147,13 @@ def batches(
     ``augment`` (training only) changes every image with random numbers seeded by
     (seed, step), so resumed runs are augmented identically too. Without
     ``shuffle_seed``, one pass in order, the last batch possibly smaller.
+
+    ``part=(first, here, parts)`` (a worker of a distributed run, see
+    ``fruitcnn.training.engine``): every batch is cut into ``parts`` contiguous parts
+    (part ``k``: images ``k * n // parts`` to ``(k + 1) * n // parts`` of its ``n``) and
+    this pipeline yields parts ``first .. first + here - 1`` of each, one element per
+    local replica; the parts of all workers together are the batches above, augmented
+    alike. The steps are still counted in whole batches.
     """
     if split.images.nbytes > _CONSTANT_BYTES:
         images = tf.Variable(split.images, trainable=False, name="images")
@@ -158,11 +166,24 @@ def batches(
     count = len(split)
     augmenting = augment is not None and augment.active and shuffle_seed is not None
 
-    def gather(step, index):
+    def gather(step, index, start, total):
         batch = tf.cast(tf.gather(images, index), tf.float32)
         if augmenting:
-            batch = augment_batch(batch, augment, tf.stack([tf.constant(shuffle_seed, tf.int64), step]))
+            seed = tf.stack([tf.constant(shuffle_seed, tf.int64), step])
+            batch = augment_batch(batch, augment, seed, within=(start, total))
         return batch, {name: tf.gather(values, index) for name, values in targets.items()}
+
+    def whole(step, index):
+        return step, index, tf.constant(0, tf.int64), tf.size(index, out_type=tf.int64)
+
+    def parts_of(step, index):
+        first, here, parts = part
+        total = tf.size(index, out_type=tf.int64)
+        pieces = tf.range(first, first + here, dtype=tf.int64)
+        starts, ends = pieces * total // parts, (pieces + 1) * total // parts
+        return tf.data.Dataset.from_tensor_slices((starts, ends)).map(
+            lambda start, end: (step, index[start:end], start, total)
+        )
 
     if shuffle_seed is None:
         steps = math.ceil(count / batch_size)
@@ -182,6 +203,7 @@ def batches(
 
         last = _EPOCH_LIMIT if end_epoch is None else end_epoch
         dataset = tf.data.Dataset.range(first_epoch, last).flat_map(epoch_order)
+    dataset = dataset.map(whole) if part is None else dataset.flat_map(parts_of)
     options = tf.data.Options()
     # No autotuning: the pipeline's parallelism and prefetch are fixed here anyway, and
     # the autotuner's background thread made destroying an iterator wait up to ~30 s

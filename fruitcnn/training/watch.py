@@ -151,15 +151,16 @@ class _Validation(keras.callbacks.Callback):
     augmentation included). Runs first, so the plateau schedule, the recorder and the
     progress bar see the results."""
 
-    def __init__(self, evaluator, val_data):
+    def __init__(self, evaluator, val_data, evaluate=None):
         super().__init__()
-        self.evaluator, self.val_data = evaluator, val_data
+        evaluate = evaluate or (lambda model, data: model.evaluate(data, verbose=0, return_dict=True))
+        self.evaluator, self.val_data, self.evaluate = evaluator, val_data, evaluate
         self.confusions: dict[str, np.ndarray] = {}  # per head, of the last evaluation
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        results = self.evaluator.evaluate(self.val_data, verbose=0, return_dict=True)
+        results = self.evaluate(self.evaluator, self.val_data)
         logs.update({f"val_{name}": value for name, value in results.items()})
         # The MacroF1 metrics hold the confusion matrices of this very pass.
         self.confusions = {
@@ -183,8 +184,10 @@ class _EpochRecorder(keras.callbacks.Callback):
         plateau,
         validation,
         config,
+        evaluate,
     ):
         super().__init__()
+        self.evaluate = evaluate  # (model, pipeline) -> Keras's logs (fruitcnn.training.engine)
         self.config = config
         self.run, self.trainer, self.evaluator, self.plain, self.specs = run, trainer, evaluator, model, specs
         self.validation = validation
@@ -231,7 +234,7 @@ class _EpochRecorder(keras.callbacks.Callback):
         )
         self._confusion_images(epoch)
         if self.test_data is not None:
-            test_logs = self.evaluator.evaluate(self.test_data, verbose=0, return_dict=True)
+            test_logs = self.evaluate(self.evaluator, self.test_data)
             parts["test"] = standard_metrics(test_logs, self.specs)
             self._summarise("test", epoch, test_logs)
         for split, values in parts.items():  # before anything of this epoch is saved

@@ -294,3 +294,13 @@ def test_shipped_study_files_plan_and_every_trial_fits_its_data(path):
         shape = (size, size, channels) if size else (height, width, channels)
         config = config_from_settings(trial.settings, image_shape=shape, blocks=study.blocks)
         plan_layers(config.arch, shape)
+
+
+def test_a_study_refuses_multiworker_trials(tmp_path):
+    text = '[base]\nstrategy = "multiworker"\n[grid]\nlr = [0.1, 0.2]'
+    with pytest.raises(ValueError, match="spreads its trials over machines"):
+        load_study(_write(tmp_path, text))
+    mirrored = load_study(
+        _write(tmp_path, '[base]\nstrategy = "mirrored"\n[grid]\nlr = [0.1, 0.2]', "m.toml")
+    )
+    assert [trial.settings["strategy"] for trial in mirrored.trials] == ["mirrored", "mirrored"]

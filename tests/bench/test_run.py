@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import common
-from bench.tasks import data, quality, shortcut, study
+from bench.tasks import data, distributed, quality, shortcut, study
 from tests.fruitcnn.data import formats
 
 # bench/run.py is a script (python bench/run.py TASK): loaded from its file, as it is run.
@@ -246,3 +246,21 @@ def test_shortcut_task_trains_with_and_without_each_cue_and_checks_both(tmp_path
     error = capsys.readouterr().err
     assert "no does not exist; pass --data PATH" in error
     assert "none does not exist; pass --backgrounds PATH" in error
+
+
+def test_distributed_task_compares_two_workers_with_one_process(capsys, monkeypatch):
+    run = ["--dataset", "line", "--images-per-class", "4", "--epochs", "3", "--batch-size", "64"]
+    monkeypatch.setattr(distributed, "RUN", [*run, "--no-report", "--verbose", "0"])
+    monkeypatch.setattr(distributed, "BATCH", 64)
+    assert bench.main(["distributed"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["task"] == "distributed" and report["weights_disagreement"] == 0.0
+    assert report["speedup_here"] == pytest.approx(
+        report["step_ms_one_process"] / report["step_ms_two_workers"], rel=0.01
+    )
+    # the line model's gradients and its three batch norms' sums (16, 32, 64 channels)
+    assert report["batch_norm_floats"] == (2 * 16 + 1) + (2 * 32 + 1) + (2 * 64 + 1)
+    assert report["bytes_per_step"] == 4 * (report["gradient_floats"] + report["batch_norm_floats"])
+    assert report["batch_norm_all_reduces"] == 12 and report["widest_batch_norm_floats"] == 65
+    assert report["loss_max_relative_difference"] < 1e-3
+    assert report["gradient_all_reduce_ms_loopback"] > 0 and report["expected_speedup_two_machines_lan"] > 0

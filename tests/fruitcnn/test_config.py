@@ -237,6 +237,7 @@ def test_setting_names_come_from_the_fields_flags():
         "tta": ("train", "tta"),
         "time_budget": ("train", "time_budget"),
         "weight_decay": ("train", "weight_decay"),
+        "strategy": ("train", "strategy"),
     }
     assert list(SETTING_FIELDS.items()) == list(written.items())  # same names, same order in messages
 
