@@ -111,11 +111,17 @@ def launch(command: Sequence[str], workers: int, host: str = "127.0.0.1", grace:
     processes, relays = [], []
     for index, config in enumerate(worker_configs(addresses)):
         environment = {**os.environ, TF_CONFIG: config}
+        # a session of its own: Ctrl-C reaches the launcher alone, which passes it on once
         if index == 0:
-            process = subprocess.Popen(argv, env=environment)
+            process = subprocess.Popen(argv, env=environment, start_new_session=True)
         else:
             process = subprocess.Popen(
-                argv, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                argv,
+                env=environment,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
             )
             relay = threading.Thread(target=_relay, args=(process.stdout, f"[worker {index}] ", sys.stdout))
             relay.daemon = True

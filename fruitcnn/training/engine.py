@@ -263,16 +263,15 @@ def chief_plan(engine: Engine, trainer, planner: BudgetPlanner):
     return agree
 
 
-def peer_failure(engine: Engine, run: Path, state: dict[str, Any], error: Exception) -> str:
-    """What to say when a collective failed because another worker stopped."""
+def peer_failure(engine: Engine, run: Path, state: dict[str, Any] | None, error: Exception) -> str:
+    """What to say when a collective failed because another worker stopped (``state``:
+    the run's, None when no run existed yet)."""
     cause = str(getattr(error, "message", error)).strip().splitlines()
     first = next((line for line in cause if line.strip()), type(error).__name__)
     where = engine.cluster.describe() if engine.cluster else engine.name
-    kept = (
-        f"{run} is intact up to epoch {state['epoch']}; restart every worker with --resume {run}"
-        if state["epoch"]
-        else "no epoch had finished; start every worker again"
-    )
+    kept = "no epoch had finished; start every worker again"
+    if state is not None and state["epoch"]:
+        kept = f"{run} is intact up to epoch {state['epoch']}; restart every worker with --resume {run}"
     return (
         f"another worker stopped or cannot be reached ({where}: {type(error).__name__}: {first[:300]}); "
         f"its own output says why. {kept}."

@@ -190,12 +190,16 @@ def train(
 def _train_in(engine, config, dataset, specs, run, created, resume, callbacks, verbose, interrupt_advice):
     with runs.hold(run, "resuming" if resume else "training", created=created):
         keras.utils.set_random_seed(config.train.seed)
-        with engine.scope():
-            if resume:
-                trainer, state, history = _restore(run, config, dataset, specs)
-            else:
-                trainer, state, history = _start(run, config, dataset, specs)
-            model = heads_model(trainer, specs)
+        try:  # several workers: making the variables is their first collective
+            with engine.scope():
+                if resume:
+                    trainer, state, history = _restore(run, config, dataset, specs)
+                else:
+                    trainer, state, history = _start(run, config, dataset, specs)
+                model = heads_model(trainer, specs)
+        except PEER_ERRORS as error:
+            known = runs.read_state(run) if resume else None
+            raise TrainingFailed(peer_failure(engine, run, known, error)) from None
         result = _fit(
             engine,
             config,
@@ -377,6 +381,12 @@ def _fit(
                 advice = interrupt_advice
             elif state["epoch"] == 0:
                 advice = "no epoch had finished, so there is nothing to resume; run the same command again"
+            elif engine.cluster is not None:
+                workers = engine.cluster.workers
+                advice = (
+                    f"continue with every worker: train.py --resume {run} (on this machine: "
+                    f"python -m fruitcnn.distributed --workers {workers} -- train.py --resume {run})"
+                )
             else:
                 advice = f"continue with: python train.py --resume {run}"
             if advice:

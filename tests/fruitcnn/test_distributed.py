@@ -403,3 +403,21 @@ def test_workers_follow_the_chiefs_time_budget(tmp_path):
     spent = metrics["time_budget"]
     assert spent["budget_s"] == 8.0 and spent["plans"] >= 1 and spent["steps"] > 0
     assert _leftovers(scratch) == []
+
+
+def test_a_chief_that_refuses_its_run_folder_stops_the_worker_with_words(tmp_path):
+    """The chief exits at once (its --out already holds a run); the worker, waiting for
+    it to make the model's variables, fails with the message, not a traceback."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "checkpoint" / "state.json").write_text("{}")
+    done = _launch([*RUN, "--epochs", "1", "--out", str(run)], scratch)
+    assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "already holds a run" in done.stderr
+    assert "[worker 1] train.py (worker 1 of 2" in done.stdout
+    assert "another worker stopped or cannot be reached" in done.stdout
+    assert "no epoch had finished; start every worker again" in done.stdout
+    assert "Traceback" not in done.stdout
+    assert _leftovers(scratch) == []
