@@ -172,11 +172,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     own, command = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(
         prog="python -m fruitcnn.distributed",
+        usage="python -m fruitcnn.distributed [--workers N] [--host H] [--grace S] -- COMMAND ...",
         description="Start N local workers of one multi-worker run (TF_CONFIG on free ports).",
         epilog="example: python -m fruitcnn.distributed --workers 2 -- train.py --dataset line --epochs 1",
     )
-    parser.add_argument("--workers", type=int, default=2, help="how many workers (default: 2)")
-    parser.add_argument("--host", default="127.0.0.1", help="address they listen on (default: 127.0.0.1)")
+    parser.add_argument("--workers", type=int, default=2, metavar="N", help="how many workers (default: 2)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", metavar="H", help="address they listen on (default: 127.0.0.1)"
+    )
     parser.add_argument(
         "--grace",
         type=float,

@@ -421,3 +421,14 @@ def test_a_chief_that_refuses_its_run_folder_stops_the_worker_with_words(tmp_pat
     assert "no epoch had finished; start every worker again" in done.stdout
     assert "Traceback" not in done.stdout
     assert _leftovers(scratch) == []
+
+
+def test_launcher_refuses_bad_arguments(capsys):
+    from fruitcnn.distributed import launch
+
+    with pytest.raises(SystemExit) as stop:
+        launch.main(["--workers", "0", "--", "train.py"])
+    assert stop.value.code == 2 and "--workers must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        launch.main(["--workers", "2"])
+    assert stop.value.code == 2 and "give the command after --" in capsys.readouterr().err
