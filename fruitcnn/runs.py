@@ -289,12 +289,13 @@ def environment() -> dict[str, Any]:
     }
 
 
-def record_environment(run: Path, kind: str) -> None:
+def record_environment(run: Path, kind: str, **details: Any) -> None:
     """Append this session's :func:`environment` to the run's environment.json, with
-    ``kind`` ``start`` (a new run) or ``resume``."""
+    ``kind`` ``start`` (a new run) or ``resume`` and ``details`` (e.g. the session's
+    ``strategy``, which a resume may change)."""
     path = Path(run) / ENVIRONMENT_FILE
     sessions = read_json(path).get("sessions", []) if path.is_file() else []
-    write_json(path, {"sessions": [*sessions, {"kind": kind, **environment()}]})
+    write_json(path, {"sessions": [*sessions, {"kind": kind, **details, **environment()}]})
 
 
 def checkpoint_name(kind: str, epoch: int) -> str:

@@ -144,7 +144,7 @@ def _training_start(record) -> str:
 def environment_section(record) -> Section:
     """Training sessions (start and resumes) with their versions, and this report's."""
     now = {**environment(), "kind": "report"}
-    frame = pd.DataFrame([*record.environment, now]).astype(str)
+    frame = pd.DataFrame([*record.environment, now]).fillna("").astype(str)  # a field a session lacks: ""
     finished = record.history[-1]["timestamp"] if record.history else None
     facts = [
         ("training started", _training_start(record)),

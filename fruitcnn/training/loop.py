@@ -250,7 +250,7 @@ def _start(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[HeadS
     runs.write_json(run / runs.CONFIG_FILE, config.to_dict())
     runs.write_json(run / runs.DATA_FILE, data_description(dataset))
     runs.write_json(run / runs.CLASSES_FILE, {spec.name: list(spec.class_names) for spec in specs})
-    runs.record_environment(run, "start")
+    runs.record_environment(run, "start", strategy=config.train.strategy)
     return trainer, _fresh_state(), []
 
 
@@ -279,7 +279,7 @@ def _restore(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[Hea
             f"{expected}; was the run resumed with other data? Start a new run instead."
         )
     runs.publish_best(run, state)
-    runs.record_environment(run, "resume")
+    runs.record_environment(run, "resume", strategy=config.train.strategy)
     rows = runs.read_csv(run / runs.HISTORY_FILE) if (run / runs.HISTORY_FILE).is_file() else []
     return trainer, state, [row for row in rows if row["epoch"] <= state["epoch"]]
 

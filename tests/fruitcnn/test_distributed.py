@@ -295,6 +295,8 @@ def test_two_workers_train_as_one_process(tmp_path):
         "weights_disagreement": 0.0,
     }
     assert json.loads((two / "config.json").read_text())["train"]["strategy"] == "multiworker"
+    sessions = json.loads((two / "environment.json").read_text())["sessions"]
+    assert [(session["kind"], session["strategy"]) for session in sessions] == [("start", "multiworker")]
     rows_one, rows_two = _history(one), _history(two)
     assert len(rows_one) == len(rows_two) == 2
     for first, second in zip(rows_one, rows_two):
@@ -362,6 +364,8 @@ def test_a_lost_worker_stops_the_chief_and_the_run_resumes(tmp_path):
     done = _launch(["--resume", str(run), "--no-report", "--verbose", "2"], scratch)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert [int(row["epoch"]) for row in _history(run)] == list(range(1, 31))
+    sessions = json.loads((run / "environment.json").read_text())["sessions"]
+    assert [session["kind"] for session in sessions] == ["start", "resume"]
     assert json.loads((run / "metrics.json").read_text())["distributed"]["weights_disagreement"] == 0.0
     assert _leftovers(scratch) == left
 
