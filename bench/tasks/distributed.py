@@ -16,7 +16,6 @@ TensorFlow is imported in the functions that use it, so that ``python bench/run.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -24,6 +23,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from fruitcnn import runs
+from fruitcnn.distributed import cluster, make_strategy
 
 ROOT = Path(__file__).resolve().parents[2]
 # The runs compared: the line dataset at 100 images per class (5,184 training images,
@@ -38,9 +40,8 @@ PROBE_ROUNDS, PROBE_CHAIN = 10, 20
 NETWORK_BYTES_PER_S, NETWORK_LATENCY_S = 10e9 / 8, 100e-6
 
 
-def _history(run: Path) -> list[dict[str, str]]:
-    with open(run / "history.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
+def _history(run: Path) -> list[dict]:
+    return runs.read_csv(run / runs.HISTORY_FILE)
 
 
 def _train(command: list[str], environment: dict[str, str] | None = None) -> float:
@@ -83,9 +84,6 @@ def _exchanged(run: Path) -> dict:
 def probe(sizes: list[int]) -> None:
     """As one worker of the launcher: time PROBE_ROUNDS all-reduces of each size (float32
     values) and print the milliseconds per all-reduce as JSON on the chief."""
-    sys.path.insert(0, str(ROOT))
-    from fruitcnn.distributed import cluster, make_strategy
-
     strategy = make_strategy("multiworker")
     import tensorflow as tf
 
@@ -137,6 +135,7 @@ def run_distributed() -> dict:
         done = subprocess.run(
             [*launcher, str(Path(__file__).resolve()), "--probe", *(str(size) for size in sizes)],
             cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},  # run as a script, the repository is not on sys.path
             capture_output=True,
             text=True,
         )

@@ -40,11 +40,12 @@ def augment_batch(
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=7)
     shape = tf.shape(images)
     batch, height, width = shape[0], shape[1], shape[2]
-    start, total = (
-        (0, batch) if within is None else (tf.cast(within[0], tf.int32), tf.cast(within[1], tf.int32))
-    )
+    total = batch if within is None else tf.cast(within[1], tf.int32)
 
     def part(values):  # this part's rows of numbers drawn for the whole batch
+        if within is None:
+            return values
+        start = tf.cast(within[0], tf.int32)
         return values[start : start + batch]
 
     geometric = config.flip != "none" or config.translate > 0 or config.rotate > 0

@@ -174,11 +174,6 @@ def make_strategy(name: str):
     return strategy
 
 
-def made_strategy(name: str) -> bool:
-    """Whether :func:`make_strategy` has made ``name``'s strategy in this process."""
-    return name in _MADE
-
-
 def finish_together() -> None:
     """Wait until every worker of this process's multi-worker run gets here (the chief
     after its report, the others after training), so none exits while another still
@@ -187,7 +182,7 @@ def finish_together() -> None:
     nothing; without a multi-worker strategy it returns at once."""
     if "multiworker" not in _MADE:
         return
-    import tensorflow as tf  # here: made_strategy above means TensorFlow is loaded
+    import tensorflow as tf  # here: the strategy was made, so TensorFlow is loaded already
 
     strategy = _MADE["multiworker"]
 

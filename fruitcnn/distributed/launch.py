@@ -77,9 +77,9 @@ def worker_command(command: Sequence[str]) -> list[str]:
         if not named:
             command += ["--strategy", "multiworker"]
         else:
-            position = command.index(named[0])
-            value = named[0].split("=", 1)[1] if "=" in named[0] else command[position + 1 : position + 2]
-            value = value if isinstance(value, str) else (value[0] if value else "")
+            flag = named[0]
+            after = command[command.index(flag) + 1 :]
+            value = flag.split("=", 1)[1] if "=" in flag else (after[0] if after else "")
             if value != "multiworker":
                 raise ValueError(
                     f"the workers of one run need --strategy multiworker, the command says {value!r}; "

@@ -166,15 +166,12 @@ def batches(
     count = len(split)
     augmenting = augment is not None and augment.active and shuffle_seed is not None
 
-    def gather(step, index, start, total):
+    def gather(step, index, *within):  # within: (start, total) of a part, none for a batch
         batch = tf.cast(tf.gather(images, index), tf.float32)
         if augmenting:
             seed = tf.stack([tf.constant(shuffle_seed, tf.int64), step])
-            batch = augment_batch(batch, augment, seed, within=(start, total))
+            batch = augment_batch(batch, augment, seed, within=within or None)
         return batch, {name: tf.gather(values, index) for name, values in targets.items()}
-
-    def whole(step, index):
-        return step, index, tf.constant(0, tf.int64), tf.size(index, out_type=tf.int64)
 
     def parts_of(step, index):
         first, here, parts = part
@@ -203,7 +200,8 @@ def batches(
 
         last = _EPOCH_LIMIT if end_epoch is None else end_epoch
         dataset = tf.data.Dataset.range(first_epoch, last).flat_map(epoch_order)
-    dataset = dataset.map(whole) if part is None else dataset.flat_map(parts_of)
+    if part is not None:
+        dataset = dataset.flat_map(parts_of)
     options = tf.data.Options()
     # No autotuning: the pipeline's parallelism and prefetch are fixed here anyway, and
     # the autotuner's background thread made destroying an iterator wait up to ~30 s

@@ -151,9 +151,8 @@ class _Validation(keras.callbacks.Callback):
     augmentation included). Runs first, so the plateau schedule, the recorder and the
     progress bar see the results."""
 
-    def __init__(self, evaluator, val_data, evaluate=None):
+    def __init__(self, evaluator, val_data, evaluate):
         super().__init__()
-        evaluate = evaluate or (lambda model, data: model.evaluate(data, verbose=0, return_dict=True))
         self.evaluator, self.val_data, self.evaluate = evaluator, val_data, evaluate
         self.confusions: dict[str, np.ndarray] = {}  # per head, of the last evaluation
 

@@ -4,7 +4,6 @@ with a one-process run of the same global batch and seed."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -18,10 +17,11 @@ import keras
 import numpy as np
 import pytest
 
-from fruitcnn.config import AugmentConfig
+from fruitcnn import runs
+from fruitcnn.config import AugmentConfig, RunConfig, TrainConfig
 from fruitcnn.distributed import Cluster, cluster, scratch_folder
 from fruitcnn.distributed.launch import free_ports, worker_command, worker_configs
-from fruitcnn.training import batches, head_specs
+from fruitcnn.training import batches, head_specs, train
 from fruitcnn.training.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,7 +108,7 @@ def test_scratch_folder_copies_the_run_and_is_removed(tmp_path):
 def test_parts_of_a_batch_are_the_batch(small_line, parts):
     """The replicas' parts of every training batch, augmentation included, put back
     together are the one-process batch (oracle: the pipeline without parts)."""
-    specs = head_specs(_line_config(), small_line)
+    specs = head_specs(RunConfig(), small_line)
     augment = AugmentConfig(flip="horizontal", translate=3, rotate=10, color_jitter=0.2)
 
     def pipeline(part):
@@ -136,12 +136,6 @@ def test_parts_of_a_batch_are_the_batch(small_line, parts):
     # a worker yields only its own parts: the second of three workers, one replica each
     second = list(pipeline((1, 1, parts)).take(2))
     np.testing.assert_array_equal(second[1][0], pieces[parts + 1][0])
-
-
-def _line_config():
-    from fruitcnn.config import RunConfig
-
-    return RunConfig()
 
 
 def test_engine_default_is_keras():
@@ -228,9 +222,8 @@ def _leftovers(scratch: Path) -> list[str]:
     return sorted(path.name for path in scratch.glob("fruitcnn-worker-*"))
 
 
-def _history(run: Path) -> list[dict[str, str]]:
-    with open(run / "history.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
+def _history(run: Path) -> list[dict]:
+    return runs.read_csv(run / runs.HISTORY_FILE)
 
 
 def _launch(args: list[str], scratch: Path) -> subprocess.CompletedProcess:
@@ -373,9 +366,6 @@ def test_a_lost_worker_stops_the_chief_and_the_run_resumes(tmp_path):
 def test_mirrored_strategy_trains_through_keras_fit(small_line, tmp_path):
     """--strategy mirrored on a machine without GPUs: one replica (the CPU), Keras's fit,
     the same losses as the default strategy, and metrics.json says how it ran."""
-    from fruitcnn.config import RunConfig, TrainConfig
-    from fruitcnn.training import train
-
     results = {}
     for strategy in ("default", "mirrored"):
         config = RunConfig(train=TrainConfig(epochs=1, batch_size=64, strategy=strategy))

@@ -12,6 +12,7 @@ import fruitcnn
 from fruitcnn import runs
 from fruitcnn.config import DataConfig, RunConfig, TrainConfig
 from fruitcnn.training import train
+from fruitcnn.training.engine import Engine
 
 FAST = TrainConfig(epochs=3, batch_size=32, learning_rate=0.01, warmup_epochs=0.0)
 
@@ -395,7 +396,7 @@ def test_validation_confusion_matrix_is_that_of_the_evaluated_predictions(small_
     trainer = training_model(model, specs)
     trainer.compile("adam", **compile_arguments(specs))
     evaluator = evaluation_model(trainer, specs, tta)
-    validation = _Validation(evaluator, batches(small_line.val, specs, 64)[0])
+    validation = _Validation(evaluator, batches(small_line.val, specs, 64)[0], Engine().evaluate)
     logs = {}
     validation.on_epoch_end(0, logs)
     outputs = evaluation.predict(model, small_line.val.images, specs, batch_size=64, tta=tta)
