@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from fruitcnn.config import STRATEGIES
+from fruitcnn.runs import LOCK_FILE
 
 # The environment variable TensorFlow reads the cluster from.
 TF_CONFIG = "TF_CONFIG"
@@ -205,7 +206,7 @@ def scratch_folder(source: Path | None = None) -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix="fruitcnn-worker-"))
     try:
         if source is not None:
-            shutil.copytree(source, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".lock"))
+            shutil.copytree(source, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(LOCK_FILE))
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
