@@ -65,6 +65,15 @@ Tasks:
                    the two workers (chained in a graph, as in a step), and the speed-up
                    that implies for two machines, with the all-reduce times measured here
                    (``_here``) and over a LAN of 10 Gbit/s and 0.1 ms (``_lan``)
+  stream           train.py --stream (decoded rows on disk, read batch by batch) against
+                   the in-memory path on a Fruits-360-style source (--data; default
+                   ../shared/data's archive) at two sizes, a quarter of its images and
+                   all of them (4x): each process's peak resident memory (reading the
+                   source the first time, and training with the report from the cache),
+                   how much it grows with the data (``peak_growth_mb`` beside
+                   ``decoded_mb_added``), the last epoch's images per second and the
+                   in-memory over streamed throughput (goal <= 1.3:
+                   ``meets_throughput_goal``)
   page             the inspection page (explain.py --serve) on a 100x100 image through its
                    own HTTP API: upload, prediction, saliency, SmoothGrad, Grad-CAM and
                    stride-1 occlusion, first and warm request times, for the occlusion
@@ -113,7 +122,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any task imports Te
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
-from bench.tasks import data, distributed, explain, line, page, quality, shortcut, stl96, study  # noqa: E402
+from bench.tasks import (  # noqa: E402
+    data,
+    distributed,
+    explain,
+    line,
+    page,
+    quality,
+    shortcut,
+    stl96,
+    stream,
+    study,
+)
 from fruitcnn.config.data import LINE_BACKGROUNDS  # noqa: E402
 from visualize.methods import method_of  # noqa: E402  (no TensorFlow)
 
@@ -131,6 +151,7 @@ TASKS = {
     "shortcut": "shortcut",
     "page": "page",
     "distributed": "distributed",
+    "stream": "stream",
 }
 
 
@@ -213,7 +234,7 @@ def _check(args: argparse.Namespace) -> None:
         if kind not in ("quality", "shortcut"):
             raise ValueError(f"--methods is for the explain-quality and shortcut tasks, not {args.task}.")
         _methods(args)
-    if kind not in ("stl", "data", "shortcut") and args.data is not None:
+    if kind not in ("stl", "data", "shortcut", "stream") and args.data is not None:
         raise ValueError(f"task {args.task} generates its data; --data is not used (got {args.data!r}).")
 
 
@@ -253,6 +274,8 @@ def _data(args: argparse.Namespace) -> str | None:
         if problems:
             raise ValueError(" ".join(problems))
         return args.data or str(shortcut.OBJECTS)
+    if TASKS[args.task] == "stream":
+        return common.data_path(args.task, args.data, stream.DATA)
     if TASKS[args.task] != "data":
         return args.data
     return common.data_path(args.task, args.data, data.RECIPES[args.task]["data"])
@@ -292,6 +315,8 @@ def _run(args: argparse.Namespace, path: str | None) -> dict:
         return page.run_page()
     if kind == "distributed":
         return distributed.run_distributed()
+    if kind == "stream":
+        return stream.run_stream(path)
     if kind == "shortcut":
         return shortcut.run_shortcut(
             path, args.backgrounds or str(shortcut.BACKGROUNDS), args.keep, _methods(args)

@@ -25,6 +25,7 @@ from fruitcnn import runs
 from fruitcnn.config import RunConfig
 from fruitcnn.data import load_dataset
 from fruitcnn.data.images import ImageReadError, decode
+from fruitcnn.data.rows import Rows
 from fruitcnn.training import head_specs
 from heads import head_targets
 from visualize.gradcam import conv_layers, default_layer
@@ -109,7 +110,14 @@ class RunSession:
                 self.dataset = load_dataset(self.config.data)
             if name not in self.predictions:
                 split = self.dataset.splits[name]
-                self.predictions[name] = class_probabilities(self.model, split.images, self.classes)
+                # streamed rows (--stream) a chunk at a time: the split is not held in memory
+                streamed = isinstance(split.images, Rows) and len(split)
+                chunks = split.images.chunks() if streamed else (split.images,)
+                found = [class_probabilities(self.model, chunk, self.classes) for chunk in chunks]
+                self.predictions[name] = {
+                    head: np.concatenate([probabilities[head] for probabilities in found])
+                    for head in self.classes
+                }
                 specs = head_specs(self.config, self.dataset)
                 targets = head_targets(specs, split.labels, split.attributes)
                 self.truth[name] = {

@@ -145,6 +145,9 @@ class DataConfig:
         seed: seed of data generation and splitting.
         data_dir: tensorflow-datasets data folder for ``tfds:`` names ('' = tfds's default).
         strict: treat skipped files (corrupt images, stray files) as errors.
+        stream: keep the decoded images on disk (rows in the cache folder, see
+            ``fruitcnn.data.rows``) and read each batch from there, for data larger
+            than memory; folders, archives, MNIST, CIFAR, STL-10 and mini-ImageNet.
         unpack_limits: how much data may be unpacked (see :func:`parse_unpack_limits`):
             ``member`` the largest single file read (also after gunzip), ``total`` all
             files read together, ``ratio`` the largest unpacked/packed size ratio of an
@@ -220,6 +223,13 @@ class DataConfig:
         "stop on any skipped file (corrupt image, stray file) instead of listing it",
         action="store_true",
     )
+    stream: bool = setting_field(
+        False,
+        "--stream",
+        "data larger than memory: decode the images once into rows on disk (in the cache folder) and "
+        "read every batch from there instead of holding the set in memory",
+        action="store_true",
+    )
     unpack_limits: str = setting_field(
         DEFAULT_UNPACK_LIMITS,
         "--unpack-limits",
@@ -264,6 +274,18 @@ class DataConfig:
             raise ValueError(
                 "--cue hue tints the background, which needs the objects' masks: add --object-masks (photos "
                 "of objects on a plain background) or --paste-on PATH, or use --cue patch or --cue border."
+            )
+        if self.stream and (self.dataset == "line" or self.dataset.startswith("tfds:")):
+            raise ValueError(
+                f"--stream reads folders and archives of images (and MNIST, CIFAR, STL-10, mini-ImageNet "
+                f"files) from disk; {self.dataset!r} is "
+                + ("generated in memory" if self.dataset == "line" else "read through tensorflow-datasets")
+                + ". Leave --stream out."
+            )
+        if self.stream and (self.object_masks or self.paste_on or self.cue != "none"):
+            raise ValueError(
+                "--stream keeps the images on disk, and --object-masks, --paste-on and --cue change every "
+                "image in memory; leave --stream out for these checks (they are made on sets that fit)."
             )
         if self.images_per_class < 1:
             raise ValueError(f"images_per_class must be >= 1, got {self.images_per_class}.")

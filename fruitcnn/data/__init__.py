@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from fruitcnn.config import TRAINING_PART, DataConfig, parse_unpack_limits
-from fruitcnn.data import cache, composite, line
+from fruitcnn.data import cache, composite, line, rows
 from fruitcnn.data.images import resize_many
 from fruitcnn.data.problems import DatasetError, Problems
+from fruitcnn.data.rows import Rows
 from fruitcnn.data.sources import Part, RawData, check_classes, read_source
 from fruitcnn.data.splits import holdout, parse_split, stratified_split
 from fruitcnn.data.trees import ARCHIVE_SUFFIXES, open_tree
@@ -39,7 +40,8 @@ class Split:
     """One part of a dataset.
 
     Attributes:
-        images: uint8 (N, H, W, C).
+        images: uint8 (N, H, W, C): an array, or for ``--stream`` the
+            :class:`~fruitcnn.data.rows.Rows` on disk (indexing it reads the rows).
         labels: int32 class ids (N,).
         attributes: int32 (N, A) attribute indices, or None.
         masks: bool (N, H, W) ground-truth object pixels, or None.
@@ -49,7 +51,7 @@ class Split:
         cue_masks: bool (N, H, W) where the cue lies in ``cued``, or None.
     """
 
-    images: np.ndarray
+    images: np.ndarray | Rows
     labels: np.ndarray
     attributes: np.ndarray | None = None
     masks: np.ndarray | None = None
@@ -66,7 +68,7 @@ class Split:
             return None if array is None else array[indices]
 
         return Split(
-            self.images[indices],
+            self.images.subset(indices) if isinstance(self.images, Rows) else self.images[indices],
             self.labels[indices],
             pick(self.attributes),
             pick(self.masks),
@@ -320,13 +322,20 @@ def _read(config: DataConfig, problems: Problems) -> tuple[RawData, bool]:
             "  fix: check the path (e.g. --dataset ../shared/data/fruits-360-24.tgz)."
         )
     tree = open_tree(path, problems, parse_unpack_limits(config.unpack_limits))
-    key = cache.cache_key(tree.fingerprint(), config.image_size)
+    key = cache.cache_key(tree.fingerprint(), config.image_size, streamed=config.stream)
     cached = cache.load(key)
     if cached is not None:
         raw, skipped = cached
         for item in skipped:
             problems.skip(item["reason"], item["file"], item["detail"])
         return raw, True
+    if config.stream:
+        with cache.stream_writer(key, str(path)) as writer:
+            raw = read_source(tree, problems, config.image_size, writer)
+            if problems.errors:  # raised by the caller; nothing is kept
+                writer.discard()
+                return raw, False
+            return cache.commit_streamed(writer, raw, problems.skipped_list(), str(path)), False
     raw = read_source(tree, problems, config.image_size)
     if not problems.errors:
         cache.store(key, raw, problems.skipped_list(), str(path))
@@ -365,8 +374,9 @@ def _assemble(raw: RawData, config: DataConfig) -> tuple[Split, Split, Split, st
     if len(parts) == 1:
         whole = _split_of(next(iter(parts.values())))
     else:
+        images = [part.images for part in parts.values()]
         whole = Split(
-            np.concatenate([part.images for part in parts.values()]),
+            rows.concatenate(images) if isinstance(images[0], Rows) else np.concatenate(images),
             np.concatenate([part.labels for part in parts.values()]).astype(np.int32),
         )
         how += ", pooled from the own parts"

@@ -7,6 +7,10 @@ modification time) and by the reading options (``--image-size``), so any change 
 the data makes a new entry. Entries are written to a temporary folder and renamed
 into place, so an interrupted run never leaves a half-written entry.
 
+A ``--stream`` entry holds the decoded images as rows on disk (``<part>_images.u8``,
+see ``fruitcnn.data.rows``) that runs read batch by batch instead of loading them; it
+is keyed apart from the in-memory entry of the same source.
+
 Location: ``$FRUITCNN_CACHE`` (``train.py --cache-dir``), default
 ``~/.cache/fruitcnn``; ``FRUITCNN_CACHE=off`` disables it. Entries are plain
 folders under ``decoded/``; delete them freely.
@@ -24,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fruitcnn.data.problems import DatasetError
+from fruitcnn.data.rows import PASS_ROWS, ROW_SUFFIX, Rows, RowWriter
 from fruitcnn.data.sources import Part, RawData
 
 # Bump when the decoded pixels of some source would change (e.g. new resizing).
@@ -74,9 +80,13 @@ def cache_root() -> Path | None:
     return Path(value).expanduser() if value else Path.home() / ".cache" / "fruitcnn"
 
 
-def cache_key(fingerprint: str, image_size: int | None) -> str:
-    text = json.dumps({"source": fingerprint, "image_size": image_size, "version": READER_VERSION})
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+def cache_key(fingerprint: str, image_size: int | None, *, streamed: bool = False) -> str:
+    """The entry's name: the source's fingerprint, the reading options, the reader's
+    version and, for ``--stream``, the layout (rows on disk, see ``fruitcnn.data.rows``)."""
+    options = {"source": fingerprint, "image_size": image_size, "version": READER_VERSION}
+    if streamed:
+        options["layout"] = "rows"
+    return hashlib.sha256(json.dumps(options).encode()).hexdigest()[:32]
 
 
 def load(key: str) -> tuple[RawData, list[dict[str, str]]] | None:
@@ -88,13 +98,96 @@ def load(key: str) -> tuple[RawData, list[dict[str, str]]] | None:
     try:
         meta = json.loads((folder / "meta.json").read_text())
         parts = {
-            name: Part(np.load(folder / f"{name}_images.npy"), np.load(folder / f"{name}_labels.npy"))
+            name: Part(_images(folder, name, meta), np.load(folder / f"{name}_labels.npy"))
             for name in meta["parts"]
         }
         data = RawData(meta["format"], tuple(meta["class_names"]), parts, meta["notes"], meta["ignored"])
         return data, list(meta["skipped"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError):
-        return None  # a damaged entry is a miss: the source is read again
+        # A damaged entry is a miss: the source is read again, and the entry removed so
+        # that the new one can take its place (a process still reading its files keeps
+        # them until it closes them).
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+
+def _images(folder: Path, name: str, meta: dict) -> np.ndarray | Rows:
+    """A part's images: the array, or for a streamed entry the view of its rows
+    (whose files must hold exactly the rows meta.json counts)."""
+    if "rows" not in meta:
+        return np.load(folder / f"{name}_images.npy")
+    shape = tuple(meta["rows"]["shape"])
+    files = [(folder / file, int(count)) for file, count in meta["rows"]["files"]]
+    for path, count in files:
+        if path.stat().st_size != count * int(np.prod(shape)):
+            raise ValueError(f"{path} does not hold {count} rows of {shape}")
+    index = np.load(folder / f"{name}_index.npy")
+    if index.size and not 0 <= int(index.min()) <= int(index.max()) < sum(count for _, count in files):
+        raise ValueError(f"{name}_index.npy points outside the rows")
+    return Rows(files, shape, index)
+
+
+def stream_writer(key: str, source: str) -> RowWriter:
+    """A :class:`RowWriter` for a new streamed entry (see :func:`commit_streamed`).
+
+    Raises:
+        DatasetError: when caching is off or the cache folder cannot be written: the
+            streamed rows live in the cache, so ``--stream`` needs one.
+    """
+    root = cache_root()
+    if root is None:
+        raise DatasetError(
+            f"{source}: --stream keeps the decoded images on disk in the cache folder, and caching is off "
+            f"(${_ENV} or --cache-dir is '{os.environ.get(_ENV, '')}').\n  fix: give --cache-dir DIR on a "
+            "disk with room for the decoded images (height x width x channels bytes each)."
+        )
+    try:
+        return RowWriter(root / "decoded" / key)
+    except OSError as error:
+        raise DatasetError(
+            f"{source}: --stream cannot write the decoded images to {root} ({error.strerror or error}).\n"
+            "  fix: give --cache-dir DIR on a disk you can write to, with room for the decoded images."
+        ) from None
+
+
+def commit_streamed(writer: RowWriter, data: RawData, skipped: list[dict[str, str]], source: str) -> RawData:
+    """Finish a streamed entry: the parts still in memory (array formats) written as
+    rows, each part's positions among all rows and its labels beside them, meta.json,
+    the folder renamed into place; returns ``data`` with every part's images as
+    :class:`Rows` of the entry."""
+    views = {}
+    for name, part in data.parts.items():
+        if isinstance(part.images, np.ndarray):
+            for start in range(0, len(part.images), PASS_ROWS):
+                writer.add(name, part.images[start : start + PASS_ROWS])
+            views[name] = writer.rows(name, part.images.shape[1:])
+        else:
+            views[name] = part.images
+    files = [(f"{name}{ROW_SUFFIX}", count) for name, count in writer.counts.items()]
+    offsets = dict(zip((file for file, _ in files), np.cumsum([0] + [count for _, count in files])))
+    shape = next(iter(views.values())).image_shape
+    for name, view in views.items():
+        (path, _), *others = view.files
+        if others or view.image_shape != shape:
+            raise ValueError(f"part {name} of a streamed entry is not a view of one file of {shape} rows.")
+        np.save(writer.folder / f"{name}_index.npy", view.index + int(offsets.get(path.name, 0)))
+        np.save(writer.folder / f"{name}_labels.npy", data.parts[name].labels)
+    meta = {
+        "source": source,
+        "format": data.format,
+        "class_names": list(data.class_names),
+        "parts": list(data.parts),
+        "rows": {"files": files, "shape": list(shape)},
+        "notes": data.notes,
+        "ignored": data.ignored,
+        "skipped": skipped,
+    }
+    (writer.folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    folder = writer.commit()
+    loaded = load(folder.name)
+    if loaded is None:
+        raise DatasetError(f"{source}: the streamed rows written to {folder} cannot be read back.")
+    return loaded[0]
 
 
 def store(key: str, data: RawData, skipped: list[dict[str, str]], source: str) -> Path | None:

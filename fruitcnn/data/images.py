@@ -135,6 +135,8 @@ def decode_many(
     size: tuple[int, int] | None = None,
     channels: int | None = None,
     workers: int | None = None,
+    *,
+    uniform: tuple[tuple[int, int], int] | None = None,
 ) -> Decoded:
     """Decode many image files in parallel threads into one uint8 array.
 
@@ -148,6 +150,9 @@ def decode_many(
         channels: 1 or 3; None: 1 when every image is greyscale, else 3 (greyscale
             images of a mixed set are repeated into RGB).
         workers: threads (default: one per CPU core; Pillow decodes without the GIL).
+        uniform: ((height, width), channels) of the set when known beforehand (a
+            streamed set decoded in chunks, see :func:`header_shape`): the images are
+            made uniform to it as to the set's own choice.
 
     Returns:
         :class:`Decoded`; files that are not readable images are in ``failed``.
@@ -169,6 +174,8 @@ def decode_many(
     kept = np.asarray([index for index in range(count) if arrays[index] is not None], np.int64)
     if not kept.size:
         return Decoded(np.zeros((0, 1, 1, channels or 3), np.uint8), kept, failed, (1, 1), channels or 3, 0)
+    if uniform is not None:
+        size, channels = uniform
     if size is None:
         size = Counter(arrays[i].shape[:2] for i in kept).most_common(1)[0][0]
     if channels is None:
@@ -183,6 +190,18 @@ def decode_many(
         images[row] = array  # a greyscale image broadcasts into RGB
         arrays[index] = None
     return Decoded(images, kept, failed, tuple(size), channels, resized)
+
+
+def header_shape(content: bytes) -> tuple[tuple[int, int], int] | None:
+    """((height, width), channels) an image file decodes to by :func:`decode` with
+    ``channels=None``, from its header alone; None when the header is unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(content)) as image:
+                return (image.height, image.width), 1 if image.mode in _GREY_MODES else 3
+    except Exception:  # noqa: BLE001 - as in decode: damaged files fail in many ways
+        return None
 
 
 def read_image_file(

@@ -34,6 +34,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import struct
 import zlib
 from collections import Counter
@@ -42,8 +43,16 @@ from typing import Any
 
 import numpy as np
 
-from fruitcnn.data.images import ImageReadError, decode, decode_many, is_image_name, resize_many
+from fruitcnn.data.images import (
+    ImageReadError,
+    decode,
+    decode_many,
+    header_shape,
+    is_image_name,
+    resize_many,
+)
 from fruitcnn.data.problems import DatasetError, Problems
+from fruitcnn.data.rows import Rows, RowWriter
 from fruitcnn.data.trees import Tree, gunzip, is_metadata
 
 PART_NAMES = ("train", "val", "test")
@@ -65,6 +74,8 @@ _STL_SIDE = 96
 _STL_BYTES = 3 * _STL_SIDE * _STL_SIDE
 # Decoding holds each image twice (decoded list and final array) at its peak.
 _MEMORY_COPIES = 2
+# Files decoded at a time by a streamed read (--stream): what memory holds of the set.
+_STREAM_CHUNK = 512
 # Files tried to find one readable image for the memory estimate.
 _MEMORY_PROBES = 20
 
@@ -73,7 +84,7 @@ _MEMORY_PROBES = 20
 class Part:
     """Images and class ids of one part of a source."""
 
-    images: np.ndarray
+    images: np.ndarray | Rows  # Rows: streamed (--stream), see fruitcnn.data.rows
     labels: np.ndarray
 
 
@@ -96,11 +107,16 @@ class RawData:
     ignored: list[str] = field(default_factory=list)
 
 
-def read_source(tree: Tree, problems: Problems, image_size: int | None = None) -> RawData:
+def read_source(
+    tree: Tree, problems: Problems, image_size: int | None = None, writer: RowWriter | None = None
+) -> RawData:
     """Recognise the layout of ``tree`` and read it (see the module docstring).
 
     Problems of the files are recorded in ``problems``; the caller adds the class
-    checks (:func:`check_classes`) and raises them all together.
+    checks (:func:`check_classes`) and raises them all together. With ``writer``
+    (``--stream``), image files are decoded chunk by chunk into its rows and the parts'
+    images are :class:`~fruitcnn.data.rows.Rows` (the array formats are read into
+    memory as usual; ``fruitcnn.data.cache.commit_streamed`` writes them).
 
     Raises:
         DatasetError: when the source cannot be read at all (e.g. no class folders,
@@ -108,7 +124,10 @@ def read_source(tree: Tree, problems: Problems, image_size: int | None = None) -
     """
     prefix, layout = _find_layout(tree)
     reader = _READERS[layout]
-    data = reader(tree, prefix, problems, image_size)
+    if layout in _FILE_LAYOUTS:
+        data = reader(tree, prefix, problems, image_size, writer)
+    else:
+        data = reader(tree, prefix, problems, image_size)
     data.ignored = sorted(name for name in tree.files if is_metadata(name))
     return data
 
@@ -202,6 +221,7 @@ def _decode_parts(
     class_names: list[str],
     problems: Problems,
     image_size: int | None,
+    writer: RowWriter | None = None,
 ) -> tuple[dict[str, Part], list[str]]:
     """Read and decode every listed file; failures are recorded as skips."""
     order = [
@@ -210,6 +230,8 @@ def _decode_parts(
         for name, paths in classes.items()
         for path in paths
     ]
+    if writer is not None:
+        return _stream_parts(tree, listing, order, class_names, problems, image_size, writer)
     contents: dict[str, bytes] = {}
     for path, content in tree.read(path for _, _, path in order):
         if isinstance(content, Exception):
@@ -240,6 +262,101 @@ def _decode_parts(
         sizes = "--image-size" if image_size else "the most common size; --image-size N chooses another"
         notes.append(f"{decoded.resized} images of other sizes were resized to {height}x{width} ({sizes})")
     return parts, notes
+
+
+def _stream_parts(
+    tree: Tree,
+    listing: dict[str, dict[str, list[str]]],
+    order: list[tuple[str, str, str]],
+    class_names: list[str],
+    problems: Problems,
+    image_size: int | None,
+    writer: RowWriter,
+) -> tuple[dict[str, Part], list[str]]:
+    """:func:`_decode_parts` for ``--stream``: the files decoded ``_STREAM_CHUNK`` at a
+    time and written as rows as they arrive, so memory holds one chunk, never the set.
+
+    The set's image size and channels must be known before the first row is written:
+    the channels (1 only when every image is greyscale) and, without ``--image-size``,
+    the most common size come from the files' headers in a first pass (an archive is
+    read twice when its rows are first made). A file whose header reads but whose
+    pixels do not still counts in that choice; otherwise the rows, labels and order
+    are those of the in-memory path (each part's view lists its rows in the listing's
+    order, whatever order the container yields them in).
+    """
+    counted = tree.unpacked
+    shapes = Counter(
+        shape
+        for _, content in tree.read(path for _, _, path in order)
+        if not isinstance(content, Exception) and (shape := header_shape(content)) is not None
+    )
+    tree.unpacked = counted  # the limits hold each file once, not once per pass
+    sizes: Counter = Counter()
+    for (found, _), count in shapes.items():
+        sizes[found] += count
+    size = (image_size, image_size) if image_size else (sizes.most_common(1)[0][0] if sizes else (1, 1))
+    channels = 1 if shapes and all(found == 1 for _, found in shapes) else 3
+    _check_disk(writer, len(order) * size[0] * size[1] * channels, tree.label)
+    waiting: dict[str, list[int]] = {}
+    for position, (_, _, path) in enumerate(order):
+        waiting.setdefault(path, []).append(position)
+    row_of = np.full(len(order), -1, np.int64)
+    rows = resized = 0
+    chunk: list[tuple[int, bytes]] = []
+
+    def flush():
+        nonlocal rows, resized
+        decoded = decode_many(
+            [content for _, content in chunk], size=(size if image_size else None), uniform=(size, channels)
+        )
+        for index, reason in sorted(decoded.failed.items()):
+            problems.skip(
+                "corrupt or unreadable image",
+                order[chunk[index][0]][2],
+                reason,
+                fix="delete or replace the file.",
+            )
+        if len(decoded.kept):
+            writer.add("all", decoded.images)
+            row_of[[chunk[index][0] for index in decoded.kept]] = np.arange(rows, rows + len(decoded.kept))
+            rows += len(decoded.kept)
+        resized += decoded.resized
+        chunk.clear()
+
+    for path, content in tree.read(path for _, _, path in order):
+        position = waiting[path].pop(0)
+        if isinstance(content, Exception):
+            problems.skip("unreadable file", path, str(content))
+            continue
+        chunk.append((position, content))
+        if len(chunk) == _STREAM_CHUNK:
+            flush()
+    if chunk:
+        flush()
+    everything = writer.rows("all", (*size, channels))
+    ids = {name: index for index, name in enumerate(class_names)}
+    parts = {}
+    for part in listing:
+        positions = [i for i, item in enumerate(order) if item[0] == part and row_of[i] >= 0]
+        labels = np.array([ids[order[i][1]] for i in positions], np.int32)
+        parts[part] = Part(everything.subset(row_of[positions]), labels)
+    kind = "greyscale" if channels == 1 else "RGB"
+    notes = [f"{rows} images, {size[0]}x{size[1]} {kind}, streamed from disk (--stream)"]
+    if resized:
+        sizes = "--image-size" if image_size else "the most common size; --image-size N chooses another"
+        notes.append(f"{resized} images of other sizes were resized to {size[0]}x{size[1]} ({sizes})")
+    return parts, notes
+
+
+def _check_disk(writer: RowWriter, needed: int, where: str) -> None:
+    """Refuse a streamed set whose rows would not fit on the cache's disk, before decoding."""
+    free = shutil.disk_usage(writer.folder).free
+    if needed > free:
+        raise DatasetError(
+            f"{where}: the decoded images need up to {needed / 2**30:.1f} GiB on disk for --stream, but "
+            f"{free / 2**30:.1f} GiB is free where the cache is ({writer.final.parent}).\n  fix: give "
+            "--cache-dir DIR on a larger disk, or a smaller --image-size."
+        )
 
 
 def _available_memory() -> int | None:
@@ -273,11 +390,14 @@ def _check_memory(contents: list[bytes], size: tuple[int, int] | None, where: st
         raise DatasetError(
             f"{where}: {len(contents)} images of {shape[0]}x{shape[1]}x{shape[2]} need about "
             f"{needed / 2**30:.1f} GiB while decoding, but {available / 2**30:.1f} GiB of memory is "
-            f"available.\n  fix: pass --image-size {max(side, 1)} or smaller, or use a subset of the classes."
+            f"available.\n  fix: pass --stream (the decoded images stay on disk and are read batch by "
+            f"batch), --image-size {max(side, 1)} or smaller, or use a subset of the classes."
         )
 
 
-def _read_class_folders(tree: Tree, prefix: str, problems: Problems, image_size: int | None) -> RawData:
+def _read_class_folders(
+    tree: Tree, prefix: str, problems: Problems, image_size: int | None, writer: RowWriter | None
+) -> RawData:
     classes = _class_files(tree, prefix, problems)
     if not classes:
         images = [name for name in tree.files if is_image_name(name) and not is_metadata(name)]
@@ -298,11 +418,13 @@ def _read_class_folders(tree: Tree, prefix: str, problems: Problems, image_size:
             )
         problems.raise_if_any()
     names = sorted(classes)
-    parts, notes = _decode_parts(tree, {"all": classes}, names, problems, image_size)
+    parts, notes = _decode_parts(tree, {"all": classes}, names, problems, image_size, writer)
     return RawData("image-folders", tuple(names), parts, notes)
 
 
-def _read_split_folders(tree: Tree, prefix: str, problems: Problems, image_size: int | None) -> RawData:
+def _read_split_folders(
+    tree: Tree, prefix: str, problems: Problems, image_size: int | None, writer: RowWriter | None
+) -> RawData:
     subdirs, files = tree.listdir(prefix)
     listing: dict[str, dict[str, list[str]]] = {}
     folder_of: dict[str, str] = {}
@@ -335,11 +457,13 @@ def _read_split_folders(tree: Tree, prefix: str, problems: Problems, image_size:
         if is_image_name(name):
             problems.skip("image outside any class folder", _join(prefix, name))
     names = sorted({name for classes in listing.values() for name in classes})
-    parts, notes = _decode_parts(tree, listing, names, problems, image_size)
+    parts, notes = _decode_parts(tree, listing, names, problems, image_size, writer)
     return RawData("split-folders", tuple(names), parts, notes)
 
 
-def _read_mini_imagenet(tree: Tree, prefix: str, problems: Problems, image_size: int | None) -> RawData:
+def _read_mini_imagenet(
+    tree: Tree, prefix: str, problems: Problems, image_size: int | None, writer: RowWriter | None
+) -> RawData:
     image_folder = _join(prefix, "images")
     exact: dict[str, str] = {}  # path below images/ -> path; the file name alone as a fallback
     by_file: dict[str, str] = {}
@@ -391,7 +515,7 @@ def _read_mini_imagenet(tree: Tree, prefix: str, problems: Problems, image_size:
         )
         problems.raise_if_any()
     names = sorted({name for classes in listing.values() for name in classes})
-    parts, notes = _decode_parts(tree, listing, names, problems, image_size)
+    parts, notes = _decode_parts(tree, listing, names, problems, image_size, writer)
     return RawData("mini-imagenet", tuple(names), parts, notes)
 
 
@@ -757,6 +881,7 @@ def check_classes(data: RawData, problems: Problems, where: str, *, pooled: bool
                 )
 
 
+_FILE_LAYOUTS = ("class-folders", "split-folders", "mini-imagenet")
 _READERS = {
     "class-folders": _read_class_folders,
     "split-folders": _read_split_folders,

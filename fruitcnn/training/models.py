@@ -16,6 +16,7 @@ from fruitcnn.budget import MAX_EPOCHS, PlannedDecay
 from fruitcnn.config import AugmentConfig, RunConfig, TrainConfig
 from fruitcnn.data import Dataset, Split
 from fruitcnn.data.augment import augment_batch
+from fruitcnn.data.rows import Rows
 from fruitcnn.layers import HorizontalFlip
 from heads import (
     AGGREGATE,
@@ -29,6 +30,9 @@ from heads import (
 
 # Batches prepared ahead of the training step, so the input never waits.
 _PREFETCH_BATCHES = 4
+# Batches of streamed rows read in parallel (each a Python call that waits on disk),
+# and kept ready.
+_STREAM_READERS = 2
 # End of the endless training stream (far beyond any run's epochs).
 _EPOCH_LIMIT = 1 << 40
 # Image arrays up to this size are graph constants; larger ones live in a variable
@@ -154,8 +158,16 @@ def batches(
     this pipeline yields parts ``first .. first + here - 1`` of each, one element per
     local replica; the parts of all workers together are the batches above, augmented
     alike. The steps are still counted in whole batches.
+
+    Streamed images (``--stream``, :class:`~fruitcnn.data.rows.Rows`) are not held:
+    each batch (or part) reads its rows from disk, ``_STREAM_READERS`` batches at a
+    time (and as many kept ready), in the same order and with the same augmentation as held images; a worker
+    reads only its parts' rows.
     """
-    if split.images.nbytes > _CONSTANT_BYTES:
+    streamed = isinstance(split.images, Rows)
+    if streamed:
+        images = None
+    elif split.images.nbytes > _CONSTANT_BYTES:
         images = tf.Variable(split.images, trainable=False, name="images")
     else:
         images = tf.constant(split.images)
@@ -166,8 +178,14 @@ def batches(
     count = len(split)
     augmenting = augment is not None and augment.active and shuffle_seed is not None
 
+    def rows_of(index):
+        if not streamed:
+            return tf.gather(images, index)
+        batch = tf.numpy_function(split.images.__getitem__, [index], tf.uint8, stateful=False)
+        return tf.ensure_shape(batch, (None, *split.images.image_shape))
+
     def gather(step, index, *within):  # within: (start, total) of a part, none for a batch
-        batch = tf.cast(tf.gather(images, index), tf.float32)
+        batch = tf.cast(rows_of(index), tf.float32)
         if augmenting:
             seed = tf.stack([tf.constant(shuffle_seed, tf.int64), step])
             batch = augment_batch(batch, augment, seed, within=within or None)
@@ -207,7 +225,14 @@ def batches(
     # the autotuner's background thread made destroying an iterator wait up to ~30 s
     # (seen in 1 of 3 default line runs, at the end of fit).
     options.autotune.enabled = False
-    return dataset.map(gather).prefetch(_PREFETCH_BATCHES).with_options(options), steps
+    if streamed:
+        # Rows are read from disk in a Python function: two batches at once (in order)
+        # so that reading overlaps the step, and no more batches in flight than the
+        # held path keeps (4 float32 batches of 512 100x100 images are 245 MB).
+        dataset = dataset.map(gather, num_parallel_calls=_STREAM_READERS).prefetch(_STREAM_READERS)
+    else:
+        dataset = dataset.map(gather).prefetch(_PREFETCH_BATCHES)
+    return dataset.with_options(options), steps
 
 
 def standard_metrics(logs: dict[str, float], specs: Sequence[HeadSpec], prefix: str = "") -> dict:
@@ -233,19 +258,25 @@ def channel_statistics(images: np.ndarray) -> tuple[list[float], list[float]]:
     Counted through a 256-bin histogram per channel: one pass, no float copy. The
     histogram is built in chunks of ``_HISTOGRAM_CHUNK`` pixels: bincount widens its
     input to 64-bit integers, and that copy of a large channel (860 MB for Fruits-360)
-    made it 6x slower.
+    made it 6x slower. Streamed rows (``--stream``) are counted in one pass over the
+    disk, a chunk of images at a time; the counts are exact, so the statistics equal
+    the in-memory ones (a running Welford mean would round differently).
     """
     if images.dtype != np.uint8:
         raise ValueError(f"channel_statistics expects uint8 images, got {images.dtype}.")
-    flat = images.reshape(-1, images.shape[-1])
+    channels = images.shape[-1]
+    histograms = np.zeros((channels, 256), dtype=np.float64)
+    # streamed rows (--stream): one pass over the disk, a chunk of images at a time
+    for chunk in images.chunks() if isinstance(images, Rows) else (images,):
+        flat = chunk.reshape(-1, channels)
+        for channel in range(channels):
+            for start in range(0, flat.shape[0], _HISTOGRAM_CHUNK):
+                # A contiguous copy of the channel makes bincount ~2.5x faster than a strided view.
+                pixels = np.ascontiguousarray(flat[start : start + _HISTOGRAM_CHUNK, channel])
+                histograms[channel] += np.bincount(pixels, minlength=256)
     levels = np.arange(256, dtype=np.float64)
     means, variances = [], []
-    for channel in range(flat.shape[1]):
-        counts = np.zeros(256, dtype=np.float64)
-        for start in range(0, flat.shape[0], _HISTOGRAM_CHUNK):
-            # A contiguous copy of the channel makes bincount ~2.5x faster than a strided view.
-            pixels = np.ascontiguousarray(flat[start : start + _HISTOGRAM_CHUNK, channel])
-            counts += np.bincount(pixels, minlength=256)
+    for counts in histograms:
         total = counts.sum()
         mean = float((counts * levels).sum() / total)
         variance = float((counts * (levels - mean) ** 2).sum() / total)

@@ -247,3 +247,26 @@ def test_concurrent_requests_all_answer(client):
 def test_json_answers_are_json(client):
     answer = client.get("/api/runs")
     assert json.loads(answer.text)["runs"]
+
+
+def test_a_streamed_split_is_predicted_chunk_by_chunk_as_a_held_one(root, tmp_path, monkeypatch):
+    """The page's predictions over a split on disk (--stream's rows), read a chunk at
+    a time, equal those over the same images in memory (oracle: the held split)."""
+    import dataclasses
+
+    from app.page.session import Runs
+    from fruitcnn.data import load_dataset, rows
+
+    held = Runs(root).open(RUN)
+    held.split("test")
+    streamed = Runs(root).open(RUN)
+    dataset = load_dataset(streamed.config.data)
+    writer = rows.RowWriter(tmp_path / "rows")
+    writer.add("test", dataset.test.images)
+    on_disk = dataclasses.replace(dataset.test, images=writer.rows("test", dataset.test.images.shape[1:]))
+    streamed.dataset = dataclasses.replace(dataset, test=on_disk)
+    monkeypatch.setattr(rows, "PASS_ROWS", 7)  # several chunks, the last one partial
+    assert len(on_disk) % 7 and len(list(on_disk.images.chunks())) > 1
+    streamed.split("test")
+    for head, probabilities in held.predictions["test"].items():
+        np.testing.assert_allclose(streamed.predictions["test"][head], probabilities, rtol=1e-5, atol=1e-6)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import common
-from bench.tasks import data, distributed, quality, shortcut, study
+from bench.tasks import data, distributed, quality, shortcut, stream, study
 from tests.fruitcnn.data import formats
 
 # bench/run.py is a script (python bench/run.py TASK): loaded from its file, as it is run.
@@ -264,3 +264,25 @@ def test_distributed_task_compares_two_workers_with_one_process(capsys, monkeypa
     assert report["batch_norm_all_reduces"] == 12 and report["widest_batch_norm_floats"] == 65
     assert report["loss_max_relative_difference"] < 1e-3
     assert report["gradient_all_reduce_ms_loopback"] > 0 and report["expected_speedup_two_machines_lan"] > 0
+
+
+def test_stream_task_compares_streamed_and_held_runs_at_two_sizes(tmp_path, capsys, monkeypatch):
+    source = tmp_path / "photos"
+    formats.class_tree(source / "Training", {"Kiwi": 24, "Lemon": 24}, size=20)
+    formats.class_tree(source / "Test", {"Kiwi": 8, "Lemon": 8}, start=100, size=20)
+    run = ["--arch", "conv(8) relu maxpool(2) gap", "--epochs", "2", "--batch-size", "8"]
+    monkeypatch.setattr(stream, "RUN", [*run, "--no-report", "--verbose", "0"])
+    monkeypatch.setattr(stream, "BATCH", 8)
+    assert bench.main(["stream", "--data", str(formats.tar_folder(source, tmp_path / "photos.tgz"))]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["task"] == "stream" and report["images"] == {"base": 64, "x4": 256}
+    assert report["decoded_mb_added"] == pytest.approx(3 * 64 * 20 * 20 * 3 / 2**20, abs=0.05)
+    runs = report["runs"]
+    # the same images, batches and seed: the streamed runs train what the held ones do
+    for size in ("base", "x4"):
+        assert runs[f"stream_{size}"]["test_accuracy"] == runs[f"held_{size}"]["test_accuracy"]
+        assert all(runs[f"{mode}_{size}"]["train_peak_mb"] > 0 for mode in ("held", "stream"))
+    assert report["throughput_ratio_held_over_stream"] == pytest.approx(
+        runs["held_base"]["img_per_s"] / runs["stream_base"]["img_per_s"], rel=0.01
+    )
+    assert report["meets_throughput_goal"] == (report["throughput_ratio_held_over_stream"] <= 1.3)

@@ -207,6 +207,7 @@ def test_setting_names_come_from_the_fields_flags():
         "data_seed": ("data", "seed"),
         "data_dir": ("data", "data_dir"),
         "strict": ("data", "strict"),
+        "stream": ("data", "stream"),
         "unpack_limits": ("data", "unpack_limits"),
         "flip": ("augment", "flip"),
         "translate": ("augment", "translate"),

@@ -557,3 +557,22 @@ def test_initialisers_follow_the_architecture_and_normalisation_can_be_left_out(
     image = np.full((1, 28, 28, 3), 255.0, np.float32)
     probe = keras.Model(model.inputs, model.get_layer("scale").output)
     np.testing.assert_allclose(probe.predict(image, verbose=0), np.ones((1, 28, 28, 3)), rtol=1e-6)
+
+
+def test_streamed_data_trains_exactly_as_held_data(tmp_path, small_line, single_run):
+    """The same images as rows on disk (``--stream``) train the same model: every
+    epoch's losses and the final weights equal the in-memory run's (oracle: that run)."""
+    from fruitcnn.data.rows import RowWriter  # only this test writes rows by hand
+
+    streamed = {}
+    with RowWriter(tmp_path / "rows") as writer:
+        for name, split in small_line.splits.items():
+            writer.add(name, split.images)
+            streamed[name] = dataclasses.replace(split, images=writer.rows(name, split.images.shape[1:]))
+        dataset = dataclasses.replace(small_line, **streamed)
+        result = train(_config(), dataset=dataset, run_dir=tmp_path / "streamed", verbose=0)
+    for ours, theirs in zip(result.history, single_run.history, strict=True):
+        for key in ("train_loss", "val_loss", "val_accuracy"):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-6), key
+    for ours, theirs in zip(result.model.weights, single_run.model.weights, strict=True):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6)
