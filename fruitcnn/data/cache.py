@@ -7,9 +7,10 @@ modification time) and by the reading options (``--image-size``), so any change 
 the data makes a new entry. Entries are written to a temporary folder and renamed
 into place, so an interrupted run never leaves a half-written entry.
 
-A ``--stream`` entry holds the decoded images as rows on disk (``<part>_images.u8``,
-see ``fruitcnn.data.rows``) that runs read batch by batch instead of loading them; it
-is keyed apart from the in-memory entry of the same source.
+A ``--stream`` entry holds the decoded images as rows on disk (``*_images.u8``, see
+``fruitcnn.data.rows``; ``<part>_index.npy`` says which rows are each part's) that runs
+read batch by batch instead of loading them; it is keyed apart from the in-memory entry
+of the same source.
 
 Location: ``$FRUITCNN_CACHE`` (``train.py --cache-dir``), default
 ``~/.cache/fruitcnn``; ``FRUITCNN_CACHE=off`` disables it. Entries are plain
@@ -18,6 +19,7 @@ folders under ``decoded/``; delete them freely.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,11 +33,15 @@ import numpy as np
 from fruitcnn.data.problems import DatasetError
 from fruitcnn.data.rows import PASS_ROWS, ROW_SUFFIX, Rows, RowWriter
 from fruitcnn.data.sources import Part, RawData
+from fruitcnn.runs import claimed_folder
 
 # Bump when the decoded pixels of some source would change (e.g. new resizing).
 READER_VERSION = 1
 _ENV = "FRUITCNN_CACHE"
 _OFF = ("off", "none", "0")
+# Name of an entry being written (see fruitcnn.runs.claimed_folder: one that a killed
+# process left is removed by the next write).
+ENTRY_PREFIX = ".entry-"
 
 
 def add_cache_dir_argument(parser) -> None:
@@ -142,7 +148,7 @@ def stream_writer(key: str, source: str) -> RowWriter:
             "disk with room for the decoded images (height x width x channels bytes each)."
         )
     try:
-        return RowWriter(root / "decoded" / key)
+        return RowWriter(root / "decoded" / key, ENTRY_PREFIX)
     except OSError as error:
         raise DatasetError(
             f"{source}: --stream cannot write the decoded images to {root} ({error.strerror or error}).\n"
@@ -199,25 +205,8 @@ def store(key: str, data: RawData, skipped: list[dict[str, str]], source: str) -
         return None
     final = root / "decoded" / key
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        temporary = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
-        for name, part in data.parts.items():
-            np.save(temporary / f"{name}_images.npy", part.images)
-            np.save(temporary / f"{name}_labels.npy", part.labels)
-        meta = {
-            "source": source,
-            "format": data.format,
-            "class_names": list(data.class_names),
-            "parts": list(data.parts),
-            "notes": data.notes,
-            "ignored": data.ignored,
-            "skipped": skipped,
-        }
-        (temporary / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.rename(temporary, final)
-        except OSError:  # another run stored the same entry first
-            shutil.rmtree(temporary, ignore_errors=True)
+        with claimed_folder(final.parent, ENTRY_PREFIX) as temporary:
+            _write_entry(temporary, final, data, skipped, source)
     except OSError as error:
         print(
             f"warning: the decoded images were not cached in {root} ({error.strerror or error}); "
@@ -227,3 +216,23 @@ def store(key: str, data: RawData, skipped: list[dict[str, str]], source: str) -
         )
         return None
     return final
+
+
+def _write_entry(temporary: Path, final: Path, data: RawData, skipped: list, source: str) -> None:
+    """An in-memory entry's files in ``temporary``, then the folder renamed to ``final``
+    (kept as it is when another run stored the same entry first)."""
+    for name, part in data.parts.items():
+        np.save(temporary / f"{name}_images.npy", part.images)
+        np.save(temporary / f"{name}_labels.npy", part.labels)
+    meta = {
+        "source": source,
+        "format": data.format,
+        "class_names": list(data.class_names),
+        "parts": list(data.parts),
+        "notes": data.notes,
+        "ignored": data.ignored,
+        "skipped": skipped,
+    }
+    (temporary / "meta.json").write_text(json.dumps(meta, indent=1))
+    with contextlib.suppress(OSError):  # another run stored the same entry first
+        os.rename(temporary, final)

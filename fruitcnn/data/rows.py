@@ -13,14 +13,15 @@ place when complete.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from fruitcnn.runs import claimed_folder
 
 ROW_SUFFIX = "_images.u8"
 # Rows read per chunk by whole-set passes (statistics, np.asarray).
@@ -173,14 +174,16 @@ class RowWriter:
     ``add(part, images)`` appends uint8 images to the part's file; :meth:`rows` is the
     view of what a part holds so far; :meth:`commit` renames the folder to ``final``
     (or, when another process committed the same entry first, keeps that one) and
-    returns the folder whose files the views should use; :meth:`discard` removes an
-    unfinished folder. Used as a context manager, an exception discards it.
+    returns it; :meth:`discard` removes an unfinished folder. Used as a context
+    manager, an exception discards it. The folder is a
+    :func:`fruitcnn.runs.claimed_folder` (``prefix``) beside ``final``: when this
+    process is killed while writing, the next writer there removes it.
     """
 
-    def __init__(self, final: Path):
+    def __init__(self, final: Path, prefix: str = ".rows-"):
         self.final = Path(final)
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.folder = Path(tempfile.mkdtemp(prefix=f".{self.final.name}-", dir=self.final.parent))
+        self._claim = claimed_folder(self.final.parent, prefix)
+        self.folder = self._claim.__enter__()
         self.counts: dict[str, int] = {}
         self.shapes: dict[str, tuple[int, int, int]] = {}
 
@@ -212,11 +215,10 @@ class RowWriter:
         for path in self.folder.iterdir():
             with open(path, "rb+") as handle:
                 os.fsync(handle.fileno())
-        try:
+        with contextlib.suppress(OSError):  # another run stored the same entry first: use that one
             os.rename(self.folder, self.final)
-        except OSError:  # another run stored the same entry first: use that one
-            shutil.rmtree(self.folder, ignore_errors=True)
+        self._claim.__exit__(None, None, None)  # removes the folder if it was not renamed
         return self.final
 
     def discard(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        self._claim.__exit__(None, None, None)

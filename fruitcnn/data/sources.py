@@ -335,11 +335,12 @@ def _stream_parts(
         flush()
     everything = writer.rows("all", (*size, channels))
     ids = {name: index for index, name in enumerate(class_names)}
+    part_of = np.array([part for part, _, _ in order]) if order else np.array([], str)
+    labels = np.array([ids[name] for _, name, _ in order], np.int32)
     parts = {}
     for part in listing:
-        positions = [i for i, item in enumerate(order) if item[0] == part and row_of[i] >= 0]
-        labels = np.array([ids[order[i][1]] for i in positions], np.int32)
-        parts[part] = Part(everything.subset(row_of[positions]), labels)
+        positions = np.flatnonzero((part_of == part) & (row_of >= 0))
+        parts[part] = Part(everything.subset(row_of[positions]), labels[positions])
     kind = "greyscale" if channels == 1 else "RGB"
     notes = [f"{rows} images, {size[0]}x{size[1]} {kind}, streamed from disk (--stream)"]
     if resized:

@@ -38,7 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from fruitcnn.config import STRATEGIES
-from fruitcnn.runs import LOCK_FILE
+from fruitcnn.runs import LOCK_FILE, claimed_folder
+
+# Name of a worker's temporary run folder (in the system's temporary directory).
+WORKER_PREFIX = "fruitcnn-worker-"
 
 # The environment variable TensorFlow reads the cluster from.
 TF_CONFIG = "TF_CONFIG"
@@ -202,11 +205,10 @@ def scratch_folder(source: Path | None = None) -> Iterator[Path]:
     """A temporary run folder for a worker that is not the chief, removed at the end
     (however the block ends). With ``source`` (a run to resume, which every worker must
     see: one machine, or a shared file system) its files are copied in first, so the
-    worker resumes from the chief's last checkpoint."""
-    folder = Path(tempfile.mkdtemp(prefix="fruitcnn-worker-"))
-    try:
+    worker resumes from the chief's last checkpoint. The folder of a worker that was
+    killed (``kill -9``) is removed by the next worker started on the machine
+    (``fruitcnn.runs.claimed_folder``)."""
+    with claimed_folder(Path(tempfile.gettempdir()), WORKER_PREFIX) as folder:
         if source is not None:
             shutil.copytree(source, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(LOCK_FILE))
         yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)

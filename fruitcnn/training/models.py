@@ -161,8 +161,8 @@ def batches(
 
     Streamed images (``--stream``, :class:`~fruitcnn.data.rows.Rows`) are not held:
     each batch (or part) reads its rows from disk, ``_STREAM_READERS`` batches at a
-    time (and as many kept ready), in the same order and with the same augmentation as held images; a worker
-    reads only its parts' rows.
+    time (and as many kept ready), in the same order and with the same augmentation
+    as held images; a worker reads only its parts' rows.
     """
     streamed = isinstance(split.images, Rows)
     if streamed:
