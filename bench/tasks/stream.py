@@ -57,7 +57,11 @@ def _unpack(source: Path, into: Path) -> dict[str, int]:
     of them four times (hard links under four names): images per size, and the bytes
     of one decoded image."""
     if source.is_dir():
-        files = [(path.parent.name, path.read_bytes(), path.name) for path in sorted(source.rglob("*"))]
+        files = [
+            (path.parent.name, path.read_bytes(), path.name)
+            for path in sorted(source.rglob("*"))
+            if path.is_file()
+        ]
     else:
         with tarfile.open(source) as archive:
             files = [

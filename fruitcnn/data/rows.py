@@ -95,14 +95,15 @@ class Rows:
         return Rows(self.files, self.image_shape, self.index[indices])
 
     def __getitem__(self, key) -> np.ndarray:
-        if isinstance(key, tuple):
-            first, rest = (key[0], key[1:]) if key else (slice(None), ())
-            return self[first][(slice(None), *rest)] if not np.isscalar(first) else self[first][rest]
+        if isinstance(key, tuple):  # the rows first, then the rest of the index on them
+            if not key:
+                return np.asarray(self)
+            rows = self[key[0]]
+            return rows[key[1:]] if np.isscalar(key[0]) else rows[(slice(None), *key[1:])]
         if isinstance(key, (int, np.integer)):
-            position = int(key)
-            if not -len(self) <= position < len(self):
-                raise IndexError(f"row {position} is outside {len(self)} rows")
-            return self.read(self.index[position : position + 1 or None])[0]
+            if not -len(self) <= key < len(self):
+                raise IndexError(f"row {int(key)} is outside {len(self)} rows")
+            return self.read(self.index[[int(key)]])[0]
         return self.read(self.index[key])
 
     def __array__(self, dtype=None, copy=None):
