@@ -118,12 +118,12 @@ def _history(run: Path) -> list[dict]:
     return [{column: row[column] for column in COMPARED} for row in runs.read_csv(run / runs.HISTORY_FILE)]
 
 
-def _finish(tmp_path: Path, run: Path) -> subprocess.CompletedProcess:
+def _finish(tmp_path: Path, run: Path, args: tuple[str, ...] = tuple(TINY)) -> subprocess.CompletedProcess:
     """Take a run to its end after a fault: resume it, or start it again when no epoch
     was committed (then there is nothing to resume)."""
     if (run / runs.CHECKPOINT_DIR / runs.STATE_FILE).is_file():
         return _run(tmp_path, "train.py", "--resume", str(run), "--no-report")
-    return _run(tmp_path, "train.py", *TINY, "--out", str(run), "--no-report")
+    return _run(tmp_path, "train.py", *args, "--out", str(run), "--no-report")
 
 
 @dataclass
@@ -153,12 +153,15 @@ def reference(tmp_path_factory):
     return _history(folder / "run"), time.monotonic() - started
 
 
-def kill_trial(tmp_path: Path, rng: np.random.Generator, reference) -> Trial:
-    """Train, kill -9 at a random moment, maybe kill the resume too, then finish."""
+def kill_trial(
+    tmp_path: Path, rng: np.random.Generator, reference, args: tuple[str, ...] = tuple(TINY)
+) -> Trial:
+    """Train (train.py ``args``), kill -9 at a random moment, maybe kill the resume too,
+    then finish."""
     history, seconds = reference
     run = tmp_path / "run"
     delay = float(rng.uniform(0.15, 1.0) * seconds)
-    out = _kill_after(_start(tmp_path, "train.py", *TINY, "--out", str(run), "--no-report"), delay)
+    out = _kill_after(_start(tmp_path, "train.py", *args, "--out", str(run), "--no-report"), delay)
     state_path = run / runs.CHECKPOINT_DIR / runs.STATE_FILE
     committed = _strict(state_path)["epoch"] if state_path.is_file() else 0
     done = len(_EPOCH_DONE.findall(out))
@@ -167,7 +170,7 @@ def kill_trial(tmp_path: Path, rng: np.random.Generator, reference) -> Trial:
         command = ("--resume", str(run), "--no-report")
         _kill_after(_start(tmp_path, "train.py", *command), float(rng.uniform(0.3, 0.9) * seconds))
     broken = audit(run, leftovers_allowed=True) if run.exists() else []
-    result = _finish(tmp_path, run)
+    result = _finish(tmp_path, run, args)
     finished = result.returncode == 0 or "already finished" in result.stderr
     final = _history(run) if (run / runs.HISTORY_FILE).is_file() else []
     differences = [
@@ -227,6 +230,38 @@ def test_kill_9_many_times(tmp_path, reference):
     if os.environ.get("FRUITCNN_FAULT_REPORT"):
         Path(os.environ["FRUITCNN_FAULT_REPORT"]).write_text(json.dumps(summary, indent=1))
     _check(trials)
+
+
+def test_kill_9_while_streamed_rows_are_written_and_during_a_streamed_run(tmp_path):
+    """--stream: a first read killed while it writes the rows leaves its folder, which
+    the next read removes; a streamed run killed at a random moment resumes to the
+    history of an uninterrupted streamed run."""
+    from tests.fruitcnn.data import formats  # the image folders of the reader tests
+
+    photos = tmp_path / "photos"
+    for label in range(3):
+        for number in range(500):
+            formats.write_png(
+                photos / f"class{label}" / f"{number:04d}.png", formats.pattern(label * 1000 + number, 24)
+            )
+    args = ("--dataset", str(photos), "--stream", "--arch", "conv(8) relu maxpool(2) gap")
+    args += ("--epochs", str(EPOCHS), "--batch-size", "32", "--verbose", "2")
+    decoded = tmp_path / "cache" / "decoded"
+    child = _start(tmp_path, "train.py", *args, "--out", "killed")
+    deadline = time.monotonic() + _TIMEOUT
+    while not list(decoded.glob(".entry-*.claim")) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=_TIMEOUT)
+    assert child.returncode == -signal.SIGKILL  # killed while the rows were being written
+    assert list(decoded.glob(".entry-*"))  # what it left
+    started = time.monotonic()
+    done = _run(tmp_path, "train.py", *args, "--out", "reference", "--no-report")
+    assert done.returncode == 0, done.stderr
+    assert not list(decoded.glob(".entry-*"))  # removed by the next read
+    reference = _history(tmp_path / "reference"), time.monotonic() - started
+    trial = kill_trial(tmp_path, np.random.default_rng(5), reference, args)
+    _check([trial])
 
 
 def test_kill_9_during_the_report(tmp_path):
