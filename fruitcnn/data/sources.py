@@ -76,6 +76,9 @@ _STL_BYTES = 3 * _STL_SIDE * _STL_SIDE
 _MEMORY_COPIES = 2
 # Files decoded at a time by a streamed read (--stream): what memory holds of the set.
 _STREAM_CHUNK = 512
+# Bytes of each file of a folder read for its header by a streamed read's first pass
+# (a file whose header lies further, e.g. behind a large EXIF block, is read whole).
+_HEAD_BYTES = 16 << 10
 # Files tried to find one readable image for the memory estimate.
 _MEMORY_PROBES = 20
 
@@ -278,18 +281,26 @@ def _stream_parts(
 
     The set's image size and channels must be known before the first row is written:
     the channels (1 only when every image is greyscale) and, without ``--image-size``,
-    the most common size come from the files' headers in a first pass (an archive is
-    read twice when its rows are first made). A file whose header reads but whose
+    the most common size come from the files' headers in a first pass (of a folder the
+    first ``_HEAD_BYTES`` of each file; an archive is read twice when its rows are
+    first made). A file whose header reads but whose
     pixels do not still counts in that choice; otherwise the rows, labels and order
     are those of the in-memory path (each part's view lists its rows in the listing's
     order, whatever order the container yields them in).
     """
     counted = tree.unpacked
-    shapes = Counter(
-        shape
-        for _, content in tree.read(path for _, _, path in order)
-        if not isinstance(content, Exception) and (shape := header_shape(content)) is not None
-    )
+    shapes: Counter = Counter()
+    whole = []  # files whose header lies beyond their first _HEAD_BYTES
+    for path, content in tree.read_heads((path for _, _, path in order), _HEAD_BYTES):
+        if not isinstance(content, Exception):
+            shape = header_shape(content)
+            if shape is not None:
+                shapes[shape] += 1
+            elif len(content) >= _HEAD_BYTES:
+                whole.append(path)
+    for _, content in tree.read(whole) if whole else ():
+        if not isinstance(content, Exception) and (shape := header_shape(content)) is not None:
+            shapes[shape] += 1
     tree.unpacked = counted  # the limits hold each file once, not once per pass
     sizes: Counter = Counter()
     for (found, _), count in shapes.items():

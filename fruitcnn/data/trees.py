@@ -160,6 +160,12 @@ class Tree:
         problems.raise_if_any()
         self.unpacked = total
 
+    def read_heads(self, names: Iterable[str], size: int) -> Iterator[tuple[str, bytes | Exception]]:
+        """As :meth:`read`, but only the first ``size`` bytes of each file where the
+        container can read less than a whole file (a folder; an archive yields whole
+        files). For looking at headers without reading the pixels."""
+        return self.read(names)
+
     def read_one(self, name: str) -> bytes:
         for _, content in self.read([name]):
             if isinstance(content, Exception):
@@ -281,6 +287,14 @@ class DirectoryTree(Tree):
         for name in names:
             try:
                 yield name, (self.root / name).read_bytes()
+            except OSError as error:
+                yield name, error
+
+    def read_heads(self, names, size):
+        for name in names:
+            try:
+                with open(self.root / name, "rb") as handle:
+                    yield name, handle.read(size)
             except OSError as error:
                 yield name, error
 

@@ -12,6 +12,7 @@ import tarfile
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from fruitcnn.config import AugmentConfig, DataConfig, RunConfig
 from fruitcnn.data import load_dataset
@@ -175,3 +176,19 @@ def test_a_failed_read_leaves_no_rows_behind(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="empty class folder"):
         load_dataset(DataConfig(dataset=str(tmp_path / "shapes"), stream=True))
     assert not list((cache / "decoded").iterdir())
+
+
+def test_a_header_beyond_the_first_bytes_is_read_whole(tmp_path):
+    """The first pass reads a folder's files only up to their header; the one colour
+    image of a greyscale set, whose header lies behind a 30 KB comment, is found by
+    reading it whole, so the set is RGB as in memory."""
+    formats.class_tree(tmp_path / "grey", {"a": 5, "b": 5})  # colour PNGs, made greyscale below
+    for path in (tmp_path / "grey").rglob("*.png"):
+        Image.open(path).convert("L").save(path)
+    colour = io.BytesIO()
+    Image.fromarray(formats.pattern(7)).save(colour, "JPEG", comment=b"x" * 30000)
+    (tmp_path / "grey" / "a" / "late-header.jpg").write_bytes(colour.getvalue())
+    settings = {"dataset": str(tmp_path / "grey"), "split": "50/50"}
+    held = load_dataset(DataConfig(**settings))
+    assert held.image_shape == (8, 8, 3)
+    _assert_same(load_dataset(DataConfig(**settings, stream=True)), held)
