@@ -30,16 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
+from fruitcnn.claims import claimed_folder
 from fruitcnn.data.problems import DatasetError
 from fruitcnn.data.rows import PASS_ROWS, ROW_SUFFIX, Rows, RowWriter
 from fruitcnn.data.sources import Part, RawData
-from fruitcnn.runs import claimed_folder
 
 # Bump when the decoded pixels of some source would change (e.g. new resizing).
 READER_VERSION = 1
 _ENV = "FRUITCNN_CACHE"
 _OFF = ("off", "none", "0")
-# Name of an entry being written (see fruitcnn.runs.claimed_folder: one that a killed
+# Name of an entry being written (see fruitcnn.claims.claimed_folder: one that a killed
 # process left is removed by the next write).
 ENTRY_PREFIX = ".entry-"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fruitcnn.runs import claimed_folder
+from fruitcnn.claims import claimed_folder
 
 ROW_SUFFIX = "_images.u8"
 # Rows read per chunk by whole-set passes (statistics, np.asarray).
@@ -177,7 +177,7 @@ class RowWriter:
     (or, when another process committed the same entry first, keeps that one) and
     returns it; :meth:`discard` removes an unfinished folder. Used as a context
     manager, an exception discards it. The folder is a
-    :func:`fruitcnn.runs.claimed_folder` (``prefix``) beside ``final``: when this
+    :func:`fruitcnn.claims.claimed_folder` (``prefix``) beside ``final``: when this
     process is killed while writing, the next writer there removes it.
     """
 

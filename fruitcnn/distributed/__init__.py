@@ -37,8 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fruitcnn.claims import claimed_folder
 from fruitcnn.config import STRATEGIES
-from fruitcnn.runs import LOCK_FILE, claimed_folder
+from fruitcnn.runs import LOCK_FILE
 
 # Name of a worker's temporary run folder (in the system's temporary directory).
 WORKER_PREFIX = "fruitcnn-worker-"
@@ -207,7 +208,7 @@ def scratch_folder(source: Path | None = None) -> Iterator[Path]:
     see: one machine, or a shared file system) its files are copied in first, so the
     worker resumes from the chief's last checkpoint. The folder of a worker that was
     killed (``kill -9``) is removed by the next worker started on the machine
-    (``fruitcnn.runs.claimed_folder``)."""
+    (``fruitcnn.claims.claimed_folder``)."""
     with claimed_folder(Path(tempfile.gettempdir()), WORKER_PREFIX) as folder:
         if source is not None:
             shutil.copytree(source, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(LOCK_FILE))
