@@ -67,12 +67,12 @@ Tasks:
                    (``_here``) and over a LAN of 10 Gbit/s and 0.1 ms (``_lan``)
   stream           train.py --stream (decoded rows on disk, read batch by batch) against
                    the in-memory path on a Fruits-360-style source (--data; default
-                   ../shared/data's archive) at two sizes, a quarter of its images and
-                   all of them (4x): each process's peak resident memory (reading the
-                   source the first time, and training with the report from the cache),
-                   how much it grows with the data (``peak_growth_mb`` beside
-                   ``decoded_mb_added``), the last epoch's images per second and the
-                   in-memory over streamed throughput (goal <= 1.3:
+                   ../shared/data's archive) at two sizes, its images once and four
+                   times (hard links): each process's peak resident memory (reading
+                   the source the first time, and training with the report from the
+                   cache), how much it grows with the data (``peak_growth_mb`` beside
+                   ``decoded_mb_added``), the second epoch's images per second and the
+                   in-memory over streamed throughput at the smaller size (goal <= 1.3:
                    ``meets_throughput_goal``)
   page             the inspection page (explain.py --serve) on a 100x100 image through its
                    own HTTP API: upload, prediction, saliency, SmoothGrad, Grad-CAM and
