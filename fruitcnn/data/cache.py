@@ -32,7 +32,7 @@ import numpy as np
 
 from fruitcnn.claims import claimed_folder
 from fruitcnn.data.problems import DatasetError
-from fruitcnn.data.rows import PASS_ROWS, ROW_SUFFIX, Rows, RowWriter
+from fruitcnn.data.rows import ROW_SUFFIX, Rows, RowWriter
 from fruitcnn.data.sources import Part, RawData
 
 # Bump when the decoded pixels of some source would change (e.g. new resizing).
@@ -164,8 +164,7 @@ def commit_streamed(writer: RowWriter, data: RawData, skipped: list[dict[str, st
     views = {}
     for name, part in data.parts.items():
         if isinstance(part.images, np.ndarray):
-            for start in range(0, len(part.images), PASS_ROWS):
-                writer.add(name, part.images[start : start + PASS_ROWS])
+            writer.add(name, part.images)
             views[name] = writer.rows(name, part.images.shape[1:])
         else:
             views[name] = part.images
@@ -178,17 +177,7 @@ def commit_streamed(writer: RowWriter, data: RawData, skipped: list[dict[str, st
             raise ValueError(f"part {name} of a streamed entry is not a view of one file of {shape} rows.")
         np.save(writer.folder / f"{name}_index.npy", view.index + int(offsets.get(path.name, 0)))
         np.save(writer.folder / f"{name}_labels.npy", data.parts[name].labels)
-    meta = {
-        "source": source,
-        "format": data.format,
-        "class_names": list(data.class_names),
-        "parts": list(data.parts),
-        "rows": {"files": files, "shape": list(shape)},
-        "notes": data.notes,
-        "ignored": data.ignored,
-        "skipped": skipped,
-    }
-    (writer.folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    _write_meta(writer.folder, data, skipped, source, rows={"files": files, "shape": list(shape)})
     folder = writer.commit()
     loaded = load(folder.name)
     if loaded is None:
@@ -218,21 +207,28 @@ def store(key: str, data: RawData, skipped: list[dict[str, str]], source: str) -
     return final
 
 
+def _write_meta(folder: Path, data: RawData, skipped: list, source: str, **extra) -> None:
+    """An entry's meta.json: where it came from, how it was read, its parts and
+    skipped files (and, for a streamed entry, ``rows``: its row files and image shape)."""
+    meta = {
+        "source": source,
+        "format": data.format,
+        "class_names": list(data.class_names),
+        "parts": list(data.parts),
+        **extra,
+        "notes": data.notes,
+        "ignored": data.ignored,
+        "skipped": skipped,
+    }
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
 def _write_entry(temporary: Path, final: Path, data: RawData, skipped: list, source: str) -> None:
     """An in-memory entry's files in ``temporary``, then the folder renamed to ``final``
     (kept as it is when another run stored the same entry first)."""
     for name, part in data.parts.items():
         np.save(temporary / f"{name}_images.npy", part.images)
         np.save(temporary / f"{name}_labels.npy", part.labels)
-    meta = {
-        "source": source,
-        "format": data.format,
-        "class_names": list(data.class_names),
-        "parts": list(data.parts),
-        "notes": data.notes,
-        "ignored": data.ignored,
-        "skipped": skipped,
-    }
-    (temporary / "meta.json").write_text(json.dumps(meta, indent=1))
+    _write_meta(temporary, data, skipped, source)
     with contextlib.suppress(OSError):  # another run stored the same entry first
         os.rename(temporary, final)
