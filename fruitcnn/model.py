@@ -372,3 +372,29 @@ def planned_flops(arch: ArchConfig, image_shape) -> int:
 def conv_layer_names(model: keras.Model) -> list[str]:
     """Names of the model's conv layers, in order (for messages and explanations)."""
     return [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+
+
+def with_precision(model: keras.Model, precision: str, keep_float32: Sequence[str] = ()) -> keras.Model:
+    """A copy of the functional ``model`` whose layers compute in ``precision``
+    (``float32`` or ``mixed_bfloat16``, Keras's dtype policy names), with its weights.
+
+    Mixed-precision layers keep float32 variables, so the copy's weights equal the
+    original's in either direction (``get_weights`` and ``set_weights`` move them
+    exactly, in the same order). The input layer keeps its dtype, and the layers named
+    in ``keep_float32`` (the heads' output activations: probabilities and the loss stay
+    float32) are float32 in any precision.
+
+    Raises:
+        ValueError: for another precision name.
+    """
+    if precision not in ("float32", "mixed_bfloat16"):
+        raise ValueError(f"precision must be float32 or mixed_bfloat16, got {precision!r}.")
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] == "InputLayer":
+            continue
+        name = layer["config"].get("name")
+        layer["config"]["dtype"] = "float32" if name in keep_float32 else precision
+    copy = keras.Model.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy

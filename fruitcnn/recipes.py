@@ -15,7 +15,11 @@ them out (every one can be given by its flag, which wins).
   Larger images are max-pooled to about 32 pixels after the whitening. Without
   ``--epochs`` it trains for a time budget (5 minutes unless given), and the width w is
   the largest whose ``TARGET_EPOCHS`` epochs fit into it at this machine's speed
-  (measured: the fp32 matmul peak times ``EFFICIENCY``).
+  (measured: the fp32 matmul peak times ``EFFICIENCY``, or in mixed precision the
+  bfloat16 peak times ``EFFICIENCY_BF16``). It trains in ``mixed_bfloat16`` where
+  bfloat16 matmuls run at least ``BF16_ADVANTAGE`` times as fast as float32 ones, and
+  on a time budget evaluates the test split once, at the end (validation and test after
+  every epoch took 9-12% of CIFAR-10's budgets; the test part is 2/3 of that).
 
 :func:`run_config` is where they meet the user's flags: ``train.py`` and study trials
 make their configuration through it.
@@ -69,6 +73,19 @@ WARMUP_SHARE = 0.23
 MIN_STEPS_PER_EPOCH = 4
 # A network without batch norm: Adam at this rate.
 RATE_WITHOUT_BN = 1e-3
+# Mixed bfloat16 precision is chosen where bfloat16 matmuls run at least this many times
+# as fast as float32 ones (CPUs with AMX or AVX512-BF16: 4.5x measured on the 2-core
+# machine, 1,707 against 375 GFLOP/s; where TensorFlow emulates bfloat16 it is slower).
+BF16_ADVANTAGE = 2.0
+# Training throughput as a share of the bfloat16 matmul peak, for sizing the network
+# in mixed precision: 0.226 over the steps of a whole 270-s CIFAR-10 run of width 32
+# (2026-12-05, peak 1,707 GFLOP/s; 0.24-0.28 in steady-state steps without the input
+# pipeline): whole steps gain 1.6-2x over float32, not the matmuls' 4.5x (batch norm,
+# pooling, augmentation and the conversions do not speed up).
+EFFICIENCY_BF16 = 0.22
+# A matmul product slower than this (seconds) is not measured again: at 2048-square, a
+# speed below 17 GFLOP/s, which no choice depends on the exact value of.
+SLOW_PRODUCT_S = 1.0
 
 
 @dataclass
@@ -120,7 +137,13 @@ def forward_flops(layers: str, image_shape) -> int:
 
 
 def photo_recipe(
-    image_shape, classes: int, train_images: int, budget_s: float | None, peak_gflops: float | None
+    image_shape,
+    classes: int,
+    train_images: int,
+    budget_s: float | None,
+    peak_gflops: float | None,
+    bf16_peak_gflops: float | None = None,
+    test_curve: bool = False,
 ) -> Recipe:
     """The recipe for colour photos of ``image_shape`` (see the module docstring).
 
@@ -129,12 +152,22 @@ def photo_recipe(
         classes: number of classes.
         train_images: images of the training split.
         budget_s: the time budget (None: the default, ``DEFAULT_BUDGET_S``).
-        peak_gflops: this machine's fp32 matmul peak (None: measured now).
+        peak_gflops: this machine's float32 matmul peak (None: this and the bfloat16
+            peak are measured now).
+        bf16_peak_gflops: its bfloat16 matmul peak (None with ``peak_gflops`` given:
+            bfloat16 is not considered).
+        test_curve: the test split is evaluated after every epoch anyway (asked for, or
+            ``--epochs`` given: no budget to save the time for), so the recipe does not
+            choose when.
     """
     side = min(int(image_shape[0]), int(image_shape[1]))
     budget = float(budget_s or DEFAULT_BUDGET_S)
-    peak = peak_gflops if peak_gflops is not None else matmul_peak_gflops()
-    affordable = budget * peak * 1e9 * EFFICIENCY / (3 * train_images * TARGET_EPOCHS)
+    if peak_gflops is None:
+        peak_gflops, bf16_peak_gflops = matmul_peak_gflops(), matmul_peak_gflops(dtype="bfloat16")
+    peak, bf16_peak = peak_gflops, bf16_peak_gflops or 0.0
+    mixed = bf16_peak >= BF16_ADVANTAGE * peak
+    speed = bf16_peak * EFFICIENCY_BF16 if mixed else peak * EFFICIENCY
+    affordable = budget * speed * 1e9 / (3 * train_images * TARGET_EPOCHS)
     flops_of = {width: forward_flops(photo_layers(width, side), image_shape) for width in WIDTHS}
     fits = [width for width in WIDTHS if flops_of[width] <= affordable]
     width = max(fits) if fits else WIDTHS[0]
@@ -155,26 +188,51 @@ def photo_recipe(
         "translate": max(1, round(side / 16)),
         "tta": "flip",
         "time_budget": budget,
+        **({} if test_curve else {"test_each_epoch": False}),
+        "precision": "mixed_bfloat16" if mixed else "float32",
     }
     flops = flops_of[width]
-    reasons = [
-        f"{side}-px colour photos, {classes} classes, {train_images:,} training images",
+    if mixed:
+        arithmetic = (
+            f"mixed_bfloat16: this machine's bfloat16 matmuls run at {bf16_peak:.0f} GFLOP/s, "
+            f"{bf16_peak / peak:.1f}x its float32 {peak:.0f}"
+        )
+        speed_words = f"{EFFICIENCY_BF16:g} of its bfloat16 peak"
+    else:
+        arithmetic = f"float32 ({peak:.0f} GFLOP/s" + (
+            f"; bfloat16 {bf16_peak:.0f}, under {BF16_ADVANTAGE:g}x)" if bf16_peak else ")"
+        )
+        speed_words = f"{EFFICIENCY:g} of this machine's {peak:.0f} GFLOP/s"
+    reasons = [f"{side}-px colour photos, {classes} classes, {train_images:,} training images"]
+    if not test_curve:
+        reasons.append(
+            "the test split evaluated once, at the end: every epoch it would take 2/3 of the "
+            "evaluations' share of the budget (--test-each-epoch for its curve)"
+        )
+    reasons += [
+        arithmetic,
         f"width {width} ({flops / 1e6:.1f} MFLOP per image): "
         + ("the widest whose" if fits else "the narrowest; not even its")
-        + f" {TARGET_EPOCHS} epochs fit into {budget:g} s"
-        + f" at {EFFICIENCY:g} of this machine's {peak:.0f} GFLOP/s",
+        + f" {TARGET_EPOCHS} epochs fit into {budget:g} s at {speed_words}",
     ]
     return Recipe("photos", settings, reasons, arch_name=f"photos-w{width}")
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 4) -> float:
-    """This machine's fp32 matmul speed (best of ``repeats`` ``size``-square products;
-    1024-square ones measured less than half of it on the 2-core machine)."""
+def matmul_peak_gflops(size: int = 2048, repeats: int = 4, dtype: str = "float32") -> float:
+    """This machine's matmul speed in ``dtype`` (float32 or bfloat16; best of
+    ``repeats`` ``size``-square products; 1024-square ones measured less than half of it
+    on the 2-core machine). A first product slower than ``SLOW_PRODUCT_S`` (bfloat16
+    where TensorFlow emulates it) is taken as the answer without repeats."""
     import tensorflow as tf  # on first use (see the module docstring)
 
-    first, second = tf.random.normal((size, size)), tf.random.normal((size, size))
+    first = tf.cast(tf.random.normal((size, size)), dtype)
+    second = tf.cast(tf.random.normal((size, size)), dtype)
     product = tf.function(lambda a, b: tf.matmul(a, b))
+    start = time.perf_counter()
     product(first, second).numpy()
+    took = time.perf_counter() - start
+    if took > SLOW_PRODUCT_S:  # (it includes tracing, so it is the slowest of them)
+        return 2 * size**3 / took / 1e9
     best = 0.0
     for _ in range(repeats):
         start = time.perf_counter()
@@ -190,6 +248,7 @@ def run_config(
     dataset=None,
     blocks: dict[str, str] | None = None,
     peak_gflops: float | None = None,
+    bf16_peak_gflops: float | None = None,
 ) -> RunConfig:
     """The run configuration of ``settings`` (train.py's flag names) on ``dataset``,
     with the recipe's choices where the settings leave them out (none when starting
@@ -197,7 +256,7 @@ def run_config(
     which recipe chose what."""
     recipe = None
     if base is None and dataset is not None:
-        recipe = choose_recipe(settings, dataset, blocks, peak_gflops)
+        recipe = choose_recipe(settings, dataset, blocks, peak_gflops, bf16_peak_gflops)
     chosen = {**(recipe.settings if recipe else {}), **settings}
     if recipe and "epochs" in settings:  # epochs asked for: no time budget, warm-up a share of them
         chosen.pop("time_budget", None)
@@ -212,13 +271,24 @@ def run_config(
     return config
 
 
-def choose_recipe(settings: dict[str, Any], dataset, blocks=None, peak_gflops=None) -> Recipe:
-    """The recipe for ``dataset`` and the architecture the settings ask for."""
+def choose_recipe(
+    settings: dict[str, Any], dataset, blocks=None, peak_gflops=None, bf16_peak_gflops=None
+) -> Recipe:
+    """The recipe for ``dataset`` and the architecture the settings ask for (the peaks:
+    as :func:`photo_recipe` takes them)."""
     shape = tuple(int(size) for size in dataset.image_shape)
     photos = dataset.name != "line" and shape[2] == 3
     if photos and "arch" not in settings:
         budget = settings.get("time_budget") if "epochs" not in settings else None
-        return photo_recipe(shape, len(dataset.class_names), len(dataset.train), budget, peak_gflops)
+        return photo_recipe(
+            shape,
+            len(dataset.class_names),
+            len(dataset.train),
+            budget,
+            peak_gflops,
+            bf16_peak_gflops,
+            test_curve="epochs" in settings or "test_each_epoch" in settings,
+        )
     if settings.get("arch"):
         arch = resolve_arch(str(settings["arch"]), blocks)
     else:

@@ -4,6 +4,7 @@ A run folder (``saved_models/<run>/`` or ``--out DIR``) holds:
 
 ===================  ===========================================================
 ``model.keras``      the model of the epoch with the best validation accuracy
+                     (float32, also after ``--precision mixed_bfloat16``)
 ``config.json``      the :class:`~fruitcnn.config.RunConfig` (rebuilds the run)
 ``classes.json``     ``{head name: [class names]}``
 ``data.json``        the data: source, format, image shape, classes, split,
@@ -21,7 +22,8 @@ A run folder (``saved_models/<run>/`` or ``--out DIR``) holds:
 ``tb/``              TensorBoard logs (train, validation and test scalars)
 ``checkpoint/``      ``state.json`` (what ``--resume`` continues from), the
                      training model with optimiser state of the last finished
-                     epoch (``epoch-NNNN.keras``) and the best model
+                     epoch (``epoch-NNNN.keras``, in the training precision) and
+                     the best model
                      (``best-NNNN.keras``), both named in state.json
 ``.lock``            the lock of the process that trains, resumes or reports on
                      the run (its pid, purpose, command and start time)

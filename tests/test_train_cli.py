@@ -110,7 +110,11 @@ def test_flags_are_built_from_the_config_fields():
     assert actions["flip"].choices == ("none", "horizontal", "vertical", "both")
     normalize = actions["normalize"]
     assert normalize.option_strings == ["--no-normalize"] and "(default" not in normalize.help
-    assert actions["test_each_epoch"].help.endswith("(default: after every epoch)")
+    test_each_epoch = actions["test_each_epoch"]
+    assert test_each_epoch.option_strings == ["--test-each-epoch", "--no-test-each-epoch"]
+    assert test_each_epoch.help.endswith("(default: after every epoch; the photo recipe: only at the end)")
+    for flags, value in (([], None), (["--test-each-epoch"], True), (["--no-test-each-epoch"], False)):
+        assert cli.build_parser().parse_args(flags).test_each_epoch is value
     assert actions["image_size"].help.endswith("(default: None)")
     assert cli.build_parser().parse_args(["--time-budget", "1h30m"]).time_budget == 5400.0
 

@@ -115,8 +115,7 @@ def run_data(
         print("training the plain Keras baseline for the same wall time ...", file=sys.stderr)
         report.update(plain_baseline(dataset, wall_s - data_s, recipe["target"], data_s))
     print("measuring the matmul peak ...", file=sys.stderr)
-    report["matmul_peak_gflops"] = round(common.matmul_peak_gflops(), 1)
-    report["peak_fraction"] = round(report["train_gflops"] / report["matmul_peak_gflops"], 3)
+    report.update(common.peak_figures(report["train_gflops"], config.train.precision))
     report["run_dir"] = str(run_dir) if keep else None
     scratch.cleanup()
     return report

@@ -5,6 +5,7 @@ choice and is saved as ``config.json``.
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ HEADS = ("single", "multi")
 TTAS = ("none", "flip")
 FLIPS = ("none", "horizontal", "vertical", "both")
 STRATEGIES = ("default", "mirrored", "multiworker")
+PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 @dataclass
@@ -119,7 +121,8 @@ class TrainConfig:
         plateau_factor: multiplier of each plateau decay.
         seed: seed of weight initialisation, dropout and batch order.
         test_each_epoch: also evaluate the test split after every epoch (for the
-            learning curves); the model is still chosen on validation only.
+            learning curves); the model is still chosen on validation only. Off, the
+            test split is evaluated once, at the end.
         label_smoothing: train softmax heads towards (1 - s) on the true class and
             s / K spread over all K classes (sigmoid heads: towards s/2 and 1 - s/2).
         tta: test-time augmentation of validation and test evaluation: ``none``, or
@@ -131,6 +134,13 @@ class TrainConfig:
         time_budget: seconds of training and per-epoch evaluation (0: none, ``epochs``
             decide); the run plans its steps to fill them, the decay ending with the
             time (``fruitcnn.budget``). ``epochs`` is then not used.
+        strategy: where the steps run (``fruitcnn.distributed``).
+        precision: ``float32``, or ``mixed_bfloat16``: the training steps (and the
+            per-epoch evaluations) compute in bfloat16 with float32 weights (Keras's
+            mixed-precision policy; the loss and the heads' outputs stay float32).
+            The saved model is float32 either way, and metrics.json's figures are
+            that model's. Worth it where the CPU multiplies bfloat16 natively (AMX,
+            AVX512-BF16): the photo recipe measures both and chooses.
     """
 
     epochs: int = setting_field(2, "--epochs", "epochs", type=int, metavar="N")
@@ -157,11 +167,11 @@ class TrainConfig:
     )
     test_each_epoch: bool = setting_field(
         True,
-        "--no-test-each-epoch",
-        "evaluate the test split only at the end",
-        setting="test_each_epoch",
-        action="store_false",
-        shown_default="after every epoch",
+        "--test-each-epoch",
+        "evaluate the test split after every epoch too, for its curve (--no-test-each-epoch: only at "
+        "the end)",
+        action=argparse.BooleanOptionalAction,
+        shown_default="after every epoch; the photo recipe: only at the end",
     )
     label_smoothing: float = setting_field(
         0.0, "--label-smoothing", "label smoothing of the cross-entropy", type=float, metavar="S"
@@ -198,6 +208,14 @@ class TrainConfig:
         "global batch",
         choices=STRATEGIES,
     )
+    precision: str = setting_field(
+        "float32",
+        "--precision",
+        "arithmetic of the training steps: float32, or mixed_bfloat16 (bfloat16 products, float32 "
+        "weights; the saved model is float32)",
+        choices=PRECISIONS,
+        shown_default="float32; colour photos without --arch: chosen by the recipe",
+    )
 
     def __post_init__(self):
         if isinstance(self.time_budget, str):
@@ -229,6 +247,8 @@ class TrainConfig:
             raise ValueError("step_epochs and plateau_patience must be >= 1.")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
         if self.tta not in TTAS:
             raise ValueError(f"tta must be one of {', '.join(TTAS)}, got {self.tta!r}.")
         if not 0.0 <= self.label_smoothing < 1.0:

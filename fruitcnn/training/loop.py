@@ -17,7 +17,7 @@ from fruitcnn.budget import MAX_EPOCHS, BudgetPlanner, PlannedDecay
 from fruitcnn.config import RunConfig
 from fruitcnn.data import Dataset, load_dataset
 from fruitcnn.distributed import scratch_folder
-from fruitcnn.model import build_model, plan_layers, whitening_filters
+from fruitcnn.model import build_model, plan_layers, whitening_filters, with_precision
 from fruitcnn.training.engine import PEER_ERRORS, Engine, chief_plan, peer_failure
 from fruitcnn.training.models import (
     batches,
@@ -25,8 +25,9 @@ from fruitcnn.training.models import (
     eval_batch_size,
     evaluation_model,
     head_specs,
-    heads_model,
     make_optimizer,
+    saved_evaluator,
+    saved_model,
     standard_metrics,
     steps_per_epoch,
     training_model,
@@ -196,7 +197,7 @@ def _train_in(engine, config, dataset, specs, run, created, resume, callbacks, v
                     trainer, state, history = _restore(run, config, dataset, specs)
                 else:
                     trainer, state, history = _start(run, config, dataset, specs)
-                model = heads_model(trainer, specs)
+                model, sync = saved_model(trainer, specs)
         except PEER_ERRORS as error:
             known = runs.read_state(run) if resume else None
             raise TrainingFailed(peer_failure(engine, run, known, error)) from None
@@ -208,6 +209,7 @@ def _train_in(engine, config, dataset, specs, run, created, resume, callbacks, v
             run,
             trainer,
             model,
+            sync,
             state,
             history,
             callbacks,
@@ -241,6 +243,8 @@ def _start(run: Path, config: RunConfig, dataset: Dataset, specs: Sequence[HeadS
             dataset.train.images, whiten.params["kernel"], mean, variance, seed=config.train.seed
         ),
     )
+    if config.train.precision != "float32":  # the steps compute in it; model.keras stays float32
+        model = with_precision(model, config.train.precision, keep_float32=[spec.name for spec in specs])
     trainer = training_model(model, specs)
     steps = steps_per_epoch(len(dataset.train), config.train.batch_size)
     trainer.compile(
@@ -304,7 +308,19 @@ def check_resumable(run: Path, state: dict[str, Any]) -> None:
 
 
 def _fit(
-    engine, config, dataset, specs, run, trainer, model, state, history, callbacks, verbose, interrupt_advice
+    engine,
+    config,
+    dataset,
+    specs,
+    run,
+    trainer,
+    model,
+    sync,
+    state,
+    history,
+    callbacks,
+    verbose,
+    interrupt_advice,
 ) -> TrainResult:
     settings = config.train
     budget = settings.time_budget
@@ -339,6 +355,9 @@ def _fit(
         )
     with engine.scope():
         evaluator = evaluation_model(trainer, specs, settings.tta)
+        # metrics.json's figures are the saved model's: a mixed-precision run's (float32)
+        # model is evaluated once more at the end; else its epoch's figures are kept
+        final = evaluator if sync is None else saved_evaluator(model, specs, settings)
     validation = _Validation(evaluator, val_data, engine.evaluate)
     recorder = _EpochRecorder(
         run,
@@ -353,6 +372,7 @@ def _fit(
         validation,
         config,
         engine.evaluate,
+        sync,
     )
     own = [_DivergenceGuard(), validation] + ([plateau] if plateau else []) + [recorder]
     agree = None
@@ -395,9 +415,7 @@ def _fit(
         except _Diverged as found:
             recorder.close()
             pipelines = {"val": val_data, "test": test_data}
-            _diverged(
-                engine, config, dataset, specs, run, evaluator, model, recorder, state, found, pipelines
-            )
+            _diverged(engine, config, dataset, specs, run, final, model, recorder, state, found, pipelines)
         except PEER_ERRORS as error:
             recorder.close()
             raise TrainingFailed(peer_failure(engine, run, state, error)) from None
@@ -419,13 +437,13 @@ def _fit(
     _load_best(model, recorder, run, state)
     metrics = _final_metrics(
         engine.evaluate,
-        evaluator,
+        final,
         dataset,
         {"val": val_data, "test": test_data},
         specs,
         state,
         model,
-        recorder.best_parts,
+        recorder.best_parts if sync is None else None,
     )
     if state.get("warnings"):
         metrics["warnings"] = list(state["warnings"])
@@ -498,9 +516,8 @@ def _diverged(engine, config, dataset, specs, run, evaluator, model, recorder, s
     }
     if state["best_checkpoint"]:  # an earlier epoch finished: its model stays usable
         _load_best(model, recorder, run, state)
-        metrics = _final_metrics(
-            engine.evaluate, evaluator, dataset, pipelines, specs, state, model, recorder.best_parts
-        )
+        known = recorder.best_parts if recorder.sync is None else None
+        metrics = _final_metrics(engine.evaluate, evaluator, dataset, pipelines, specs, state, model, known)
         kept = (
             f"model.keras keeps epoch {state['best_epoch']}, the best before it (validation accuracy "
             f"{100 * state['best_val_accuracy']:.2f}%)"

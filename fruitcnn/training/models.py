@@ -18,6 +18,7 @@ from fruitcnn.data import Dataset, Split
 from fruitcnn.data.augment import augment_batch
 from fruitcnn.data.rows import Rows
 from fruitcnn.layers import HorizontalFlip
+from fruitcnn.model import with_precision
 from heads import (
     AGGREGATE,
     SINGLE_HEAD,
@@ -93,6 +94,36 @@ def heads_model(trainer: keras.Model, specs: Sequence[HeadSpec]) -> keras.Model:
     """The plain (saved) model inside a training model: image -> head probabilities."""
     outputs = {spec.name: trainer.get_layer(spec.name).output for spec in specs}
     return keras.Model(trainer.inputs, outputs, name=trainer.name)
+
+
+def saved_model(trainer: keras.Model, specs: Sequence[HeadSpec]):
+    """The plain model that is saved (model.keras, the best checkpoints) and returned,
+    and the function that gives it the trainer's current weights before each use.
+
+    A float32 trainer saves the heads model inside it (sharing its layers: the function
+    is None). A mixed-precision one (``--precision``, also as loaded from a checkpoint)
+    saves a float32 copy (``fruitcnn.model.with_precision``), so that explanations,
+    reports and the page compute in float32 whatever the training precision; its
+    weights (float32 in both) are copied from the trainer, exactly, when asked."""
+    inner = heads_model(trainer, specs)
+    if all(layer.dtype_policy.name == "float32" for layer in inner.layers):
+        return inner, None
+    plain = with_precision(inner, "float32")
+
+    def sync() -> None:
+        plain.set_weights(inner.get_weights())
+
+    return plain, sync
+
+
+def saved_evaluator(model: keras.Model, specs: Sequence[HeadSpec], settings: TrainConfig) -> keras.Model:
+    """What evaluates the float32 saved ``model`` as the per-epoch evaluator evaluates
+    the trainer: the same test-time augmentation, losses and metrics."""
+    twin = training_model(model, specs)
+    if settings.tta != "none":
+        return evaluation_model(twin, specs, settings.tta)
+    twin.compile(**compile_arguments(specs, label_smoothing=settings.label_smoothing))
+    return twin
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:

@@ -184,9 +184,13 @@ class _EpochRecorder(keras.callbacks.Callback):
         validation,
         config,
         evaluate,
+        sync=None,
     ):
         super().__init__()
         self.evaluate = evaluate  # (model, pipeline) -> Keras's logs (fruitcnn.training.engine)
+        # gives the saved model the trainer's weights (a mixed-precision run's float32 copy;
+        # None: it shares the trainer's layers)
+        self.sync = sync
         self.config = config
         self.run, self.trainer, self.evaluator, self.plain, self.specs = run, trainer, evaluator, model, specs
         self.validation = validation
@@ -313,6 +317,8 @@ class _EpochRecorder(keras.callbacks.Callback):
         last = runs.checkpoint_name("epoch", number)
         runs.atomic_write(folder / last, self.trainer.save)
         if improved:
+            if self.sync is not None:
+                self.sync()
             best = runs.checkpoint_name("best", number)
             runs.atomic_write(folder / best, self.plain.save)
             self.best_weights = self.plain.get_weights()

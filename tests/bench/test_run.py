@@ -154,13 +154,16 @@ def test_stl96_task_compares_the_deep_net_with_the_recipe_in_the_same_time(tmp_p
     assert deep["arch"] == "ece4179-deep" and "no batch norm" in deep["recipe"]
     stl = tmp_path / "stl10_binary"
     assert deep["command"] == f"python train.py --dataset {stl} --arch ece4179-deep --split 30/10/20 " + (
-        "--batch-size 16 --time-budget 6"
+        "--batch-size 16 --time-budget 6 --test-each-epoch"
     )
-    assert (
-        recipe["command"]
-        == f"python train.py --dataset {stl} --split 30/10/20 --batch-size 16 --time-budget 6"
+    assert recipe["command"] == (
+        f"python train.py --dataset {stl} --split 30/10/20 --batch-size 16 --time-budget 6 --test-each-epoch"
     )
     assert recipe["arch"].startswith("photos-w") and "96-px colour photos" in recipe["recipe"]
+    # the recipe chose the precision from this machine's two matmul peaks, and said so
+    assert deep["precision"] == "float32" and recipe["precision"] in ("float32", "mixed_bfloat16")
+    assert (recipe["precision"] == "mixed_bfloat16") == ("mixed_bfloat16: " in recipe["recipe"])
+    assert recipe["precision_peak_fraction"] > 0
     assert (
         report["test_accuracy"] == recipe["test_accuracy"]
         and report["deep_test_accuracy"] == deep["test_accuracy"]
@@ -206,7 +209,9 @@ def test_train_flags_write_switches_and_whole_seconds_as_train_py_takes_them():
     )
     assert train._settings(train.build_parser().parse_args(flags)) == settings
     # switches at their defaults need no flag
-    assert common.train_flags({"normalize": True, "test_each_epoch": True, "multihead": False}) == []
+    assert common.train_flags({"normalize": True, "multihead": False}) == []
+    # the photo recipe turns the per-epoch test off, so asking for it is written out
+    assert common.train_flags({"test_each_epoch": True}) == ["--test-each-epoch"]
 
 
 def test_shortcut_task_trains_with_and_without_each_cue_and_checks_both(tmp_path, capsys, monkeypatch):

@@ -239,6 +239,7 @@ def test_setting_names_come_from_the_fields_flags():
         "time_budget": ("train", "time_budget"),
         "weight_decay": ("train", "weight_decay"),
         "strategy": ("train", "strategy"),
+        "precision": ("train", "precision"),
     }
     assert list(SETTING_FIELDS.items()) == list(written.items())  # same names, same order in messages
 

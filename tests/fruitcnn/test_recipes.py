@@ -62,6 +62,36 @@ def test_the_width_is_the_widest_whose_epochs_fit_the_budget():
             assert recipes.forward_flops(recipes.photo_layers(wider, 32), shape) > affordable
 
 
+def test_mixed_precision_where_bfloat16_is_at_least_twice_as_fast():
+    shape, images = (32, 32, 3), 45_000
+    chosen = {
+        bf16: recipes.photo_recipe(shape, 10, images, 300, PEAK, bf16)
+        for bf16 in (None, 0.5 * PEAK, 1.9 * PEAK, recipes.BF16_ADVANTAGE * PEAK, 4.5 * PEAK)
+    }
+    precisions = [recipe.settings["precision"] for recipe in chosen.values()]
+    assert precisions == ["float32", "float32", "float32", "mixed_bfloat16", "mixed_bfloat16"]
+    assert "mixed_bfloat16: this machine's bfloat16 matmuls run at 675 GFLOP/s" in chosen[4.5 * PEAK].text()
+    assert "float32 (150 GFLOP/s; bfloat16 285, under 2x)" in chosen[1.9 * PEAK].text()
+    # in mixed precision the network is sized at EFFICIENCY_BF16 of the bfloat16 peak
+    fast = chosen[4.5 * PEAK]
+    width = int(fast.arch_name.split("-w")[1])
+    affordable = 300 * 4.5 * PEAK * 1e9 * recipes.EFFICIENCY_BF16 / (3 * images * recipes.TARGET_EPOCHS)
+    assert recipes.forward_flops(fast.settings["arch"], shape) <= affordable
+    wider = [size for size in recipes.WIDTHS if size > width]
+    assert not wider or recipes.forward_flops(recipes.photo_layers(wider[0], 32), shape) > affordable
+    config = recipes.run_config({}, dataset=_dataset(shape), peak_gflops=PEAK, bf16_peak_gflops=4.5 * PEAK)
+    assert config.train.precision == "mixed_bfloat16"
+    own = recipes.run_config(
+        {"precision": "float32"}, dataset=_dataset(shape), peak_gflops=PEAK, bf16_peak_gflops=4.5 * PEAK
+    )
+    assert own.train.precision == "float32"  # the flag wins
+
+
+def test_the_matmul_peak_is_measured_in_either_precision():
+    for dtype in ("float32", "bfloat16"):
+        assert recipes.matmul_peak_gflops(256, 1, dtype=dtype) > 0
+
+
 def test_batch_and_rate_follow_the_training_images():
     settings = {
         images: recipes.photo_recipe((32, 32, 3), 10, images, 300, PEAK).settings
@@ -86,7 +116,13 @@ def test_colour_photos_get_the_recipe_and_every_flag_wins():
     given = recipes.run_config(
         {"epochs": 4, "lr": 0.01, "optimizer": "adam", "flip": "none"}, dataset=data, peak_gflops=PEAK
     )
+    # on its budget the test split is evaluated once, at the end; the flag brings the curve back
+    assert not config.train.test_each_epoch and "evaluated once, at the end" in config.recipe
+    curve = recipes.run_config({"test_each_epoch": True}, dataset=data, peak_gflops=PEAK)
+    assert curve.train.test_each_epoch and curve.train.time_budget == recipes.DEFAULT_BUDGET_S
+    assert "evaluated once" not in curve.recipe  # the recipe says only what it chose
     assert given.train.time_budget == 0 and given.train.epochs == 4  # epochs asked for: no budget
+    assert given.train.test_each_epoch and "evaluated once" not in given.recipe  # nothing to save
     assert given.train.warmup_epochs == pytest.approx(recipes.WARMUP_SHARE * 4, abs=0.01)
     assert (given.train.learning_rate, given.train.optimizer, given.augment.flip) == (0.01, "adam", "none")
     budget = recipes.run_config({"time_budget": 1200}, dataset=data, peak_gflops=PEAK)
