@@ -208,8 +208,7 @@ def _train_in(engine, config, dataset, specs, run, created, resume, callbacks, v
             specs,
             run,
             trainer,
-            model,
-            sync,
+            (model, sync),
             state,
             history,
             callbacks,
@@ -308,20 +307,9 @@ def check_resumable(run: Path, state: dict[str, Any]) -> None:
 
 
 def _fit(
-    engine,
-    config,
-    dataset,
-    specs,
-    run,
-    trainer,
-    model,
-    sync,
-    state,
-    history,
-    callbacks,
-    verbose,
-    interrupt_advice,
+    engine, config, dataset, specs, run, trainer, saved, state, history, callbacks, verbose, interrupt_advice
 ) -> TrainResult:
+    model, sync = saved  # the saved model and what gives it the trainer's weights (or None)
     settings = config.train
     budget = settings.time_budget
     last_epoch = MAX_EPOCHS if budget else settings.epochs  # a budget plans its own end
