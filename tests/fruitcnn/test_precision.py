@@ -4,7 +4,6 @@ bfloat16, the saved model and metrics.json's figures are float32."""
 import dataclasses
 import json
 
-import keras
 import numpy as np
 import pytest
 
@@ -13,38 +12,11 @@ from fruitcnn.config import ArchConfig, DataConfig, RunConfig, TrainConfig, pars
 from fruitcnn.model import build_model, with_precision
 from fruitcnn.training import TrainingDiverged, train
 from heads.single import single_head_specs
+from tests.fruitcnn.test_training import _PoisonAt, _StopAfter
 
 MIXED = TrainConfig(
     epochs=3, batch_size=32, learning_rate=0.01, warmup_epochs=0.0, precision="mixed_bfloat16"
 )
-
-
-class _StopAfter(keras.callbacks.Callback):
-    """Ctrl-C at the end of an epoch (after fruitcnn saved it)."""
-
-    def __init__(self, epochs):
-        super().__init__()
-        self.epochs = epochs
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.epochs:
-            raise KeyboardInterrupt
-
-
-class _PoisonAt(keras.callbacks.Callback):
-    """Makes conv1's kernel NaN at the first step of ``epoch`` (0-based)."""
-
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch, self.current = epoch, -1
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.current == self.epoch and batch == 0:
-            kernel = self.model.get_layer("conv1").kernel
-            kernel.assign(kernel * float("nan"))
 
 
 def _config(**changes):
