@@ -75,7 +75,8 @@ MIN_STEPS_PER_EPOCH = 4
 RATE_WITHOUT_BN = 1e-3
 # Mixed bfloat16 precision is chosen where bfloat16 matmuls run at least this many times
 # as fast as float32 ones (CPUs with AMX or AVX512-BF16: 4.5x measured on the 2-core
-# machine, 1,707 against 375 GFLOP/s; where TensorFlow emulates bfloat16 it is slower).
+# machine, which has AMX, 1,707 against 375 GFLOP/s; without those instructions no gain
+# is expected, not measured here).
 BF16_ADVANTAGE = 2.0
 # Training throughput as a share of the bfloat16 matmul peak, for sizing the network
 # in mixed precision: 0.226 over the steps of a whole 270-s CIFAR-10 run of width 32
@@ -221,8 +222,8 @@ def photo_recipe(
 def matmul_peak_gflops(size: int = 2048, repeats: int = 4, dtype: str = "float32") -> float:
     """This machine's matmul speed in ``dtype`` (float32 or bfloat16; best of
     ``repeats`` ``size``-square products; 1024-square ones measured less than half of it
-    on the 2-core machine). A first product slower than ``SLOW_PRODUCT_S`` (bfloat16
-    where TensorFlow emulates it) is taken as the answer without repeats."""
+    on the 2-core machine). A first product slower than ``SLOW_PRODUCT_S`` (say bfloat16
+    on a CPU without bfloat16 instructions) is taken as the answer without repeats."""
     import tensorflow as tf  # on first use (see the module docstring)
 
     first = tf.cast(tf.random.normal((size, size)), dtype)
