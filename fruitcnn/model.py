@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from fruitcnn.config import ArchConfig, LayerSpec, kernel_initializer, parse_head_layers
+from fruitcnn.config import PRECISIONS, ArchConfig, LayerSpec, kernel_initializer, parse_head_layers
 from fruitcnn.layers import BatchNorm, Whiten
 from heads import HeadSpec, build_heads
 
@@ -387,8 +387,8 @@ def with_precision(model: keras.Model, precision: str, keep_float32: Sequence[st
     Raises:
         ValueError: for another precision name.
     """
-    if precision not in ("float32", "mixed_bfloat16"):
-        raise ValueError(f"precision must be float32 or mixed_bfloat16, got {precision!r}.")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be {' or '.join(PRECISIONS)}, got {precision!r}.")
     config = model.get_config()
     for layer in config["layers"]:
         if layer["class_name"] == "InputLayer":

@@ -344,7 +344,7 @@ def _fit(
     with engine.scope():
         evaluator = evaluation_model(trainer, specs, settings.tta)
         # metrics.json's figures are the saved model's: a mixed-precision run's (float32)
-        # model is evaluated once more at the end; else its epoch's figures are kept
+        # model is evaluated once more at the end (the recorder keeps no epoch figures)
         final = evaluator if sync is None else saved_evaluator(model, specs, settings)
     validation = _Validation(evaluator, val_data, engine.evaluate)
     recorder = _EpochRecorder(
@@ -431,7 +431,7 @@ def _fit(
         specs,
         state,
         model,
-        recorder.best_parts if sync is None else None,
+        recorder.best_parts,
     )
     if state.get("warnings"):
         metrics["warnings"] = list(state["warnings"])
@@ -504,8 +504,9 @@ def _diverged(engine, config, dataset, specs, run, evaluator, model, recorder, s
     }
     if state["best_checkpoint"]:  # an earlier epoch finished: its model stays usable
         _load_best(model, recorder, run, state)
-        known = recorder.best_parts if recorder.sync is None else None
-        metrics = _final_metrics(engine.evaluate, evaluator, dataset, pipelines, specs, state, model, known)
+        metrics = _final_metrics(
+            engine.evaluate, evaluator, dataset, pipelines, specs, state, model, recorder.best_parts
+        )
         kept = (
             f"model.keras keeps epoch {state['best_epoch']}, the best before it (validation accuracy "
             f"{100 * state['best_val_accuracy']:.2f}%)"

@@ -197,7 +197,9 @@ class _EpochRecorder(keras.callbacks.Callback):
         self.test_data, self.history, self.plateau = test_data, history, plateau
         self.state = state
         self.best_weights = None
-        self.best_parts: dict[str, dict[str, float]] | None = None  # val/test at the best epoch
+        # the saved model's val/test figures at the best epoch (None: not measured in
+        # the epochs: no per-epoch test, or a mixed-precision run's float32 copy)
+        self.best_parts: dict[str, dict[str, float]] | None = None
         self.session_start = time.monotonic()
         self.prior_elapsed = float(state["elapsed_s"])  # from earlier sessions of a resumed run
         self.budget = float(config.train.time_budget)  # seconds of a time budget, or 0
@@ -322,7 +324,7 @@ class _EpochRecorder(keras.callbacks.Callback):
             best = runs.checkpoint_name("best", number)
             runs.atomic_write(folder / best, self.plain.save)
             self.best_weights = self.plain.get_weights()
-            self.best_parts = parts if "test" in parts else None
+            self.best_parts = parts if "test" in parts and self.sync is None else None
             self.state.update(
                 best_epoch=number,
                 best_val_accuracy=val["accuracy"],
