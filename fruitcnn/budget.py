@@ -10,7 +10,8 @@ evaluation of the best model and the report are outside it.
 How: :class:`BudgetPlanner` times the first steps of each session (the first
 ``CALIBRATION_SKIP`` are left out: they include tracing), plans the number of steps that
 fit into the time left, with an evaluation at every epoch end, and plans again at the
-end of every epoch with that epoch's measured step and evaluation times. The plan sets
+end of every epoch with that epoch's measured step and evaluation times, and at every
+step less than an epoch before the planned end. The plan sets
 the step at which training stops (mid-epoch: the last epoch is then partial and
 evaluated like any other) and the ``total_steps`` of :class:`PlannedDecay`, the
 schedule the learning rate follows, so a re-plan moves the end of the decay, not the
@@ -179,11 +180,18 @@ class BudgetPlanner(keras.callbacks.Callback):
         if self.step_s is None and timed == self.calibration:
             self.step_s = (now - self.timed_from[0]) / timed
             self._plan(now, done_in_epoch=batch + 1)
-        if self.total_steps is not None and self._step() >= self.total_steps:
-            if timed:  # plan again with this epoch's steps so far: stop only if nothing more fits
-                self.step_s = (now - self.timed_from[0]) / timed
-                self._plan(now, done_in_epoch=batch + 1)
-            self.model.stop_training = self._step() >= self.total_steps
+        if self.total_steps is None:
+            return
+        left = self.total_steps - self._step()
+        # At the planned end, plan again with this epoch's steps so far (stop only if nothing
+        # more fits); less than an epoch before it, plan at every step: a slowdown then moves
+        # the decay's end while there are steps left to decay, instead of an epoch end
+        # finding the time up with the rate short of its end.
+        if timed and (left <= 0 or (left <= self.epoch_steps and timed >= CALIBRATION_MIN)):
+            self.step_s = (now - self.timed_from[0]) / timed
+            self._plan(now, done_in_epoch=batch + 1)
+        if self._step() >= self.total_steps:
+            self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.monotonic()

@@ -16,7 +16,8 @@ import time
 import numpy as np
 
 from bench import common
-from fruitcnn.config import ArchConfig, parse_layers, preset
+from fruitcnn.config import PRESETS, ArchConfig, parse_layers, preset
+from fruitcnn.recipes import photo_layers
 
 # The explanation benchmark: a Fruits-360-sized model (100x100x3, 24 classes, seeded
 # random weights with the logits scaled up so the softmax is far from uniform and an
@@ -28,22 +29,26 @@ _EXPLAIN_LAYERS = (
 )
 _EXPLAIN_SHAPE, _EXPLAIN_CLASSES, _EXPLAIN_PATCH, _EXPLAIN_LOGIT_SCALE = (100, 100, 3), 24, 10, 20.0
 _OCCLUSION_GRID = [(patch, stride) for stride in (1, 2) for patch in (5, 10, 20)]
+# More networks at patch 10, stride 1 (JSON key: layers): the `fruits` preset, and the
+# photo recipe's network for 100-px photos at its float32 width (what train.py builds for
+# Fruits-360 without --arch; fruitcnn.recipes).
+_OTHER_MODELS = {"fruits_preset": "fruits", "photo_network": photo_layers(24, 100)}
 # The goal of the incremental engine at patch 10, stride 1 (issue 7).
 _GOAL_SPEEDUP, _GOAL_S = 20.0, 0.3
 _GRADIENT_REPEATS, _GRADIENT_BATCH, _INCREMENTAL_ROUNDS, _RISE_REPEATS = 20, 64, 5, 3
 
 
-def _explain_model(preset_name: str | None = None):
-    """The benchmark's 100x100 model (``_EXPLAIN_LAYERS``, or a preset): seeded random
-    weights, logits scaled up."""
+def _explain_model(layers: str | None = None):
+    """The benchmark's 100x100 model (``_EXPLAIN_LAYERS``, a preset's name or another
+    layer list): seeded random weights, logits scaled up."""
     from fruitcnn.model import build_model
     from heads import single_head_specs
 
     specs = single_head_specs([f"class{index}" for index in range(_EXPLAIN_CLASSES)])
-    if preset_name is None:
-        arch = ArchConfig(name="occlusion-bench", layers=parse_layers(_EXPLAIN_LAYERS))
+    if layers in PRESETS:
+        arch = preset(layers)
     else:
-        arch = preset(preset_name)
+        arch = ArchConfig(name="occlusion-bench", layers=parse_layers(layers or _EXPLAIN_LAYERS))
     model = build_model(arch, input_shape=_EXPLAIN_SHAPE, heads=specs, seed=0)
     logits = model.get_layer("class_logits")
     logits.kernel.assign(logits.kernel * _EXPLAIN_LOGIT_SCALE)
@@ -147,12 +152,13 @@ def _occlusion_case(model, image, fill, target: int, patch: int, stride: int, pe
     }
 
 
-def _engines_on_preset(name: str, image: np.ndarray) -> dict:
-    """Incremental (best of 3) against explain.py's batched engine (one run), both
-    compiled first, on a preset, patch 10, stride 1."""
-    from visualize.occlusion import occlusion
+def _other_model_case(layers: str, image: np.ndarray) -> dict:
+    """Incremental (best of 3) against explain.py's batched engine and against the plain
+    batched re-inference of the headline (one run each, compiled first), on another
+    network (``_explain_model``'s ``layers``), patch 10, stride 1."""
+    from visualize.occlusion import fill_image, occlusion
 
-    model = _explain_model(name)
+    model = _explain_model(layers)
     target = _runner_up(model, image)
     seconds, maps = {}, {}
     options = {"patch": _EXPLAIN_PATCH, "target": target, "spread": "centre"}
@@ -163,12 +169,20 @@ def _engines_on_preset(name: str, image: np.ndarray) -> dict:
             start = time.perf_counter()
             occlusion(model, image, engine=engine, **options)
             seconds[engine] = min(seconds[engine], time.perf_counter() - start)
+    fill = fill_image(model, image, "mean", _EXPLAIN_PATCH)[0, 0]
+    reference, reference_s = _batched_reference(model, image, fill, target, _EXPLAIN_PATCH, 1)
     return {
+        "layers": layers,
         "incremental_s": round(seconds["incremental"], 3),
         "batched_engine_s": round(seconds["batched"], 2),
         "speedup": round(seconds["batched"] / seconds["incremental"], 1),
+        "batched_reference_s": round(reference_s, 2),
+        "speedup_reference": round(reference_s / seconds["incremental"], 1),
         "max_abs_difference": float(
-            np.abs(maps["incremental"].probability - maps["batched"].probability).max()
+            max(
+                np.abs(maps["incremental"].probability - maps["batched"].probability).max(),
+                np.abs(maps["incremental"].probability[0] - reference).max(),
+            )
         ),
     }
 
@@ -203,7 +217,7 @@ def run_explain() -> dict:
         print(f"occlusion patch {patch}, stride {stride} ...", file=sys.stderr)
         grid.append(_occlusion_case(model, image, fill, target, patch, stride, peak))
     headline = next(case for case in grid if (case["patch"], case["stride"]) == (_EXPLAIN_PATCH, 1))
-    print("explain.py's batched engine, then the fruits preset ...", file=sys.stderr)
+    print("explain.py's batched engine, then the other networks ...", file=sys.stderr)
     report = {
         "task": "occlusion",
         **{
@@ -224,7 +238,7 @@ def run_explain() -> dict:
         "forward_mflop_per_image": round(flops_per_image(model) / 1e6, 2),
         "matmul_peak_gflops": round(peak, 1),
         "grid": grid,
-        "fruits_preset": _engines_on_preset("fruits", image),
+        **{key: _other_model_case(layers, image) for key, layers in _OTHER_MODELS.items()},
     }
     images = rng.integers(0, 256, (_GRADIENT_BATCH, *_EXPLAIN_SHAPE)).astype(np.float32)
     gradient_methods = (

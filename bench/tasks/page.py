@@ -3,7 +3,8 @@ image, through its own HTTP API (Starlette's test client: the page's routes, job
 PNG/NPY encoding, without the network): upload and prediction, saliency, SmoothGrad,
 Grad-CAM and stride-1 occlusion (incremental engine), first request (tracing and
 compiling included) and warm (median of ``_REPEATS``), for the occlusion task's
-Fruits-360-sized model and the ``fruits`` preset (the default for Fruits-360).
+Fruits-360-sized model, the ``fruits`` preset and the photo recipe's network for 100-px
+photos (what train.py builds for Fruits-360 without --arch; reported, not in the goals).
 
 TensorFlow and the modules that load it (5-20 s) are imported in the functions that use
 them, so that ``python bench/run.py --help`` and argument errors answer at once.
@@ -109,14 +110,18 @@ def run_page() -> dict:
     from starlette.testclient import TestClient
 
     from app.page.server import make_app
-    from bench.tasks.explain import _EXPLAIN_LAYERS, _explain_model
+    from bench.tasks.explain import _EXPLAIN_LAYERS, _OTHER_MODELS, _explain_model
 
     report, started = {"task": "page"}, time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch) / "saved_models"
         archs = {"bench": ArchConfig(name="occlusion-bench", layers=parse_layers(_EXPLAIN_LAYERS))}
         archs["fruits"] = preset("fruits")
+        # the photo recipe's network (train.py's default for colour photos): measured, not in the goals
+        photo = _OTHER_MODELS["photo_network"]
+        archs["photo"] = ArchConfig(name="photos-w24", layers=parse_layers(photo))
         models = {"bench": _explain_model(), "fruits": _explain_model("fruits")}
+        models["photo"] = _explain_model(photo)
         for name, model in models.items():
             _save_run(model, root / name, archs[name])
         with TestClient(make_app(root)) as client:

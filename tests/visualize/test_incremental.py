@@ -14,7 +14,9 @@ import pytest
 import visualize.incremental as incremental
 import visualize.occlusion as occlusion_module
 from fruitcnn.config import PRESETS, ArchConfig, parse_layers, preset
+from fruitcnn.layers import Whiten
 from fruitcnn.model import build_model
+from fruitcnn.recipes import photo_layers
 from heads import HeadSpec, single_head_specs
 from visualize.occlusion import occlusion
 
@@ -102,6 +104,7 @@ PRESET_CASES = [
     ("fruits", (100, 100, 3), 10, 3),
     ("ece4179-shallow", (96, 96, 3), 12, 4),
     ("ece4179-deep", (96, 96, 3), 16, 5),
+    ("ece4179-better", (96, 96, 3), 12, 4),  # a frozen whitening conv (Whiten), pooling to 32 px, gmp
 ]
 
 
@@ -111,6 +114,20 @@ PRESET_CASES = [
 def test_every_preset_gives_the_batched_maps(name, shape, patch, stride):
     model = _model(name, shape, seed=len(name))
     assert _difference(model, _image(shape), patch=patch, stride=stride) < TOLERANCE
+
+
+@pytest.mark.parametrize(("side", "patch"), [(32, 5), (72, 9)])
+def test_the_photo_recipes_networks_give_the_batched_maps(side, patch):
+    """What train.py builds for colour photos (fruitcnn.recipes): a Whiten first layer,
+    maxpool to about 32 px above 40 px, conv blocks without bias, gmp, a scaled head."""
+    shape = (side, side, 3)
+    model = _model(photo_layers(8, side), shape, seed=side)
+    assert any(type(layer) is Whiten for layer in model.layers)
+    assert _difference(model, _image(shape, seed=side), patch=patch, stride=2) < TOLERANCE
+    # its small last maps are recomputed whole, the larger ones in delta form before them
+    occluder, _ = occlusion_module.incremental_occluder(model, "class", shape, patch, 2)
+    whole = occluder._axes[0].whole
+    assert whole[-1] and not whole[1] and any(occluder.delta[: whole.index(True)])
 
 
 # Hand-picked architectures: kernels 1/3/5/7, conv strides 1/2, 'same', 'valid' and
@@ -276,7 +293,9 @@ def test_stride_one_convs_above_the_image_run_in_delta_form_and_either_form_give
     occluder, _ = occlusion_module.incremental_occluder(model, "class", (30, 30, 3), 5, 1)
     kinds = [op.kind for op in occluder.chain.spatial]
     assert kinds == ["conv", "maxpool", "conv", "conv", "conv", "conv"]
-    assert occluder.delta == [False, False, True, False, False, True]
+    # the last conv's 4x4 output is recomputed whole (its boxes would be 5-9 wide): window form
+    assert [axis.whole for axis in occluder._axes] == [[False] * 6 + [True]] * 2
+    assert occluder.delta == [False, False, True, False, False, False]
     image = _image((30, 30, 3), seed=4)
     assert _difference(model, image, patch=5) < TOLERANCE
     monkeypatch.setattr(incremental.engine, "_delta_form", lambda index, op: False)

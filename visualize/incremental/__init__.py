@@ -13,28 +13,37 @@ How it is done:
 
 1. :func:`analyse` walks the path from the image to the explained head's logits and
    sorts its layers: *pointwise* ones (normalisation, batch norm in inference mode,
-   element-wise activations, dropout), *spatial* ones (conv and max/average pooling,
-   each a window, a stride and the padding before the first row and column), the step
+   element-wise activations, dropout), *spatial* ones (conv, fruitcnn's ``Whiten`` (a
+   conv with a frozen kernel) and max/average pooling, each a window, a stride and the
+   padding before the first row and column), the step
    from maps to a vector (flatten, global average or global max pooling) and the
    vector layers after it. Anything else raises :class:`Unsupported` with the reason
    (the caller then falls back to batched re-inference and says why).
 2. :func:`_axis_plan` follows one image axis through the spatial layers for every
    square position (rows and columns are independent): the changed interval of each
-   map (the square, then every output whose window reads a changed input; nothing is
-   clipped, so sizes depend only on the position modulo the strides) and the input
+   map (the square, then every output whose window reads a changed input; not clipped
+   to the map, so sizes depend only on the position modulo the strides) and the input
    window each layer reads to recompute it (its changed interval times the stride,
    plus the window's reach). The input window is cut from the clean map with the
    layer below's recomputed values spliced in, by one gather from the table [clean
    map; recomputed boxes; padding value]; values outside a map are what the layer's
    padding sees (zeros for convs, nothing for 'same' pooling: -inf for max, left out
-   of the count for average). (Tried and dropped: boxes aligned to the pooling grid, so
-   that the pooling reads the conv's box without a splice, cost 0.1 s more on the
-   benchmark model: the conv work of the extra rows outweighs the gathers saved.)
+   of the count for average). A small map whose changed intervals are on average
+   longer than the map itself (by ``WHOLE_MARGIN``, 10%) is recomputed whole for every
+   position instead, and so is every map after it: the deep end of a network on small
+   maps (the photo recipe's 4x4 last map, reached by boxes of 6-7) then runs as plain
+   batched inference on exactly the cells that exist (1.17-1.34x faster on the photo
+   recipe's networks, medians of 5 interleaved runs; nothing changes on the
+   benchmark's model and the ``fruits`` preset). (Tried and dropped: boxes aligned to
+   the pooling grid, so that the pooling reads the conv's box without a splice, cost
+   0.1 s more on the benchmark model: the conv work of the extra rows outweighs the
+   gathers saved.)
 3. Positions whose boxes have the same sizes in every layer form a batch (each gets
    its own tight boxes); all batches share one compiled function whose sizes are
    dynamic, traced once per model, head, image size, patch and stride. A batch norm
    right after a conv is folded into its kernel and bias, so conv, bias and activation
-   run as one fused operation. A stride-1 conv above the image runs in *delta form*:
+   run as one fused operation. A stride-1 conv above the image whose output map is not
+   recomputed whole runs in *delta form*:
    its output box is its clean pre-activations (computed once per image) plus the
    transposed conv of its input's change (new - old, zero outside the changed box),
    which needs the changed box times the kernel instead of the output box times it;
@@ -44,8 +53,14 @@ How it is done:
    for the window pass, 15 s of compiling per model and patch for at most 20% less
    time; boxes clipped to the map, whose sizes then depend on the distance to the
    border: 17-21 size classes per axis instead of 4, 300-440 window-pass calls per
-   image.) The passes are traced without autograph (their Python control flow is on
-   static values): the line model's first map took 1.7 s with it, 0.3 s without.
+   image; the delta as one matmul of the changed box by the kernel reshaped to
+   (C, kh*kw*C') and a col2im (nine pads, a segment sum, a 0/1 matrix or a gather),
+   which makes exactly the changed box's products: 1.06-3.4x slower than the
+   transposed conv at the two models' box sizes, its product tensor being kh*kw times
+   the changed box; a forward conv of the zero-padded change with the pre-activations
+   and ReLU fused into it: 0.9-1.1x the transposed conv's time.) The passes are
+   traced without autograph (their Python control flow is on static values): the line
+   model's first map took 1.7 s with it, 0.3 s without.
 4. Flatten: the first dense layer changes by ``sum (new - old) * W`` over the changed
    box only. The head pass gathers every changed value of all batches by location of
    the final map and multiplies each location's values by that location's weights in

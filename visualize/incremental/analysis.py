@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from fruitcnn.layers import is_batch_norm
+from fruitcnn.layers import Whiten, is_batch_norm
 from visualize.targets import LOGITS_SUFFIX
 
 # Element-wise activation functions (by Keras name): the same box changes.
@@ -38,7 +38,8 @@ IDENTITY_LAYERS = (
 )
 # Element-wise layers called as they are on any window.
 ELEMENTWISE_LAYERS = (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU, keras.layers.Rescaling)
-SPATIAL_LAYERS = (keras.layers.Conv2D, keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
+# fruitcnn's Whiten is a Conv2D whose kernel is frozen when built: the same computation.
+SPATIAL_LAYERS = (keras.layers.Conv2D, Whiten, keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
 TRANSITIONS = {
     keras.layers.Flatten: "flatten",
     keras.layers.GlobalAveragePooling2D: "gap",

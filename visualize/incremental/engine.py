@@ -147,11 +147,19 @@ class IncrementalOccluder:
                 f"the model's image size {chain.map_sizes[0]} is not the image's {tuple(shape[:2])}"
             )
         self.patch, self.stride = int(patch), int(stride)
-        # which convs run in delta form (see _delta_form)
-        self.delta = [_delta_form(index, op) for index, op in enumerate(chain.spatial)]
         height, width = chain.map_sizes[0]
         self.rows = np.arange(0, height, self.stride)
         self.columns = np.arange(0, width, self.stride)
+        self._axes = (
+            _axis_plan(chain.spatial, 0, self.rows, self.patch),
+            _axis_plan(chain.spatial, 1, self.columns, self.patch),
+        )
+        # which convs run in delta form (see _delta_form; not those whose output map is
+        # recomputed whole: their output box is not the changed box widened by the kernel)
+        self.delta = [
+            _delta_form(index, op) and not any(axis.whole[index + 1] for axis in self._axes)
+            for index, op in enumerate(chain.spatial)
+        ]
         # flatten: the first dense layer's input (its clean output is computed from it);
         # global pooling: the pooled vector
         flatten = chain.transition == "flatten"
@@ -170,8 +178,7 @@ class IncrementalOccluder:
         """Positions grouped by their box sizes, cut into batches that fit the memory
         budget (or of ``batch_size``), with their geometry."""
         chain = self.chain
-        y_axis = _axis_plan(chain.spatial, 0, self.rows, self.patch)
-        x_axis = _axis_plan(chain.spatial, 1, self.columns, self.patch)
+        y_axis, x_axis = self._axes
         flatten = chain.transition == "flatten"
         units = int(chain.first_dense.kernel.shape[-1]) if flatten else 0
         batches = []
