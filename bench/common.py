@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fruitcnn import recipes
+from fruitcnn.config import switch_flags
 
 # The copies of the data sets the data tasks read by default (../shared/data).
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -24,10 +25,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETUP_ALLOWANCE_S = 40
 # Matmul size and repeats for the peak measurement (2 * 2048^3 = 17 GFLOP each).
 _PEAK_SIZE, _PEAK_REPEATS = 2048, 8
-# Settings whose train.py flag turns them off (--no-normalize, --no-test-each-epoch), and
-# of those, the ones that also have a flag turning them on (a recipe may turn them off).
-_NEGATED_FLAGS = ("normalize", "test_each_epoch")
-_BOTH_WAYS = ("test_each_epoch",)
 
 
 def matmul_peak_gflops() -> float:
@@ -113,11 +110,8 @@ def train_flags(settings: dict[str, Any]) -> list[str]:
     flags = []
     for name, value in settings.items():
         flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):  # a switch: given when it changes the default or a recipe's
-            if name in _NEGATED_FLAGS and not value:
-                flags.append("--no-" + flag[2:])
-            elif (name not in _NEGATED_FLAGS or name in _BOTH_WAYS) and value:
-                flags.append(flag)
+        if isinstance(value, bool):  # a switch: its flag when that changes the default or a recipe's
+            flags += switch_flags(name, value)
         elif isinstance(value, float) and value.is_integer():
             flags += [flag, str(int(value))]  # 270.0 s: --time-budget 270
         else:

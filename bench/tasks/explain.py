@@ -30,8 +30,8 @@ _EXPLAIN_LAYERS = (
 _EXPLAIN_SHAPE, _EXPLAIN_CLASSES, _EXPLAIN_PATCH, _EXPLAIN_LOGIT_SCALE = (100, 100, 3), 24, 10, 20.0
 _OCCLUSION_GRID = [(patch, stride) for stride in (1, 2) for patch in (5, 10, 20)]
 # More networks at patch 10, stride 1 (JSON key: layers): the `fruits` preset, and the
-# photo recipe's network for 100-px photos at its float32 width (what train.py builds for
-# Fruits-360 without --arch; fruitcnn.recipes).
+# photo recipe's network for 100-px photos (what train.py builds for Fruits-360 without
+# --arch; fruitcnn.recipes) at width 24, the recipe's choice for Fruits-360 in float32.
 _OTHER_MODELS = {"fruits_preset": "fruits", "photo_network": photo_layers(24, 100)}
 # The goal of the incremental engine at patch 10, stride 1 (issue 7).
 _GOAL_SPEEDUP, _GOAL_S = 20.0, 0.3

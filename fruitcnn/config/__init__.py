@@ -78,6 +78,7 @@ from fruitcnn.config.settings import (
     SETTING_FIELDS,
     config_from_settings,
     setting_hint,
+    switch_flags,
 )
 
 __all__ = [
@@ -128,4 +129,5 @@ __all__ = [
     "resolve_arch",
     "setting_field",
     "setting_hint",
+    "switch_flags",
 ]

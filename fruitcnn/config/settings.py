@@ -7,6 +7,7 @@ config field it sets; it is read from the fields' metadata (:func:`~fruitcnn.con
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 from typing import Any
@@ -29,6 +30,28 @@ SETTING_FIELDS: dict[str, tuple[str, str]] = {
 }
 # Settings that are not a single field: the architecture and the head choice.
 SETTING_EXTRAS = ("arch", "multihead")
+
+
+def switch_flags(name: str, value: bool) -> list[str]:
+    """The train.py flags that set the switch ``name`` to ``value``, read from the field's
+    flag and ``action``: a ``store_true`` flag when true, a ``store_false`` one (such as
+    ``--no-normalize``) when false, otherwise ``[]`` (the default needs no flag); a
+    ``BooleanOptionalAction`` one always, either way (a recipe may change its default).
+    ``multihead`` (not a config field): ``--multihead`` when true."""
+    if name == "multihead":
+        return ["--multihead"] if value else []
+    if name not in SETTING_FIELDS:
+        raise ValueError(f"unknown switch {name!r}; {setting_hint(name)}train.py has no such setting.")
+    section, field_name = SETTING_FIELDS[name]
+    metadata = next(
+        item.metadata for item in dataclasses.fields(SECTIONS[section]) if item.name == field_name
+    )
+    flag, action = metadata["flag"], metadata.get("action")
+    if action is argparse.BooleanOptionalAction:
+        return [flag if value else "--no-" + flag.removeprefix("--")]
+    if action in ("store_true", "store_false"):
+        return [flag] if value == (action == "store_true") else []
+    raise ValueError(f"setting {name!r} ({flag}) is not a switch: it takes a value, not true or false.")
 
 
 def setting_hint(name: str) -> str:

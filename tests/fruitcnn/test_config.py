@@ -1,5 +1,6 @@
 """The architecture and run configuration: parsing, presets, validation, round trips."""
 
+import dataclasses
 import json
 
 import pytest
@@ -16,7 +17,9 @@ from fruitcnn.config import (
     parse_layers,
     preset,
     resolve_arch,
+    switch_flags,
 )
+from fruitcnn.config.settings import SECTIONS
 
 
 def test_parse_compact_layers_with_positional_and_named_arguments():
@@ -132,6 +135,31 @@ def test_settings_make_the_same_config_as_train_flags():
         ValueError, match="epochs must be a whole number, got '3' \\(str\\); write it without quotes"
     ):
         config_from_settings({"epochs": "3"})
+
+
+def test_the_flags_of_every_switch_give_train_py_its_value_both_ways():
+    """switch_flags reads each boolean field's flag and action; train.py's own parser is the oracle."""
+    import train  # the command line whose flags these are
+
+    parser = train.build_parser()
+    switches = {
+        item.metadata["setting"]: item.default
+        for config_class in SECTIONS.values()
+        for item in dataclasses.fields(config_class)
+        if "setting" in item.metadata and isinstance(item.default, bool)
+    }
+    assert {"normalize", "test_each_epoch", "strict"} <= set(switches)
+    for name, default in [*switches.items(), ("multihead", False)]:
+        for value in (True, False):
+            flags = switch_flags(name, value)
+            assert train._settings(parser.parse_args(flags)).get(name, default) == value, (name, flags)
+            assert flags or value == default  # a flag only when the value is not the default
+    assert switch_flags("normalize", False) == ["--no-normalize"] and switch_flags("normalize", True) == []
+    assert switch_flags("test_each_epoch", True) == ["--test-each-epoch"]  # both ways, always written
+    with pytest.raises(ValueError, match="setting 'lr' \\(--lr\\) is not a switch"):
+        switch_flags("lr", True)
+    with pytest.raises(ValueError, match="unknown switch 'normalise'; did you mean 'normalize'"):
+        switch_flags("normalise", False)
 
 
 def test_presets_and_resolve():

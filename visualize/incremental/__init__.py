@@ -31,7 +31,7 @@ How it is done:
    of the count for average). A small map whose changed intervals are on average
    longer than the map itself (by ``WHOLE_MARGIN``, 10%) is recomputed whole for every
    position instead, and so is every map after it: the deep end of a network on small
-   maps (the photo recipe's 4x4 last map, reached by boxes of 6-7) then runs as plain
+   maps (the photo recipe's 4x4 maps, reached by boxes of 4-7 rows) then runs as plain
    batched inference on exactly the cells that exist (1.17-1.34x faster on the photo
    recipe's networks, medians of 5 interleaved runs; nothing changes on the
    benchmark's model and the ``fruits`` preset). (Tried and dropped: boxes aligned to
