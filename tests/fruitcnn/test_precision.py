@@ -12,7 +12,7 @@ from fruitcnn.config import ArchConfig, DataConfig, RunConfig, TrainConfig, pars
 from fruitcnn.model import build_model, with_precision
 from fruitcnn.training import TrainingDiverged, train
 from heads.single import single_head_specs
-from tests.fruitcnn.test_training import _PoisonAt, _StopAfter
+from tests.fruitcnn.test_training import _assert_retraces, _interrupt_after_one_epoch, _PoisonAt
 
 MIXED = TrainConfig(
     epochs=3, batch_size=32, learning_rate=0.01, warmup_epochs=0.0, precision="mixed_bfloat16"
@@ -89,14 +89,10 @@ def test_a_mixed_run_learns_and_saves_a_float32_model(mixed_run, small_line):
 
 def test_an_interrupted_mixed_run_resumes_where_it_stopped(tmp_path, small_line, mixed_run):
     config = _config()
-    with pytest.raises(KeyboardInterrupt):
-        train(config, dataset=small_line, run_dir=tmp_path / "r", callbacks=[_StopAfter(1)], verbose=0)
+    _interrupt_after_one_epoch(config, small_line, tmp_path / "r")
     resumed = train(config, dataset=small_line, run_dir=tmp_path / "r", resume=True, verbose=0)
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
-    for got, want in zip(resumed.history, mixed_run.history):
-        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-3)
-        assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-3)
-    assert resumed.metrics["test_accuracy"] == pytest.approx(mixed_run.metrics["test_accuracy"], abs=3e-3)
+    _assert_retraces(resumed, mixed_run)
     assert set(_policies(resumed.model).values()) == {"float32"}
 
 

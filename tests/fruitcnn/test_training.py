@@ -164,22 +164,31 @@ def test_four_heads_report_each_head_and_the_aggregate(tmp_path, small_line):
     assert result.metrics["test_angle_accuracy"] == pytest.approx(np.mean(angle_ok), abs=1e-6)
 
 
+def _interrupt_after_one_epoch(config, dataset, run_dir) -> None:
+    """Train ``config`` and stop it (Ctrl-C) at the end of its first epoch."""
+    with pytest.raises(KeyboardInterrupt):
+        train(config, dataset=dataset, run_dir=run_dir, callbacks=[_StopAfter(1)], verbose=0)
+
+
+def _assert_retraces(resumed, whole) -> None:
+    """A resumed run retraces the uninterrupted one: same weights, optimiser state and
+    batch order (up to float summation order)."""
+    for got, want in zip(resumed.history, whole.history):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-3)
+        assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-3)
+    assert resumed.metrics["test_accuracy"] == pytest.approx(whole.metrics["test_accuracy"], abs=3e-3)
+
+
 def test_interrupted_run_resumes_where_it_stopped(tmp_path, small_line, single_run):
     config = _config()
-    with pytest.raises(KeyboardInterrupt):
-        train(config, dataset=small_line, run_dir=tmp_path / "r", callbacks=[_StopAfter(1)], verbose=0)
+    _interrupt_after_one_epoch(config, small_line, tmp_path / "r")
     state = json.loads((tmp_path / "r" / "checkpoint" / "state.json").read_text())
     assert state["epoch"] == 1 and not state["finished"]
     assert (tmp_path / "r" / "model.keras").is_file()  # the best so far is published
     assert not (tmp_path / "r" / "metrics.json").exists()
     resumed = train(config, dataset=small_line, run_dir=tmp_path / "r", resume=True, verbose=0)
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
-    # Same weights, optimiser state and batch order: the resumed run retraces the
-    # uninterrupted one (up to float summation order).
-    for got, want in zip(resumed.history, single_run.history):
-        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-3)
-        assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-3)
-    assert resumed.metrics["test_accuracy"] == pytest.approx(single_run.metrics["test_accuracy"], abs=3e-3)
+    _assert_retraces(resumed, single_run)
 
 
 def test_run_interrupted_in_its_first_epoch_starts_again(tmp_path, small_line, capsys):
