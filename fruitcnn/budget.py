@@ -182,7 +182,8 @@ class BudgetPlanner(keras.callbacks.Callback):
             self._plan(now, done_in_epoch=batch + 1)
         if self.total_steps is None:
             return
-        left = self.total_steps - self._step()
+        step = self._step()  # (a read of the optimizer's counter: once per step)
+        left = self.total_steps - step
         # At the planned end, plan again with this epoch's steps so far (stop only if nothing
         # more fits); less than an epoch before it, plan at every step: a slowdown then moves
         # the decay's end while there are steps left to decay, instead of an epoch end
@@ -190,7 +191,7 @@ class BudgetPlanner(keras.callbacks.Callback):
         if timed and (left <= 0 or (left <= self.epoch_steps and timed >= CALIBRATION_MIN)):
             self.step_s = (now - self.timed_from[0]) / timed
             self._plan(now, done_in_epoch=batch + 1)
-        if self._step() >= self.total_steps:
+        if step >= self.total_steps:
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
