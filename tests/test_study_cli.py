@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import keras
+import keras_tuner
 import pytest
 import tensorflow as tf
 
@@ -169,6 +170,91 @@ def test_an_interrupted_study_keeps_finished_trials_and_restarts_the_interrupted
     assert started == ["2-filters=6", "3-filters=8"]  # trial 1 is kept, trial 2 starts again
     assert not (out / "runs" / "2-filters=6" / "half-written.txt").exists()
     assert [row["status"] for row in runs.read_csv(out / STUDY_CSV)] == ["done"] * 3
+
+
+def _stopped_after_training(tmp_path, monkeypatch, filters: str) -> tuple[Path, list, list[str]]:
+    """A study whose first trial trained to the end and whose process then stopped
+    before Keras Tuner saved the trial, and before train()'s last commit of the state
+    (the window of a kill -9 between metrics.json and the tuner's state). Returns the
+    study file, the train() wrapper's list of started run names and the arguments."""
+    path = _study(tmp_path, SMALL.replace("{pooling}", "gap") + f"filters = {filters}\n")
+    out = tmp_path / "out"
+    real_train = training.train
+    started, stopped = [], []
+
+    def stopped_after_first(config, **kwargs):
+        started.append(Path(kwargs["run_dir"]).name)
+        result = real_train(config, **kwargs)
+        if not stopped:
+            stopped.append(result.run_dir)
+            state = runs.read_state(result.run_dir)
+            del state["finished"]
+            runs.write_json(result.run_dir / runs.CHECKPOINT_DIR / runs.STATE_FILE, state)
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(training, "train", stopped_after_first)
+    arguments = [str(path), "--out", str(out), "--verbose", "0", "--reports", "none"]
+    assert study_cli.main(arguments) == 130
+    assert not (out / STUDY_CSV).exists()  # the tables are written when a trial ends
+    assert (out / "runs" / "1-filters=4" / runs.METRICS_FILE).is_file()
+    started.clear()
+    return out, started, arguments
+
+
+def test_a_trial_that_finished_before_the_study_stopped_is_taken_as_it_is(tmp_path, monkeypatch, capsys):
+    def in_place(path, state):
+        raise AssertionError(f"keras_tuner's save_json wrote {path} in place")
+
+    # every state file of the tuner is written atomically (app.study.tuning.save_state)
+    monkeypatch.setattr(keras_tuner.src.utils, "save_json", in_place)
+    out, started, arguments = _stopped_after_training(tmp_path, monkeypatch, "[4, 8]")
+    run = out / "runs" / "1-filters=4"
+    model_bytes = (run / runs.MODEL_FILE).read_bytes()
+    capsys.readouterr()
+    assert study_cli.main(arguments) == 0
+    assert started == ["2-filters=8"]  # trial 1 is not trained again
+    assert f"{run} had finished before the study was stopped" in capsys.readouterr().out
+    rows = runs.read_csv(out / STUDY_CSV)
+    assert [row["status"] for row in rows] == ["done", "done"]
+    metrics = runs.read_json(run / runs.METRICS_FILE)
+    assert rows[0]["best_val_accuracy"] == pytest.approx(metrics["val_accuracy"])
+    assert rows[0]["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert rows[0]["best_epoch"] == metrics["best_epoch"] and rows[0]["parameters"] == metrics["parameters"]
+    assert rows[0]["mflop_per_image"] == pytest.approx(flops_per_image(load_model(run)) / 1e6, rel=1e-3)
+    assert 0 < rows[0]["wall_s"] < 600
+    assert (run / runs.MODEL_FILE).read_bytes() == model_bytes
+    assert runs.read_state(run)["finished"] is True  # train.py --resume now says it finished
+    assert _session_hparams(run / runs.TENSORBOARD_DIR) == {"filters": 4.0}
+    state_files = {path.relative_to(out / "tuner").as_posix() for path in (out / "tuner").rglob("*.json")}
+    assert {"oracle.json", "tuner0.json", "trial_0000/trial.json", "trial_0001/trial.json"} <= state_files
+    assert not [path for path in (out / "tuner").rglob(".*") if ".tmp" in path.name]
+
+
+@pytest.mark.parametrize("damage", ["settings", "diverged"])
+def test_a_finished_run_of_other_settings_or_a_diverged_one_fails_its_trial_with_advice(
+    tmp_path, monkeypatch, capsys, damage
+):
+    out, started, arguments = _stopped_after_training(tmp_path, monkeypatch, "[4]")
+    run = out / "runs" / "1-filters=4"
+    if damage == "settings":
+        config = runs.read_json(run / runs.CONFIG_FILE)
+        config["train"]["seed"] += 1
+        runs.write_json(run / runs.CONFIG_FILE, config)
+        expected = "holds a finished run with other settings than trial 1 (filters=4): train.seed differs;"
+    else:
+        metrics = runs.read_json(run / runs.METRICS_FILE)
+        metrics["diverged"] = {"epoch": 1, "where": "training", "loss": "nan"}
+        runs.write_json(run / runs.METRICS_FILE, metrics)
+        expected = "diverged when the study trained it before (training loss nan at epoch 1)"
+    before = {path.name: path.stat().st_mtime_ns for path in run.iterdir() if path.name != runs.LOCK_FILE}
+    assert study_cli.main(arguments) == 1
+    assert started == []
+    rows = runs.read_csv(out / STUDY_CSV)
+    assert rows[0]["status"] == "failed" and expected in rows[0]["message"]
+    assert "move the folder away to train this trial again" in rows[0]["message"].lower()
+    after = {path.name: path.stat().st_mtime_ns for path in run.iterdir() if path.name != runs.LOCK_FILE}
+    assert after == before  # left as it was
 
 
 def test_a_failed_trial_is_listed_and_tried_again_by_the_next_run(tmp_path, monkeypatch, capsys):

@@ -25,10 +25,8 @@ from typing import Any
 
 import keras
 import keras_tuner
-import tensorflow as tf
 from keras_tuner.engine.base_tuner import BaseTuner
 from keras_tuner.engine.trial import TrialStatus
-from tensorboard.plugins.hparams import api as hparams_api
 
 from app.report.build import build_report
 from app.study.plan import (
@@ -44,18 +42,17 @@ from app.study.plan import (
     STUDY_PLOT,
     STUDY_SPEC,
     TUNER_PROJECT,
-    Parameter,
     PlannedTrial,
     Study,
     check_folder,
     trial_folder,
     trial_title,
 )
+from app.study.records import differing_settings, trial_metrics, write_hparams_config, write_trial_hparams
 from app.study.tables import TrialResult, best_row, labels_key, study_rows, write_tables
-from fruitcnn import runs, training
+from fruitcnn import modelfile, runs, training
 from fruitcnn.config import config_from_settings
 from fruitcnn.data import load_dataset
-from fruitcnn.model import flops_per_image
 from fruitcnn.recipes import run_config
 from fruitcnn.training import check_run
 
@@ -94,6 +91,13 @@ def distributed_role() -> str:
             "distributed study needs all three (study.py --oracle HOST:PORT --tuner-id chief|NAME sets them)."
         )
     return "chief" if "chief" in os.environ[TUNER_ID_VARIABLE] else "worker"
+
+
+def save_state(path: str, state: dict[str, Any]) -> None:
+    """A Keras Tuner state file in its own format, written atomically: keras_tuner's
+    ``save_json`` writes the file in place, so a study killed in that moment would leave
+    oracle.json or a trial.json cut short and could not be continued."""
+    runs.write_text(Path(path), json.dumps(state))
 
 
 def trial_labels(trial) -> dict[str, str]:
@@ -150,6 +154,12 @@ class StudyOracle(keras_tuner.Oracle):
                 self.handed_out.add(key)
                 return {"status": TrialStatus.RUNNING, "values": dict(labels)}
         return {"status": TrialStatus.STOPPED, "values": None}
+
+    def save(self):
+        save_state(self._get_oracle_fname(), self.get_state())
+
+    def _save_trial(self, trial):
+        save_state(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), trial.get_state())
 
     def set_state(self, state):
         # Keep this study's search space (with its plan fingerprint): a state saved by
@@ -261,6 +271,12 @@ class StudyTuner(BaseTuner):
         self.oracle.verbose = 0  # fruitcnn prints one line per trial instead
         self.oracle.after_trial = self.write_tables
 
+    def save(self):
+        """The tuner's state (and the oracle's, unless on a worker), each file atomically."""
+        if not self._is_worker():
+            self.oracle.save()
+        save_state(self._get_tuner_fname(), self.get_state())
+
     def on_search_begin(self):
         """Save the state now, so a study stopped during its first trial reloads (and
         restarts that trial) instead of starting over."""
@@ -271,25 +287,69 @@ class StudyTuner(BaseTuner):
         planned = self.study.trial_for(trial_labels(trial))
         run = self.folder / RUNS_DIR / trial_folder(self.study, planned)
         if (run / runs.METRICS_FILE).is_file():
-            raise ValueError(
-                f"{run} holds a finished run that the study's state in {self.folder / TUNER_PROJECT} does "
-                "not list; move it away to train this trial again."
+            metrics = self._adopt(planned, run)
+        else:
+            if run.exists():
+                shutil.rmtree(run)  # left by an interrupted or failed attempt: start this one clean
+            config, dataset = self.data.prepare(planned)
+            self.progress(
+                f"trial {trial_title(planned)}, {planned.number} of {len(self.study.trials)}: {run}"
             )
-        if run.exists():
-            shutil.rmtree(run)  # left by an interrupted or failed attempt: start this one clean
-        config, dataset = self.data.prepare(planned)
-        self.progress(f"trial {trial_title(planned)}, {planned.number} of {len(self.study.trials)}: {run}")
-        keras.backend.clear_session()  # each trial builds its model in an empty graph
-        started = time.monotonic()
-        result = self._train(planned, config, dataset, run)
-        metrics = trial_metrics(result, time.monotonic() - started)
-        write_trial_hparams(self.study, run, planned.labels, metrics)
+            keras.backend.clear_session()  # each trial builds its model in an empty graph
+            started = time.monotonic()
+            result = self._train(planned, config, dataset, run)
+            metrics = trial_metrics(result, time.monotonic() - started)
+            write_trial_hparams(self.study, run, planned.labels, metrics)
         self.progress(
             f"trial {planned.number}: best validation {100 * metrics['val_accuracy']:.2f}% (epoch "
             f"{int(metrics['best_epoch'])}), test {100 * metrics['test_accuracy']:.2f}%, "
             f"{metrics['wall_seconds']:.0f} s"
         )
         return metrics
+
+    def _adopt(self, planned: PlannedTrial, run: Path) -> dict[str, float]:
+        """The metrics of a trial whose run finished but which the tuner's state does not
+        list as done: the study was stopped (``kill -9`` included) after ``train()``
+        wrote metrics.json and before Keras Tuner saved the trial. The run is taken as
+        it is, not trained again, when its config.json is the trial's; a run that
+        diverged fails the trial again, and one with other settings is refused (both
+        with what to do)."""
+        config, dataset = self.data.prepare(planned)
+        with runs.hold(run, "taking its results into the study"):
+            metrics = runs.read_json(run / runs.METRICS_FILE)
+            if isinstance(metrics, dict) and metrics.get("diverged"):
+                raise ValueError(
+                    f"{run} diverged when the study trained it before ({metrics['diverged'].get('where')} "
+                    f"loss {metrics['diverged'].get('loss')} at epoch {metrics['diverged'].get('epoch')}); "
+                    "it would diverge again with the same settings. Change them, or move the folder away "
+                    "to train this trial again."
+                )
+            differing = differing_settings(config.to_dict(), runs.read_json(run / runs.CONFIG_FILE))
+            if differing:
+                raise ValueError(
+                    f"{run} holds a finished run with other settings than trial {trial_title(planned)}: "
+                    f"{', '.join(differing[:5])} differ{'s' if len(differing) == 1 else ''}; was the study "
+                    "file changed? Move the folder away "
+                    "to train this trial again."
+                )
+            keras.backend.clear_session()
+            model = modelfile.load_keras(run / runs.MODEL_FILE)
+            # the trial's time: from its config.json (written when training started) to its metrics.json
+            started = (run / runs.CONFIG_FILE).stat().st_mtime
+            result = training.TrainResult(run, model, [], metrics)
+            trial = trial_metrics(result, (run / runs.METRICS_FILE).stat().st_mtime - started)
+            state = runs.read_state(run)
+            if not state.get("finished"):  # stopped between metrics.json and the state's last commit
+                state["finished"] = True
+                runs.commit_checkpoint(run, state, best_changed=False)
+            write_trial_hparams(self.study, run, planned.labels, trial)
+        self.progress(
+            f"trial {trial_title(planned)}, {planned.number} of {len(self.study.trials)}: {run} had finished "
+            "before the study was stopped; its results are taken as they are"
+        )
+        if self.reports == "all" and not (run / runs.REPORT_HTML).is_file():
+            self._report(run, dataset, model)
+        return trial
 
     def _train(self, planned: PlannedTrial, config, dataset, run: Path):
         try:
@@ -351,59 +411,6 @@ class StudyTuner(BaseTuner):
         _, dataset = self.data.prepare(planned)
         self.progress(f"report of the best trial ({trial_title(planned)})")
         return self._report(run, dataset)
-
-
-def trial_metrics(result, wall_seconds: float) -> dict[str, float]:
-    """What Keras Tuner keeps of a finished trial (floats only) and the tables show."""
-    kept = ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "parameters", "best_epoch", "epochs")
-    metrics = {name: float(result.metrics[name]) for name in kept}
-    metrics["flops_per_image"] = float(flops_per_image(result.model))
-    metrics["train_seconds"] = float(result.metrics["train_seconds"])
-    metrics["wall_seconds"] = wall_seconds
-    return metrics
-
-
-def hparam_values(parameter: Parameter) -> list:
-    """A parameter's values as the HParams dashboard shows them: numbers when all are
-    numbers (so it sorts and plots them as such), else the labels."""
-    numeric = all(
-        isinstance(value, (int, float)) and not isinstance(value, bool) for value in parameter.values
-    )
-    return [float(value) for value in parameter.values] if numeric else list(parameter.labels)
-
-
-def write_trial_hparams(study: Study, run: Path, labels: dict[str, str], metrics: dict[str, float]) -> None:
-    """The trial's values and results for TensorBoard's HParams dashboard (in the run's tb/)."""
-    values = {
-        parameter.name: hparam_values(parameter)[parameter.labels.index(labels[parameter.name])]
-        for parameter in study.parameters
-    }
-    writer = tf.summary.create_file_writer(str(run / runs.TENSORBOARD_DIR))
-    with writer.as_default():
-        hparams_api.hparams(values, trial_id=run.name)
-        for name in ("val_accuracy", "test_accuracy"):
-            tf.summary.scalar(f"study/{name}", metrics[name], step=0)
-    writer.close()
-
-
-def write_hparams_config(folder: Path, study: Study) -> None:
-    """The HParams dashboard's columns: each parameter with its values, and the two accuracies."""
-    logdir = folder / RUNS_DIR
-    if logdir.is_dir() and any(path.name.startswith("events.") for path in logdir.iterdir()):
-        return
-    writer = tf.summary.create_file_writer(str(logdir))
-    with writer.as_default():
-        hparams_api.hparams_config(
-            hparams=[
-                hparams_api.HParam(parameter.name, hparams_api.Discrete(hparam_values(parameter)))
-                for parameter in study.parameters
-            ],
-            metrics=[
-                hparams_api.Metric("study/val_accuracy", display_name="best validation accuracy"),
-                hparams_api.Metric("study/test_accuracy", display_name="test accuracy"),
-            ],
-        )
-    writer.close()
 
 
 def clear_folder(folder: Path) -> None:
