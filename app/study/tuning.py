@@ -328,9 +328,9 @@ class StudyTuner(BaseTuner):
             if differing:
                 raise ValueError(
                     f"{run} holds a finished run with other settings than trial {trial_title(planned)}: "
-                    f"{', '.join(differing[:5])} differ{'s' if len(differing) == 1 else ''}; was the study "
-                    "file changed? Move the folder away "
-                    "to train this trial again."
+                    f"{', '.join(differing[:5])} differ{'s' if len(differing) == 1 else ''} (was the "
+                    "folder copied, or trained by another fruitcnn version?). Move it away to train this "
+                    "trial again."
                 )
             keras.backend.clear_session()
             model = modelfile.load_keras(run / runs.MODEL_FILE)
