@@ -26,16 +26,19 @@ def trial_metrics(result, wall_seconds: float) -> dict[str, float]:
     return metrics
 
 
-def differing_settings(planned: Any, saved: Any, where: str = "") -> list[str]:
+def differing_settings(planned: dict[str, Any], saved: Any) -> list[str]:
     """The dotted names of the settings where a run's saved config.json differs from the
-    planned config (``planned`` as ``RunConfig.to_dict`` gives it; compared as JSON)."""
-    planned = json.loads(json.dumps(planned))
+    planned config (``planned`` as ``RunConfig.to_dict`` gives it, compared as
+    ``runs.write_json`` would have written it)."""
+    return _differences(json.loads(json.dumps(runs.finite_json(planned))), saved, "")
+
+
+def _differences(planned: Any, saved: Any, where: str) -> list[str]:
     if isinstance(planned, dict) and isinstance(saved, dict):
-        names = sorted(set(planned) | set(saved))
         return [
             found
-            for name in names
-            for found in differing_settings(planned.get(name), saved.get(name), f"{where}{name}.")
+            for name in sorted(set(planned) | set(saved))
+            for found in _differences(planned.get(name), saved.get(name), f"{where}{name}.")
         ]
     return [] if planned == saved else [where.rstrip(".") or "the whole config"]
 

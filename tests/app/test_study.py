@@ -17,6 +17,7 @@ from app.study.plan import (
     study_from_dict,
     trial_folder,
 )
+from app.study.records import differing_settings
 from app.study.tables import TrialResult, best_row, study_rows, write_tables
 from fruitcnn import runs
 from fruitcnn.config import config_from_settings
@@ -304,3 +305,11 @@ def test_a_study_refuses_multiworker_trials(tmp_path):
         _write(tmp_path, '[base]\nstrategy = "mirrored"\n[grid]\nlr = [0.1, 0.2]', "m.toml")
     )
     assert [trial.settings["strategy"] for trial in mirrored.trials] == ["mirrored", "mirrored"]
+
+
+def test_a_saved_config_is_compared_setting_by_setting_as_json_holds_it():
+    planned = {"train": {"seed": 1, "crop": (4, 4), "lr": float("nan")}, "arch": {"name": "a"}}
+    saved = {"train": {"seed": 2, "crop": [4, 4], "lr": None}, "arch": {"name": "a"}, "added": 1}
+    assert differing_settings(planned, saved) == ["added", "train.seed"]
+    assert differing_settings(planned, json.loads(json.dumps(runs.finite_json(planned)))) == []
+    assert differing_settings(planned, ["not", "a", "config"]) == ["the whole config"]
