@@ -10,8 +10,12 @@ evaluation of the best model and the report are outside it.
 How: :class:`BudgetPlanner` times the first steps of each session (the first
 ``CALIBRATION_SKIP`` are left out: they include tracing), plans the number of steps that
 fit into the time left, with an evaluation at every epoch end, and plans again at the
-end of every epoch with that epoch's measured step and evaluation times, and at every
-step less than an epoch before the planned end. The plan sets
+end of every epoch with that epoch's measured step time and the median of the last three
+evaluation times, and at every
+step less than an epoch before the planned end. It keeps one evaluation's time in
+reserve, spent only when an epoch end finds no further step fitting while the decay has
+steps left (an evaluation slower than the last one, up to twice as long): a run
+therefore ends up to about one evaluation before its budget. The plan sets
 the step at which training stops (mid-epoch: the last epoch is then partial and
 evaluated like any other) and the ``total_steps`` of :class:`PlannedDecay`, the
 schedule the learning rate follows, so a re-plan moves the end of the decay, not the
@@ -26,14 +30,18 @@ import time
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 # Steps left out of the first timing of a session (tracing, warm caches).
 CALIBRATION_SKIP = 3
 # Steps timed before the first plan: this share of an epoch, within these bounds.
 CALIBRATION_SHARE, CALIBRATION_MIN, CALIBRATION_MAX = 0.1, 5, 50
-# The plan keeps this share of the time left in reserve for jitter of the step times.
-SAFETY = 0.01
+# The plan keeps this share of the time left in reserve for jitter of the step times,
+# and this many evaluations' time for an evaluation slower than measured (see _plan).
+SAFETY, RESERVE_EVALS = 0.01, 1.0
+# The planned evaluation time is the median of the last this many measured.
+EVAL_MEDIAN = 3
 # At most this share of the planned steps warms up (a short budget keeps a decay).
 MAX_WARMUP_SHARE = 0.5
 # Upper bound of the epochs of a budget run (the planner stops it long before).
@@ -157,7 +165,7 @@ class BudgetPlanner(keras.callbacks.Callback):
         # (an epoch of fewer steps than this is timed whole, from its second epoch on)
         self.total_steps: int | None = None
         self.step_s: float | None = None
-        self.eval_s: float | None = None
+        self.evals: list[float] = []  # the measured epoch ends' evaluation times, newest last
         self.plans = 0
 
     def on_train_begin(self, logs=None):
@@ -203,7 +211,7 @@ class BudgetPlanner(keras.callbacks.Callback):
             self.step_s = (self.last_step_end - self.timed_from[0]) / (
                 self.session_steps - self.timed_from[1]
             )
-        self.eval_s = now - self.last_step_end
+        self.evals = [*self.evals[-(EVAL_MEDIAN - 1) :], now - self.last_step_end]
         steps_in_epoch = self.session_steps - self.epoch_start[1]
         if self.step_s is None and self.session_epochs > 1 and steps_in_epoch:
             # epochs too short to time steps within them (fewer than the calibration's):
@@ -221,12 +229,22 @@ class BudgetPlanner(keras.callbacks.Callback):
 
     def _plan(self, now: float, done_in_epoch: int) -> None:
         # before an epoch end was measured: a forward pass costs about a third of a step
-        eval_s = self.eval_s if self.eval_s is not None else self.eval_steps * self.step_s / 3
-        spent = self.prior_s + now - self.session_start
-        more = steps_that_fit(self.budget_s - spent, self.step_s, eval_s, done_in_epoch, self.epoch_steps)
-        self.total_steps = min(self._step() + more, MAX_EPOCHS * self.epoch_steps)
+        # (the median of the last few measured: one slow evaluation does not make the plan
+        # expect every later one to be as slow)
+        eval_s = float(np.median(self.evals)) if self.evals else self.eval_steps * self.step_s / 3
+        left = self.budget_s - (self.prior_s + now - self.session_start)
+        step = self._step()
+        # one evaluation's time is kept in reserve, and spent only when nothing more fits
+        # while the decay has steps left: an evaluation slower than planned (up to twice
+        # the measured one) then still lets the decay reach its end
+        more = steps_that_fit(
+            left - RESERVE_EVALS * eval_s, self.step_s, eval_s, done_in_epoch, self.epoch_steps
+        )
+        if more == 0 and self.total_steps is not None and step < self.total_steps:
+            more = steps_that_fit(left, self.step_s, eval_s, done_in_epoch, self.epoch_steps)
+        self.total_steps = min(step + more, MAX_EPOCHS * self.epoch_steps)
         if self.schedule is not None:
-            self.schedule.set_total(self.total_steps, at_step=self._step())
+            self.schedule.set_total(self.total_steps, at_step=step)
         self.plans += 1
         self.record(
             {

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+from fruitcnn import budget as budget_module
 from fruitcnn import runs
 from fruitcnn.budget import PlannedDecay, steps_that_fit
 from fruitcnn.config import DataConfig, RunConfig, TrainConfig, config_from_settings, parse_duration
@@ -82,6 +83,69 @@ def test_planned_linear_decays_to_zero_where_the_plan_moves_it():
     assert float(PlannedDecay.from_config(cosine.get_config())(200)) == pytest.approx(float(cosine(200)))
     short = PlannedDecay(1.0, warmup_steps=100, total_steps=40, shape="linear")  # warm-up capped at half
     assert float(short(20)) == pytest.approx(1.0) and float(short(40)) == pytest.approx(0.0)
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def _simulated_run(monkeypatch, budget, epoch_steps, step_s, eval_times) -> tuple[float, float, float]:
+    """A BudgetPlanner driven through Keras's callback order on a fake clock: every
+    step takes ``step_s``, the n-th epoch end's evaluation ``eval_times(n)``. Returns the
+    learning rate at the end (as a share of the peak), the seconds used and the seconds
+    the planner still thought fitted at its last plan."""
+    clock = _Clock()
+    monkeypatch.setattr(budget_module.time, "monotonic", clock)
+    schedule = PlannedDecay(1.0, warmup_steps=0, total_steps=10 * epoch_steps, shape="cosine")
+
+    model = keras.Model()  # only its stop_training and optimizer.iterations are used
+    model.stop_training = False
+    model.optimizer = type("Optimizer", (), {"iterations": 0})()
+    planner = budget_module.BudgetPlanner(
+        budget, 0.0, epoch_steps, schedule, eval_steps=epoch_steps, record=lambda plan: None
+    )
+    planner.set_model(model)
+    start = clock.now
+    planner.on_train_begin()
+    for epoch in range(10_000):
+        planner.on_epoch_begin(epoch)
+        for batch in range(epoch_steps):
+            clock.now += step_s
+            model.optimizer.iterations += 1
+            planner.on_train_batch_end(batch)
+            if model.stop_training:
+                break
+        clock.now += eval_times(epoch)
+        planner.on_epoch_end(epoch)
+        if model.stop_training:
+            return float(schedule(model.optimizer.iterations)), clock.now - start, epoch + 1
+    raise AssertionError("the planner never stopped the run")
+
+
+@pytest.mark.parametrize("epoch_steps", [1, 2, 50])
+def test_an_evaluation_slower_than_planned_still_lets_the_decay_end(monkeypatch, epoch_steps):
+    # Evaluations of 1 s, one of them 1.9 s: wherever it falls (near the end above all),
+    # the decay reaches 0 and the budget holds. Without the reserve of one evaluation
+    # (RESERVE_EVALS = 0) a slow one near the end left the rate at 0.3-0.6% of the peak, or
+    # the run 0.85 s over its budget.
+    budget, step_s = 20.0, 0.05
+    normal = _simulated_run(monkeypatch, budget, epoch_steps, step_s, lambda epoch: 1.0)
+    epochs = int(normal[2])
+    # it ends before the budget by at most the reserve, what the rounding to whole epochs
+    # leaves (an epoch) and the 1% safety share
+    assert normal[0] == pytest.approx(0.0, abs=1e-6)
+    epoch_s = 1.0 + epoch_steps * step_s
+    assert budget - 1.0 - epoch_s - budget_module.SAFETY * budget <= normal[1] <= budget
+    for slow in range(1, epochs):
+        rate, used, _ = _simulated_run(
+            monkeypatch, budget, epoch_steps, step_s, lambda epoch, slow=slow: 1.9 if epoch == slow else 1.0
+        )
+        assert rate == pytest.approx(0.0, abs=1e-6), (slow, rate)
+        assert used <= budget + 1e-9, (slow, used)
 
 
 def test_a_budget_and_epochs_together_are_refused():
