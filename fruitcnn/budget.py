@@ -11,12 +11,11 @@ How: :class:`BudgetPlanner` times the first steps of each session (the first
 ``CALIBRATION_SKIP`` are left out: they include tracing), plans the number of steps that
 fit into the time left, with an evaluation at every epoch end, and plans again at the
 end of every epoch with that epoch's measured step time and the median of the last three
-evaluation times, and at every
-step less than an epoch before the planned end. It keeps one evaluation's time in
-reserve, spent only when an epoch end finds no further step fitting while the decay has
-steps left (an evaluation slower than the last one, up to twice as long): a run
-therefore ends up to about one evaluation before its budget. The plan sets
-the step at which training stops (mid-epoch: the last epoch is then partial and
+evaluation times, and at every step less than an epoch before the planned end. It keeps
+one evaluation's time in reserve, spent only when an epoch end finds no further step
+fitting while the decay has steps left (after an evaluation slower than planned, up to
+twice as long): a run therefore ends up to about one evaluation before its budget. The
+plan sets the step at which training stops (mid-epoch: the last epoch is then partial and
 evaluated like any other) and the ``total_steps`` of :class:`PlannedDecay`, the
 schedule the learning rate follows, so a re-plan moves the end of the decay, not the
 rate already used. A run is therefore as long as the machine is fast: its number of
