@@ -444,6 +444,11 @@ def _print_result(result, runs) -> None:
             f"time budget {spent['budget_s']:g} s: {spent['used_s']:.0f} s used "
             f"({100 * spent['used_s'] / spent['budget_s']:.0f}%), {spent['steps']} steps = "
             f"{spent['epochs']:g} epochs at {spent.get('step_ms', 0):.0f} ms per step"
+            + (
+                ""
+                if spent.get("plans", 1)
+                else " (the time ran out before the first plan: give a longer budget)"
+            )
         )
     shared = metrics.get("distributed")
     if shared:

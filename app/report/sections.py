@@ -102,6 +102,7 @@ def _budget_text(spent: dict) -> str:
         f"{spent['steps']:,} steps = {spent['epochs']:g} epochs at {spent.get('step_ms', 0):.0f} ms per "
         f"step, evaluations {spent.get('eval_s_per_epoch', 0):.1f} s per epoch; the learning rate ended at "
         f"{spent.get('final_learning_rate', 0):.3g}"
+        + ("" if spent.get("plans", 1) else " (the time ran out before the first plan)")
     )
 
 

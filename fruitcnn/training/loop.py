@@ -440,7 +440,8 @@ def _fit(
     if budget:
         done = int(keras.ops.convert_to_numpy(trainer.optimizer.iterations))
         final_rate = float(keras.ops.convert_to_numpy(trainer.optimizer.learning_rate))
-        metrics["time_budget"] = {**budget_summary(state, done, steps), "final_learning_rate": final_rate}
+        spent = budget_summary(state, done, steps, budget)
+        metrics["time_budget"] = {**spent, "final_learning_rate": final_rate}
     runs.write_json(run / runs.METRICS_FILE, metrics)
     state["finished"] = True
     runs.commit_checkpoint(run, state, best_changed=False)
@@ -466,14 +467,16 @@ def _planner(
     )
 
 
-def budget_summary(state: dict[str, Any], steps: int, epoch_steps: int) -> dict[str, Any]:
+def budget_summary(state: dict[str, Any], steps: int, epoch_steps: int, budget_s: float) -> dict[str, Any]:
     """How a time budget was spent, for metrics.json and the report: the budget, the
     seconds used, optimisation steps and epochs (a partial last epoch as a fraction),
-    and the last plan (step time, evaluation time per epoch, number of plans)."""
-    plan = dict(state.get("budget") or {})
-    budget = plan.pop("budget_s", None)
+    and the last plan (step time, evaluation time per epoch, number of plans; ``plans``
+    0 when the time ran out before the first plan, as on a slow machine with a budget
+    shorter than the first epochs)."""
+    plan = {"plans": 0, **(state.get("budget") or {})}
+    plan.pop("budget_s", None)
     return {
-        "budget_s": budget,
+        "budget_s": float(budget_s),
         "used_s": round(float(state["elapsed_s"]), 3),
         "steps": steps,
         "epochs": round(steps / epoch_steps, 3),

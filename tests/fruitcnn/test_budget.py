@@ -205,3 +205,28 @@ def test_a_resumed_budget_run_counts_the_time_of_every_session(tmp_path, small_l
     spent = resumed.metrics["time_budget"]
     assert first < spent["used_s"] and abs(spent["used_s"] - budget) <= max(0.05 * budget, 10.0)
     assert spent["final_learning_rate"] <= 0.01 * 0.01, spent
+
+
+def test_a_budget_that_ran_out_before_its_first_plan_is_still_summarised():
+    # a slow machine with a budget shorter than its first epochs: no plan was ever made
+    # (found by a CI run of a two-worker 8-s budget; train.py then failed on budget_s None)
+    from app.report.sections import _budget_text
+    from fruitcnn.training import budget_summary
+
+    spent = budget_summary({"elapsed_s": 9.2}, steps=3, epoch_steps=2, budget_s=8)
+    assert spent == {"budget_s": 8.0, "used_s": 9.2, "steps": 3, "epochs": 1.5, "plans": 0}
+    assert _budget_text({**spent, "final_learning_rate": 0.01}).endswith(
+        "(the time ran out before the first plan)"
+    )
+    state = {"elapsed_s": 7.9, "budget": {"budget_s": 8.0, "planned_steps": 4, "step_ms": 5.0, "plans": 2}}
+    planned = budget_summary(state, steps=4, epoch_steps=2, budget_s=8)
+    assert planned == {
+        "budget_s": 8.0,
+        "used_s": 7.9,
+        "steps": 4,
+        "epochs": 2.0,
+        "planned_steps": 4,
+        "step_ms": 5.0,
+        "plans": 2,
+    }
+    assert "before the first plan" not in _budget_text({**planned, "final_learning_rate": 0.0})

@@ -390,12 +390,13 @@ def test_workers_follow_the_chiefs_time_budget(tmp_path):
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     run = tmp_path / "run"
-    done = _launch([*RUN[:-1], "0", "--time-budget", "8s", "--out", str(run)], scratch)  # --verbose 0
+    # 14 s: with 8 s a loaded CI machine ran out of time before the chief's first plan
+    done = _launch([*RUN[:-1], "0", "--time-budget", "14s", "--out", str(run)], scratch)  # --verbose 0
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["distributed"]["weights_disagreement"] == 0.0
     spent = metrics["time_budget"]
-    assert spent["budget_s"] == 8.0 and spent["plans"] >= 1 and spent["steps"] > 0
+    assert spent["budget_s"] == 14.0 and spent["plans"] >= 1 and spent["steps"] > 0
     assert _leftovers(scratch) == []
 
 
