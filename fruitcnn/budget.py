@@ -254,3 +254,19 @@ class BudgetPlanner(keras.callbacks.Callback):
                 "plans": self.plans,
             }
         )
+
+
+def budget_summary(state: dict[str, Any], steps: int, epoch_steps: int, budget_s: float) -> dict[str, Any]:
+    """How a time budget was spent, for metrics.json and the report: the budget, the
+    seconds used, optimisation steps and epochs (a partial last epoch as a fraction),
+    and the last plan (step time, evaluation time per epoch, number of plans: 0 when the
+    time ran out before the first plan, on a slow machine with a budget that short)."""
+    plan = {"plans": 0, **(state.get("budget") or {})}
+    plan.pop("budget_s", None)
+    return {
+        "budget_s": float(budget_s),
+        "used_s": round(float(state["elapsed_s"]), 3),
+        "steps": steps,
+        "epochs": round(steps / epoch_steps, 3),
+        **plan,
+    }

@@ -13,7 +13,7 @@ from typing import Any
 import keras
 
 from fruitcnn import modelfile, runs
-from fruitcnn.budget import MAX_EPOCHS, BudgetPlanner, PlannedDecay
+from fruitcnn.budget import MAX_EPOCHS, BudgetPlanner, PlannedDecay, budget_summary
 from fruitcnn.config import RunConfig
 from fruitcnn.data import Dataset, load_dataset
 from fruitcnn.distributed import scratch_folder
@@ -440,8 +440,10 @@ def _fit(
     if budget:
         done = int(keras.ops.convert_to_numpy(trainer.optimizer.iterations))
         final_rate = float(keras.ops.convert_to_numpy(trainer.optimizer.learning_rate))
-        spent = budget_summary(state, done, steps, budget)
-        metrics["time_budget"] = {**spent, "final_learning_rate": final_rate}
+        metrics["time_budget"] = {
+            **budget_summary(state, done, steps, budget),
+            "final_learning_rate": final_rate,
+        }
     runs.write_json(run / runs.METRICS_FILE, metrics)
     state["finished"] = True
     runs.commit_checkpoint(run, state, best_changed=False)
@@ -465,23 +467,6 @@ def _planner(
         eval_steps=passes * evaluated / settings.batch_size,
         record=lambda plan: state.update(budget=plan),
     )
-
-
-def budget_summary(state: dict[str, Any], steps: int, epoch_steps: int, budget_s: float) -> dict[str, Any]:
-    """How a time budget was spent, for metrics.json and the report: the budget, the
-    seconds used, optimisation steps and epochs (a partial last epoch as a fraction),
-    and the last plan (step time, evaluation time per epoch, number of plans; ``plans``
-    0 when the time ran out before the first plan, as on a slow machine with a budget
-    shorter than the first epochs)."""
-    plan = {"plans": 0, **(state.get("budget") or {})}
-    plan.pop("budget_s", None)
-    return {
-        "budget_s": float(budget_s),
-        "used_s": round(float(state["elapsed_s"]), 3),
-        "steps": steps,
-        "epochs": round(steps / epoch_steps, 3),
-        **plan,
-    }
 
 
 def _load_best(model, recorder, run: Path, state: dict[str, Any]) -> None:
